@@ -1,0 +1,137 @@
+"""Read a SavedModel's serving signature from ``saved_model.pb`` (protobuf only).
+
+No graph is imported or executed: this is cheap and safe to call on any path.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from lpo.errors import ModelFormatError
+
+__all__ = [
+    "InputSpec",
+    "load_saved_model_proto",
+    "find_meta_graph",
+    "find_signature",
+    "load_signature_specs",
+    "load_output_specs",
+]
+
+DEFAULT_TAGS = ("serve",)
+DEFAULT_SIGNATURE = "serving_default"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One signature tensor: numpy dtype, shape (``None`` = unknown dim), graph tensor name."""
+
+    dtype: np.dtype
+    shape: tuple
+    tensor_name: str
+
+    def to_dict(self) -> dict:
+        """JSON-able form: dtype name, shape list, tensor name."""
+        return {"dtype": self.dtype.name if self.dtype.kind != "O" else "string",
+                "shape": list(self.shape), "tensor_name": self.tensor_name}
+
+
+def load_saved_model_proto(model_path):
+    """Parse ``<model_path>/saved_model.pb``; raise ModelFormatError when missing or corrupt."""
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    model_path = os.fspath(model_path)
+    if not os.path.exists(model_path):
+        raise ModelFormatError(f"SavedModel path does not exist: {model_path}")
+    if not os.path.isdir(model_path):
+        raise ModelFormatError(f"SavedModel path is not a directory: {model_path}")
+    pb = os.path.join(model_path, "saved_model.pb")
+    if not os.path.isfile(pb):
+        hint = " (found saved_model.pbtxt: text protos are not supported)" if os.path.isfile(
+            pb + "txt") else ""
+        raise ModelFormatError(
+            f"{model_path} is not a SavedModel: no saved_model.pb in it{hint}")
+    sm = saved_model_pb2.SavedModel()
+    try:
+        with open(pb, "rb") as f:
+            sm.ParseFromString(f.read())
+    except (DecodeError, RuntimeWarning, ValueError) as e:
+        raise ModelFormatError(f"{pb} is not a valid SavedModel protobuf: {e}") from e
+    if not sm.meta_graphs:
+        raise ModelFormatError(f"{pb} holds no MetaGraph (empty or not a SavedModel)")
+    return sm
+
+
+def _tags(tags) -> set:
+    if tags is None:
+        tags = DEFAULT_TAGS
+    if isinstance(tags, str):
+        tags = [t for t in tags.split(",") if t]
+    return set(tags)
+
+
+def find_meta_graph(saved_model, tags=None):
+    """Return the MetaGraphDef whose tag set equals ``tags`` (default ``('serve',)``)."""
+    want = _tags(tags)
+    available = []
+    for mg in saved_model.meta_graphs:
+        have = set(mg.meta_info_def.tags)
+        if have == want:
+            return mg
+        available.append(",".join(sorted(have)) or "<no tags>")
+    raise ModelFormatError(
+        f"no MetaGraph with tag set {','.join(sorted(want))!r}; "
+        f"available tag sets: {', '.join(repr(a) for a in available)}")
+
+
+def find_signature(meta_graph, signature=DEFAULT_SIGNATURE):
+    """Return the SignatureDef named ``signature``; the error lists those available."""
+    sigs = meta_graph.signature_def
+    if signature not in sigs:
+        avail = sorted(sigs.keys())
+        raise ModelFormatError(
+            f"signature {signature!r} not found; available signatures: "
+            f"{', '.join(avail) if avail else '<none>'}")
+    return sigs[signature]
+
+
+def _tensor_specs(tensor_map) -> dict:
+    from tensorflow.python.framework import dtypes
+
+    out = {}
+    for name in sorted(tensor_map.keys()):
+        info = tensor_map[name]
+        if info.WhichOneof("encoding") != "name":
+            raise ModelFormatError(
+                f"signature tensor {name!r} is a composite (sparse/ragged) tensor; "
+                "only dense tensors are supported")
+        tf_dtype = dtypes.as_dtype(info.dtype)
+        np_dtype = np.dtype(object) if tf_dtype == dtypes.string else np.dtype(
+            tf_dtype.as_numpy_dtype)
+        if info.tensor_shape.unknown_rank:
+            shape = None
+        else:
+            shape = tuple(None if d.size < 0 else int(d.size) for d in info.tensor_shape.dim)
+        out[name] = InputSpec(dtype=np_dtype, shape=shape, tensor_name=info.name)
+    return out
+
+
+def _signature(model_path, tags, signature):
+    sm = load_saved_model_proto(model_path)
+    return find_signature(find_meta_graph(sm, tags), signature)
+
+
+def load_signature_specs(model_path, tags=DEFAULT_TAGS, signature=DEFAULT_SIGNATURE) -> dict:
+    """Map each serving input name to its :class:`InputSpec` (strings have dtype ``object``).
+
+    ``shape`` is a tuple with ``None`` for unknown dims, or ``None`` for unknown rank.
+    """
+    return _tensor_specs(_signature(model_path, tags, signature).inputs)
+
+
+def load_output_specs(model_path, tags=DEFAULT_TAGS, signature=DEFAULT_SIGNATURE) -> dict:
+    """Map each signature output name to its :class:`InputSpec`."""
+    return _tensor_specs(_signature(model_path, tags, signature).outputs)
