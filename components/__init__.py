@@ -1,0 +1,1 @@
+"""Kubeflow Pipelines components for lpo (shipped as ``lpo.components``)."""

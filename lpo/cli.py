@@ -1,0 +1,480 @@
+"""The ``lpo`` command line.
+
+Each subcommand is a thin wrapper around the public API in :mod:`lpo`, which is
+imported lazily inside the handler so that ``lpo --help`` and argument errors
+are fast and never load TensorFlow.
+
+Errors: an :class:`~lpo.errors.LpoError` prints one line ``lpo: error: ...``
+and exits with its ``exit_code`` (2 for user errors, 3 for a failed
+validation); anything else prints one ``lpo: internal error: ...`` line and
+exits 1. ``--debug`` shows the full traceback. Usage errors exit 2.
+"""
+from __future__ import annotations
+
+import os
+
+# Before anything can import TensorFlow: keep its C++ INFO/WARNING noise out.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+import traceback  # noqa: E402
+from typing import Any, Callable, Optional, Sequence  # noqa: E402
+
+from lpo.errors import ConfigError, LpoError, ValidationFailed, closest  # noqa: E402
+
+DATA_TYPES = ("BF16", "FP16", "INT8")
+EMBEDDING_SCHEMES = ("per_dim", "per_row")
+DENSE_MODES = ("compute", "weight_only")
+INT8_DENSE = ("static", "weight_only")
+CALIB_METHODS = ("l2", "minmax", "percentile")
+DATA_FORMATS = ("csv", "tsv", "tfrecord", "npz")
+
+# Validation thresholds used by `lpo validate` when a flag is not given.
+VALIDATE_DEFAULTS = {
+    "max_auc_drop": 0.001,
+    "max_abs_diff": 0.01,
+    "max_latency_ratio": 1.1,
+    "min_size_reduction": 0.0,
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _choice(options: Sequence[str], upper: bool = False) -> Callable[[str], str]:
+    """argparse ``type=`` for a case-insensitive choice with a did-you-mean hint."""
+    canon = {o.lower(): o for o in options}
+
+    def parse(text: str) -> str:
+        key = text.strip().lower().replace("-", "_")
+        if key in canon:
+            return canon[key]
+        hint = closest(text.upper() if upper else text.lower(), list(options), n=1)
+        msg = f"invalid choice {text!r} (choose from {', '.join(options)})"
+        if hint:
+            msg += f"; did you mean {hint[0]}?"
+        raise argparse.ArgumentTypeError(msg)
+
+    parse.__name__ = "choice"
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _tags(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _columns(text: str) -> list[str]:
+    cols = [c.strip() for c in text.split(",") if c.strip()]
+    if not cols:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of column names")
+    return cols
+
+
+def _mapping(text: str) -> tuple[str, str]:
+    col, sep, name = text.partition("=")
+    if not sep or not col.strip() or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected COLUMN=INPUT, got {text!r}")
+    return col.strip(), name.strip()
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "null" if value is None else f"a {type(value).__name__}"
+
+
+def load_opt_config(path: str) -> dict:
+    """Read an opt_config JSON file: an object mapping node names to data types."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid JSON: {e.msg} "
+                          f"(line {e.lineno}, column {e.colno})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must contain a JSON object mapping node names "
+                          f"to data types (e.g. {{\"emb/C1\": \"INT8\"}}), not {_json_kind(data)}")
+    return data
+
+
+def _to_dict(result: Any) -> Any:
+    if hasattr(result, "to_dict"):
+        return result.to_dict()
+    return result
+
+
+def _emit(result: Any, as_json: bool) -> None:
+    """Print a result: JSON, its ``summary()``, or its scalar fields."""
+    if result is None:
+        return
+    if as_json:
+        print(json.dumps(_to_dict(result), indent=2, sort_keys=False, default=str))
+        return
+    summary = getattr(result, "summary", None)
+    if callable(summary):
+        text = summary()
+        if text:
+            print(text)
+        return
+    data = _to_dict(result)
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if isinstance(value, (str, int, float, bool)) or value is None:
+                print(f"{key}: {value}")
+    else:
+        print(data)
+
+
+def _fmt_shape(shape: Any) -> str:
+    if shape is None:
+        return "?"
+    try:
+        return "x".join("?" if d is None or d == -1 else str(d) for d in shape) or "scalar"
+    except TypeError:
+        return str(shape)
+
+
+def _import_lpo():
+    import lpo  # noqa: PLC0415 - lazy on purpose
+
+    return lpo
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """``lpo inspect``: list the optimizable nodes of a SavedModel."""
+    lpo = _import_lpo()
+    result = lpo.inspect_model(args.model, tags=args.tags)
+    if args.json:
+        _emit(result, True)
+        return 0
+    rows = [(c.kind, c.name, _fmt_shape(c.shape), str(c.dtype), int(c.nbytes))
+            for c in result.candidates]
+    header = ("KIND", "NAME", "SHAPE", "DTYPE", "BYTES")
+    widths = [max([len(header[i])] + [len(str(r[i])) for r in rows]) for i in range(5)]
+    print("  ".join(h.ljust(w) if i < 4 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths))))
+    for r in rows:
+        print("  ".join(str(v).ljust(w) if i < 4 else str(v).rjust(w)
+                        for i, (v, w) in enumerate(zip(r, widths))))
+    total = sum(r[4] for r in rows)
+    print(f"{len(rows)} candidate(s), {total} bytes")
+    return 0
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    """``lpo optimize``: write a low-precision copy of a SavedModel."""
+    opt_config = load_opt_config(args.config) if args.config else None
+    lpo = _import_lpo()
+    result = lpo.optimize(
+        args.model, args.out, opt_config=opt_config, data_type=args.data_type,
+        calib_file=args.calib, overwrite=args.overwrite, allow_pickle=args.allow_pickle,
+        tags=args.tags, embedding_scheme=args.embedding_scheme, dense_mode=args.dense_mode,
+        int8_dense=args.int8_dense, calib_method=args.calib_method, quiet=args.quiet)
+    _emit(result, args.json)
+    return 0
+
+
+def cmd_convert_ckpt(args: argparse.Namespace) -> int:
+    """``lpo convert-ckpt``: convert an FP32 checkpoint for an optimized model."""
+    lpo = _import_lpo()
+    result = lpo.convert_ckpt(args.ckpt_prefix, args.save_prefix, args.opt_model, quiet=args.quiet)
+    _emit(result, args.json)
+    return 0
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    """``lpo refresh``: rebuild an optimized model with a new FP32 checkpoint."""
+    lpo = _import_lpo()
+    result = lpo.refresh(args.opt_model, args.new_ckpt, args.out, overwrite=args.overwrite,
+                         quiet=args.quiet)
+    _emit(result, args.json)
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """``lpo calibrate``: sample calibration rows from a data source."""
+    lpo = _import_lpo()
+    kwargs: dict[str, Any] = {"num_rows": args.rows}
+    if args.seed is not None:
+        kwargs["seed"] = args.seed
+    if args.format is not None:
+        kwargs["format"] = args.format
+    if args.columns is not None:
+        kwargs["columns"] = args.columns
+    if args.map:
+        kwargs["column_map"] = dict(args.map)
+    if args.legacy_npy:
+        kwargs["legacy_npy"] = True
+    if args.overwrite:
+        kwargs["overwrite"] = True
+    result = lpo.make_calibration(args.source, args.out, args.model, **kwargs)
+    _emit(result, args.json)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """``lpo validate``: compare an optimized model with its original."""
+    lpo = _import_lpo()
+    try:
+        report = lpo.validate(
+            args.original, args.optimized, args.data, max_auc_drop=args.max_auc_drop,
+            max_abs_diff=args.max_abs_diff, max_latency_ratio=args.max_latency_ratio,
+            min_size_reduction=args.min_size_reduction, report_dir=args.report_dir)
+    except ValidationFailed as e:
+        if e.report is not None:
+            _emit(e.report, args.json)
+        raise
+    _emit(report, args.json)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``lpo demo``: build the sample model, optimize, validate and report."""
+    from lpo import demo  # noqa: PLC0415
+
+    result = demo.run_demo(out=args.out, keep=args.keep, quiet=args.quiet)
+    if isinstance(result, int) and not isinstance(result, bool):
+        return result
+    _emit(result, getattr(args, "json", False))
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors are one line on stderr, exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _global_flags(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
+    g = parser.add_argument_group("global options")
+    g.add_argument("--debug", action="store_true", default=d(False),
+                   help="show full tracebacks and debug logs")
+    g.add_argument("-q", "--quiet", action="store_true", default=d(False),
+                   help="only warnings and errors; no progress bars")
+    g.add_argument("-v", "--verbose", action="count", default=d(0),
+                   help="more log output (-v: debug logs)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the ``lpo`` argument parser (all subcommands)."""
+    parser = _Parser(
+        prog="lpo", formatter_class=_Formatter,
+        description="Low-precision optimizer for TensorFlow recommendation SavedModels: "
+                    "stores (and where it pays, computes) embedding tables and dense layers "
+                    "in BF16, FP16 or INT8.",
+        epilog="Exit status: 0 ok, 1 internal error, 2 user error, 3 validation failed.")
+    parser.add_argument("--version", action="version", version=f"lpo {_version()}")
+    _global_flags(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def add(name: str, func, help_: str, description: str = "") -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=description or help_,
+                           formatter_class=_Formatter)
+        _global_flags(p, suppress=True)
+        p.set_defaults(func=func)
+        return p
+
+    # inspect
+    p = add("inspect", cmd_inspect, "list the embedding tables and dense layers lpo can optimize")
+    p.add_argument("model", metavar="MODEL", help="SavedModel directory")
+    p.add_argument("--tags", type=_tags, default=["serve"], help="MetaGraph tags, comma-separated (default: serve)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    # optimize
+    p = add("optimize", cmd_optimize, "write a BF16/FP16/INT8 copy of a SavedModel",
+            "Write a low-precision copy of MODEL to OUT. MODEL is never modified; OUT must "
+            "not exist or be empty unless --overwrite is given, and is written atomically.")
+    p.add_argument("model", metavar="MODEL", help="FP32 SavedModel directory (read only)")
+    p.add_argument("out", metavar="OUT", help="output SavedModel directory")
+    p.add_argument("--data-type", type=_choice(DATA_TYPES, upper=True), default="BF16",
+                   metavar="{BF16,FP16,INT8}",
+                   help="target precision, case-insensitive (default: BF16)")
+    p.add_argument("--config", metavar="OPT_JSON",
+                   help='JSON object mapping node names to data types, e.g. {"emb/C1": "INT8"}')
+    p.add_argument("--calib", metavar="FILE",
+                   help="calibration data (.npz; a legacy pickled .npy needs --allow-pickle); "
+                        "required for INT8 dense layers in static mode")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow loading a legacy pickled .npy calibration file (runs pickle: "
+                        "only for files you trust)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
+    p.add_argument("--tags", type=_tags, default=None, help="MetaGraph tags, comma-separated "
+                   "(default: serve)")
+    p.add_argument("--embedding-scheme", type=_choice(EMBEDDING_SCHEMES), default="per_dim",
+                   metavar="{per_dim,per_row}",
+                   help="INT8 embedding scale granularity (default: per_dim)")
+    p.add_argument("--dense-mode", type=_choice(DENSE_MODES), default="compute",
+                   metavar="{compute,weight_only}",
+                   help="compute dense layers in low precision, or only store their weights in it "
+                        "(default: compute)")
+    p.add_argument("--int8-dense", type=_choice(INT8_DENSE), default="static",
+                   metavar="{static,weight_only}",
+                   help="INT8 dense form: static activation ranges (needs --calib) or weight only "
+                        "(default: static)")
+    p.add_argument("--calib-method", type=_choice(CALIB_METHODS), default="l2",
+                   metavar="{l2,minmax,percentile}",
+                   help="activation range method for static INT8 (default: l2)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    # convert-ckpt
+    p = add("convert-ckpt", cmd_convert_ckpt,
+            "convert a new FP32 checkpoint for an already optimized model",
+            "Replay the optimized model's plan on a new FP32 checkpoint (CKPT_PREFIX) and write "
+            "the converted checkpoint to SAVE_PREFIX.")
+    p.add_argument("ckpt_prefix", metavar="CKPT_PREFIX", help="FP32 checkpoint prefix")
+    p.add_argument("save_prefix", metavar="SAVE_PREFIX", help="output checkpoint prefix")
+    p.add_argument("opt_model", metavar="OPT_MODEL", help="optimized SavedModel (has the plan)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    # refresh
+    p = add("refresh", cmd_refresh, "rebuild an optimized model with a new FP32 checkpoint",
+            "Write OUT: a copy of OPT_MODEL whose variables come from NEW_CKPT, converted "
+            "exactly as a fresh optimization would.")
+    p.add_argument("opt_model", metavar="OPT_MODEL", help="optimized SavedModel")
+    p.add_argument("new_ckpt", metavar="NEW_CKPT", help="new FP32 checkpoint prefix")
+    p.add_argument("out", metavar="OUT", help="output SavedModel directory")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    # calibrate
+    p = add("calibrate", cmd_calibrate, "sample a calibration .npz from CSV/TSV/TFRecord/npz data",
+            "Reservoir-sample N rows from SOURCE and write them to OUT as one array per "
+            "serving input of --model.")
+    p.add_argument("source", metavar="SOURCE", help="data file (or glob)")
+    p.add_argument("out", metavar="OUT", help="output calibration file (.npz)")
+    p.add_argument("--model", required=True, help="SavedModel whose serving inputs to match")
+    p.add_argument("--rows", type=_positive_int, default=1024, help="rows to sample (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (default: library's)")
+    p.add_argument("--format", type=_choice(DATA_FORMATS), default=None,
+                   metavar="{csv,tsv,tfrecord,npz}",
+                   help="data format (default: from the file extension)")
+    p.add_argument("--columns", type=_columns, default=None,
+                   help="column names for headerless CSV/TSV, comma-separated")
+    p.add_argument("--map", type=_mapping, action="append", default=[], metavar="COL=INPUT",
+                   help="map a data column to a serving input name (repeatable)")
+    p.add_argument("--legacy-npy", action="store_true",
+                   help="also write the legacy pickled .npy list-of-feed-dicts format")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    # validate
+    p = add("validate", cmd_validate, "compare an optimized model with its original",
+            "Run ORIGINAL and OPTIMIZED on DATA and check accuracy, latency and size. Exits 3 "
+            "if a threshold is breached. WARNING: a SavedModel is a program; validating an "
+            "untrusted SavedModel executes its graph.")
+    p.add_argument("original", metavar="ORIGINAL", help="FP32 SavedModel")
+    p.add_argument("optimized", metavar="OPTIMIZED", help="optimized SavedModel")
+    p.add_argument("data", metavar="DATA", help="held-out data with labels (.npz, CSV, TFRecord)")
+    p.add_argument("--report-dir", default=None, help="write report.md/report.html/report.json here")
+    p.add_argument("--max-auc-drop", type=_float, default=VALIDATE_DEFAULTS["max_auc_drop"],
+                   metavar="X", help="largest allowed AUC drop, absolute (default: %(default)s)")
+    p.add_argument("--max-abs-diff", type=_float, default=VALIDATE_DEFAULTS["max_abs_diff"],
+                   metavar="X",
+                   help="largest allowed absolute difference of predictions (default: %(default)s)")
+    p.add_argument("--max-latency-ratio", type=_float,
+                   default=VALIDATE_DEFAULTS["max_latency_ratio"],
+                   metavar="X",
+                   help="largest allowed optimized/original latency ratio (default: %(default)s)")
+    p.add_argument("--min-size-reduction", type=_float,
+                   default=VALIDATE_DEFAULTS["min_size_reduction"],
+                   metavar="X",
+                   help="smallest required size reduction as a fraction, 0.5 = half the size "
+                        "(default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    # demo
+    p = add("demo", cmd_demo, "build the sample model, optimize it, validate it and report",
+            "End-to-end demo on the bundled sample recommendation model.")
+    p.add_argument("--out", default=None, help="working directory (default: a temporary directory, removed unless --keep)")
+    p.add_argument("--keep", action="store_true", help="keep the working directory")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    return parser
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version  # noqa: PLC0415
+
+        return version("lpo")
+    except Exception:  # noqa: BLE001 - not installed (running from a checkout)
+        return "0.1.0"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``lpo`` command line; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from lpo.log import configure_logging  # noqa: PLC0415
+
+    level = logging.DEBUG if (args.debug or args.verbose) else logging.INFO
+    configure_logging(level, quiet=args.quiet)
+    try:
+        return int(args.func(args) or 0)
+    except LpoError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"lpo: error: {_one_line(e) or type(e).__name__}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("lpo: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the CLI's last line of defence
+        if args.debug:
+            raise
+        print(f"lpo: internal error: {type(e).__name__}: {_one_line(e)} "
+              "(run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

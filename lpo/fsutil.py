@@ -1,0 +1,397 @@
+"""Safe outputs: atomic output directories and files, path checks, checksums.
+
+Every output lpo writes goes through :func:`atomic_output_dir` or
+:func:`atomic_output_file`: the content is built in a temporary sibling of the
+destination (``<parent>/.<name>.lpo-tmp-<pid>-<random>``, never in the CWD),
+fsynced, then renamed into place. A failure, Ctrl-C or SIGTERM removes the
+temporary; a SIGKILL may leave it behind, and the next run removes it
+(:func:`cleanup_stale_temps`). The destination is therefore either absent, the
+old content, or the complete new content -- never half written.
+
+This module never imports TensorFlow.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+import stat
+import threading
+import time
+from pathlib import Path
+from typing import Iterator, Union
+
+from lpo.errors import ConfigError, InternalError, OutputExistsError
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_TMP_TAG = ".lpo-tmp-"
+_OLD_SUFFIX = "-old"
+
+
+class Terminated(SystemExit):
+    """Raised inside an atomic output block when the process receives SIGTERM."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__(128 + int(signum))
+        self.signum = int(signum)
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def _abs(path: PathLike) -> Path:
+    """Absolute path with ``..`` collapsed; the last component is not resolved."""
+    return Path(os.path.abspath(os.fspath(path)))
+
+
+def _temp_prefix(dest: Path) -> str:
+    return f".{dest.name}{_TMP_TAG}"
+
+
+def _new_temp_name(dest: Path, suffix: str = "") -> Path:
+    """A fresh temp sibling name for ``dest`` (not created)."""
+    return dest.parent / f"{_temp_prefix(dest)}{os.getpid()}-{secrets.token_hex(6)}{suffix}"
+
+
+def check_not_inside(out: PathLike, model_path: PathLike) -> None:
+    """Raise ``ConfigError`` if ``out`` equals, is inside, or contains ``model_path``.
+
+    Symlinks are resolved, so a link pointing into the model is caught too.
+    (An output containing the model would destroy it when overwritten.)
+    """
+    o = Path(os.fspath(out)).resolve(strict=False)
+    m = Path(os.fspath(model_path)).resolve(strict=False)
+    if o == m:
+        raise ConfigError(f"output path {out} is the model itself ({m}); choose another output path")
+    if m in o.parents:
+        raise ConfigError(
+            f"output path {out} is inside the model directory {m}; lpo never writes inside "
+            "its input: choose a path outside it")
+    if o in m.parents:
+        raise ConfigError(
+            f"output path {out} contains the model {model_path}; writing there could destroy "
+            "the input: choose another output path")
+
+
+def check_parent_writable(dest: PathLike) -> None:
+    """Raise ``ConfigError`` if the parent directory of ``dest`` is missing or not writable."""
+    parent = _abs(dest).parent
+    if not parent.exists():
+        raise ConfigError(f"the directory {parent} (parent of output {dest}) does not exist; "
+                          "create it first or choose another output path")
+    if not parent.is_dir():
+        raise ConfigError(f"{parent} (parent of output {dest}) is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"the directory {parent} is not writable; choose another output path")
+
+
+# --------------------------------------------------------------------------- stale temps
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _process_start_time() -> float:
+    """Wall-clock start time of this process (Linux /proc; else module import time)."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        start_ticks = int(fields[19])  # field 22 overall; 20th after "pid (comm)"
+        with open("/proc/stat", "rb") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith(b"btime"))
+        return btime + start_ticks / os.sysconf("SC_CLK_TCK")
+    except Exception:  # noqa: BLE001 - best effort, non-Linux
+        return _IMPORT_TIME
+
+
+_IMPORT_TIME = time.time()
+_PROCESS_START = None  # computed lazily
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, link or directory tree; missing is fine."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, onerror=_rm_onerror)
+        else:
+            path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _rm_onerror(func, path, exc_info):  # pragma: no cover - rare permission cases
+    exc = exc_info[1]
+    if isinstance(exc, FileNotFoundError):
+        return
+    try:  # a read-only directory: make it writable and retry once
+        os.chmod(os.path.dirname(path), stat.S_IRWXU)
+        func(path)
+    except Exception:  # noqa: BLE001
+        logger.warning("could not remove %s: %s", path, exc)
+
+
+def cleanup_stale_temps(dest: PathLike) -> list[Path]:
+    """Remove ``.<name>.lpo-tmp-*`` siblings of ``dest`` left by dead processes.
+
+    A temp whose owner pid (encoded in its name) is still running is kept; one
+    without a pid is removed only if it is older than the current process. If
+    ``dest`` is missing and a stale set-aside copy of the old ``dest`` exists
+    (a kill between the two renames of an overwrite), it is restored instead.
+    Returns the paths removed or restored.
+    """
+    global _PROCESS_START
+    dest = _abs(dest)
+    parent, prefix = dest.parent, _temp_prefix(dest)
+    if not parent.is_dir():
+        return []
+    if _PROCESS_START is None:
+        _PROCESS_START = _process_start_time()
+    done: list[Path] = []
+    try:
+        entries = sorted(parent.iterdir())
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.name.startswith(prefix):
+            continue
+        rest = entry.name[len(prefix):]
+        pid_text = rest.split("-", 1)[0]
+        if pid_text.isdigit():
+            pid = int(pid_text)
+            if pid == os.getpid() or _pid_alive(pid):
+                continue
+        else:
+            try:
+                if entry.lstat().st_mtime >= _PROCESS_START:
+                    continue
+            except FileNotFoundError:
+                continue
+        stem = rest.split(".", 1)[0]
+        if stem.endswith(_OLD_SUFFIX) and not os.path.lexists(dest):
+            try:
+                os.rename(entry, dest)
+                logger.warning("restored %s from an interrupted overwrite (%s)", dest, entry.name)
+                done.append(entry)
+                continue
+            except OSError as e:
+                logger.warning("could not restore %s from %s: %s", dest, entry, e)
+                continue
+        logger.debug("removing stale temporary %s", entry)
+        _remove(entry)
+        done.append(entry)
+    return done
+
+
+# --------------------------------------------------------------------------- fsync
+
+
+def _fsync_path(path: Path, directory: bool = False) -> None:
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:  # some filesystems refuse fsync on directories
+        if e.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP, errno.EROFS):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every regular file and directory under ``root`` (bottom-up)."""
+    for dirpath, _dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            p = Path(dirpath, name)
+            if p.is_file() and not p.is_symlink():
+                _fsync_path(p)
+        _fsync_path(Path(dirpath), directory=True)
+
+
+# --------------------------------------------------------------------------- signals
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Convert SIGTERM into :class:`Terminated` while inside (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):  # not allowed here (embedded interpreter, ...)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _is_nonempty(path: Path) -> bool:
+    if path.is_dir() and not path.is_symlink():
+        with os.scandir(path) as it:
+            return any(True for _ in it)
+    return os.path.lexists(path)
+
+
+def _exists_message(dest: Path, what: str) -> str:
+    return (f"output {what} {dest} already exists and is not empty; pass --overwrite "
+            "(overwrite=True) to replace it, or choose another path")
+
+
+# --------------------------------------------------------------------------- public
+
+
+@contextlib.contextmanager
+def atomic_output_dir(dest: PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Build an output directory atomically; yield the temp directory to fill.
+
+    Refuses an existing non-empty ``dest`` unless ``overwrite``. On success the
+    temp dir is fsynced and renamed to ``dest`` (an old ``dest`` is set aside,
+    replaced, then deleted). On any exception, Ctrl-C or SIGTERM the temp dir
+    is removed and the exception propagates; ``dest`` is left as it was.
+    """
+    dest = _abs(dest)
+    check_parent_writable(dest)
+    cleanup_stale_temps(dest)
+    if not overwrite and _is_nonempty(dest):
+        raise OutputExistsError(_exists_message(dest, "directory"))
+    tmp = _new_temp_name(dest)
+    os.mkdir(tmp, 0o777)
+    logger.debug("building %s in %s", dest, tmp)
+    committed = False
+    try:
+        with _sigterm_raises():
+            yield tmp
+            _fsync_tree(tmp)
+            _commit_dir(tmp, dest, overwrite)
+            committed = True
+    finally:
+        if not committed:
+            _remove(tmp)
+
+
+def _commit_dir(tmp: Path, dest: Path, overwrite: bool) -> None:
+    """Rename the finished ``tmp`` to ``dest`` (swapping out an old ``dest``)."""
+    if not tmp.is_dir():
+        raise InternalError(f"temporary output {tmp} disappeared before it could be moved to {dest}")
+    old = None
+    if os.path.lexists(dest):
+        if not _is_nonempty(dest):
+            os.rmdir(dest)  # an empty directory: simply replace it
+        elif overwrite:
+            old = _new_temp_name(dest, _OLD_SUFFIX)
+            os.rename(dest, old)
+        else:  # someone filled it while we were working
+            raise OutputExistsError(_exists_message(dest, "directory"))
+    try:
+        os.rename(tmp, dest)
+    except OSError as e:
+        if old is not None:  # put the old content back
+            with contextlib.suppress(OSError):
+                os.rename(old, dest)
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise OutputExistsError(_exists_message(dest, "directory")) from e
+        raise
+    _fsync_path(dest.parent, directory=True)
+    if old is not None:
+        _remove(old)
+    logger.debug("wrote %s", dest)
+
+
+@contextlib.contextmanager
+def atomic_output_file(dest: PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Write a single output file atomically; yield the temp path to write to.
+
+    The temp path lives beside ``dest`` and keeps its suffix (so ``np.savez``
+    does not append ``.npz``); it is not created in advance. Refuses an
+    existing ``dest`` unless ``overwrite``; on success fsyncs and
+    ``os.replace``s it into place, on failure removes it.
+    """
+    dest = _abs(dest)
+    check_parent_writable(dest)
+    cleanup_stale_temps(dest)
+    if dest.is_dir():
+        raise OutputExistsError(f"output file {dest} is an existing directory; choose another path")
+    if not overwrite and os.path.lexists(dest):
+        raise OutputExistsError(_exists_message(dest, "file"))
+    tmp = _new_temp_name(dest, dest.suffix)
+    committed = False
+    try:
+        with _sigterm_raises():
+            yield tmp
+            if not tmp.is_file():
+                raise InternalError(f"nothing was written to the temporary output {tmp} for {dest}")
+            if not overwrite and os.path.lexists(dest):
+                raise OutputExistsError(_exists_message(dest, "file"))
+            _fsync_path(tmp)
+            os.replace(tmp, dest)
+            committed = True
+            _fsync_path(dest.parent, directory=True)
+    finally:
+        if not committed:
+            _remove(tmp)
+
+
+def tree_checksum(path: PathLike) -> str:
+    """Deterministic sha256 of a file or directory tree (relative paths, types, bytes).
+
+    Symlinks are hashed by their target text, not followed. Used to prove that
+    inputs are left untouched.
+    """
+    root = Path(os.fspath(path))
+    h = hashlib.sha256()
+
+    def add_file(rel: str, p: Path) -> None:
+        h.update(b"F\0" + rel.encode("utf-8", "surrogateescape") + b"\0")
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\0")
+
+    if not os.path.lexists(root):
+        raise FileNotFoundError(f"no such file or directory: {root}")
+    if root.is_file() and not root.is_symlink():
+        add_file(".", root)
+        return h.hexdigest()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
+        h.update(b"D\0" + rel_dir.encode("utf-8", "surrogateescape") + b"\0")
+        for name in sorted(filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
+            p = Path(dirpath, name)
+            rel = f"{rel_dir}/{name}" if rel_dir != "." else name
+            if p.is_symlink():
+                h.update(b"L\0" + rel.encode("utf-8", "surrogateescape") + b"\0"
+                         + os.readlink(p).encode("utf-8", "surrogateescape") + b"\0")
+            elif p.is_file():
+                add_file(rel, p)
+            else:
+                h.update(b"O\0" + rel.encode("utf-8", "surrogateescape") + b"\0")
+    return h.hexdigest()

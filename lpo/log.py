@@ -1,0 +1,215 @@
+"""Logging setup for lpo and a tiny dependency-free progress bar.
+
+Library modules call ``get_logger(__name__)`` and log; only the CLI calls
+:func:`configure_logging`, which sends lpo's records to stderr as
+``lpo: message``. :func:`progress` draws a bar on stderr only when stderr is a
+terminal and output is not quiet; otherwise it is silent and logs one summary
+line at DEBUG when done.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import IO, Iterable, Iterator, Optional, Union
+
+ROOT = "lpo"
+
+_state = {"quiet": False}
+
+
+def get_logger(name: str) -> logging.Logger:
+    """Return the logger for ``name``, placed under the ``lpo`` hierarchy."""
+    if name == ROOT or name.startswith(ROOT + "."):
+        return logging.getLogger(name)
+    return logging.getLogger(f"{ROOT}.{name}")
+
+
+class _Formatter(logging.Formatter):
+    """``lpo: message``; ``lpo: warning: message`` for warnings and errors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        if record.levelno >= logging.ERROR:
+            msg = f"error: {msg}"
+        elif record.levelno >= logging.WARNING:
+            msg = f"warning: {msg}"
+        elif record.levelno <= logging.DEBUG:
+            msg = f"[{record.name}] {msg}"
+        text = f"lpo: {msg}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (works under capture)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def configure_logging(level: Union[int, str] = logging.INFO, quiet: bool = False) -> None:
+    """Send ``lpo`` log records to stderr as ``lpo: message`` (for the CLI).
+
+    ``quiet`` raises the level to WARNING and silences progress bars. Calling it
+    again replaces the previous configuration. TensorFlow's Python loggers are
+    limited to errors unless ``level`` is DEBUG.
+    """
+    if isinstance(level, str):
+        level = logging.getLevelName(level.upper())
+        if not isinstance(level, int):
+            raise ValueError(f"unknown log level {level!r}")
+    if quiet:
+        level = max(level, logging.WARNING)
+    _state["quiet"] = bool(quiet)
+    logger = logging.getLogger(ROOT)
+    for h in list(logger.handlers):
+        if isinstance(h, _StderrHandler):
+            logger.removeHandler(h)
+    handler = _StderrHandler()
+    handler.setFormatter(_Formatter())
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    for name in ("tensorflow", "absl"):
+        logging.getLogger(name).setLevel(logging.DEBUG if level <= logging.DEBUG else logging.ERROR)
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+class Progress:
+    """A progress bar over an iterable, or a counter updated by hand.
+
+    Iterate over it to advance one item at a time, or call :meth:`update`.
+    Use as a context manager (or call :meth:`close`) to finish the line.
+    """
+
+    WIDTH = 24
+    MIN_INTERVAL = 0.1  # seconds between redraws
+
+    def __init__(self, iterable: Optional[Iterable] = None, total: Optional[int] = None,
+                 desc: str = "", total_bytes: Optional[int] = None, quiet: bool = False,
+                 stream: Optional[IO[str]] = None):
+        self.iterable = iterable
+        self.total = total
+        self.desc = desc
+        self.total_bytes = total_bytes
+        self.n = 0
+        self.nbytes = 0
+        self._stream = stream
+        s = stream if stream is not None else sys.stderr
+        try:
+            tty = bool(s.isatty())
+        except (AttributeError, ValueError):
+            tty = False
+        self.enabled = tty and not quiet and not _state["quiet"]
+        self._start = time.monotonic()
+        self._last_draw = 0.0
+        self._closed = False
+        self._drawn = False
+
+    @property
+    def stream(self) -> IO[str]:
+        """The stream drawn on (stderr unless one was given)."""
+        return self._stream if self._stream is not None else sys.stderr
+
+    def __iter__(self) -> Iterator:
+        if self.iterable is None:
+            raise TypeError("this progress bar counts by hand: call update()")
+        try:
+            for item in self.iterable:
+                yield item
+                self.update(1)
+        finally:
+            self.close()
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def update(self, n: int = 1, nbytes: int = 0) -> None:
+        """Advance by ``n`` items and ``nbytes`` bytes; redraw at most 10 times a second."""
+        self.n += n
+        self.nbytes += nbytes
+        if self.enabled:
+            now = time.monotonic()
+            if now - self._last_draw >= self.MIN_INTERVAL or (self.total and self.n >= self.total):
+                self._last_draw = now
+                self._draw()
+
+    def _line(self) -> str:
+        parts = [self.desc] if self.desc else []
+        if self.total:
+            frac = min(1.0, self.n / self.total)
+            filled = int(round(frac * self.WIDTH))
+            parts.append("[" + "#" * filled + "." * (self.WIDTH - filled) + "]")
+            parts.append(f"{self.n}/{self.total} {frac * 100:3.0f}%")
+        else:
+            parts.append(str(self.n))
+        if self.total_bytes or self.nbytes:
+            b = _human_bytes(self.nbytes)
+            parts.append(f"{b}/{_human_bytes(self.total_bytes)}" if self.total_bytes else b)
+        parts.append(f"{time.monotonic() - self._start:.1f}s")
+        return " ".join(parts)
+
+    def _draw(self) -> None:
+        try:
+            self.stream.write("\r" + self._line() + "\x1b[K")
+            self.stream.flush()
+            self._drawn = True
+        except (OSError, ValueError):
+            self.enabled = False
+
+    def close(self) -> None:
+        """Finish the bar (final redraw and newline) and log a DEBUG summary."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.enabled:
+            self._draw()
+            try:
+                self.stream.write("\n")
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass
+        elapsed = time.monotonic() - self._start
+        extra = f", {_human_bytes(self.nbytes)}" if self.nbytes else ""
+        get_logger("progress").debug("%s: %d items%s in %.2fs", self.desc or "progress",
+                                     self.n, extra, elapsed)
+
+
+def progress(iterable_or_total: Union[Iterable, int, None], desc: str = "",
+             total_bytes: Optional[int] = None, quiet: bool = False,
+             stream: Optional[IO[str]] = None) -> Progress:
+    """Return a :class:`Progress` over an iterable, or a manual counter for an int total.
+
+    Drawn on stderr only when it is a TTY and neither ``quiet`` nor the CLI's
+    ``--quiet`` is set; otherwise silent apart from one DEBUG summary line.
+    """
+    if iterable_or_total is None or isinstance(iterable_or_total, int):
+        return Progress(None, total=iterable_or_total, desc=desc, total_bytes=total_bytes,
+                        quiet=quiet, stream=stream)
+    total = None
+    try:
+        total = len(iterable_or_total)  # type: ignore[arg-type]
+    except TypeError:
+        pass
+    return Progress(iterable_or_total, total=total, desc=desc, total_bytes=total_bytes,
+                    quiet=quiet, stream=stream)
