@@ -1,0 +1,663 @@
+"""Small DLRM-like TF1-graph SavedModels on synthetic Criteo-shaped data.
+
+Used by the tests, the demo and the benchmarks. Everything is seeded and
+deterministic (data exactly; trained weights up to float non-associativity of
+multithreaded kernels).
+
+Data: 13 float features ``I1..I13`` (log-transformed log-normal counts; a few
+features are centred and so also take negative values) and 26 string features
+``C1..C26`` (Zipf-distributed values like ``"c7_1234"``, a few thousand distinct
+values per feature). The label is a fixed random function of the features
+(logistic of per-category effects + a dense term + noise), learnable to AUC ~0.8.
+
+Model (``tf.compat.v1`` graph mode, no Keras): 26
+``categorical_column_with_hash_bucket(1000)`` -> ``embedding_column(16, 'mean')``
+via ``feature_column.input_layer``; 13 ``numeric_column`` -> bottom MLP 13->64->16;
+concat(bottom, 26 embeddings) -> top MLP 432->256->64->1 -> sigmoid. Every layer
+is ``MatMul`` + ``BiasAdd`` (+ ``Relu`` except the last).
+
+Serving signatures (tag ``serve``):
+
+* ``serving_default``: inputs ``I1..I13`` (float32 ``[None]``) and ``C1..C26``
+  (string ``[None]``); output ``probabilities`` (float32 ``[None]``).
+* ``predict_logits``: same inputs; output ``logits`` (float32 ``[None]``).
+
+Variants (``variant=``):
+
+* ``'resource'``: resource variables, classic lookup path
+  ``VarHandleOp -> ResourceGather -> SparseSegmentMean`` (ids through ``Unique``).
+* ``'ref'``: ref variables, TF>=2.14 fast path: the table is read directly,
+  ``VariableV2 -> Identity -> SparseSegmentMean`` (no gather).
+* ``'partitioned'``: resource variables split in 2 parts by
+  ``fixed_size_partitioner(2)``; ``Unique -> DynamicPartition ->
+  ResourceGather (per part) -> ParallelDynamicStitch -> SparseSegmentMean``.
+
+``lookup='gather'|'fast'`` overrides the per-variant lookup path (see
+:func:`build_sample`).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: Bump whenever the builder (data, model or export) changes: it keys the cache.
+SAMPLE_VERSION = 1
+
+VARIANTS = ("resource", "ref", "partitioned")
+LOOKUPS = ("default", "gather", "fast")
+
+NUM_DENSE = 13
+NUM_SPARSE = 26
+DENSE_NAMES = tuple(f"I{i}" for i in range(1, NUM_DENSE + 1))
+SPARSE_NAMES = tuple(f"C{i}" for i in range(1, NUM_SPARSE + 1))
+INPUT_NAMES = DENSE_NAMES + SPARSE_NAMES
+HASH_BUCKETS = 1000
+EMBED_DIM = 16
+BOTTOM_UNITS = (64, 16)
+TOP_UNITS = (256, 64, 1)
+SCOPE = "dlrm"
+
+SIGNATURES = {"serving_default": "probabilities", "predict_logits": "logits"}
+
+_META_FILE = "sample.json"
+
+
+@dataclasses.dataclass
+class SampleModel:
+    """A built sample: paths to the SavedModel and its data, plus build facts."""
+
+    root: str
+    variant: str
+    seed: int
+    lookup: str
+    model_path: str
+    heldout_path: str
+    calib_path: str
+    train_csv_path: str
+    input_names: list[str]
+    signatures: dict[str, str]
+    embedding_variables: list[str]
+    dense_kernels: list[str]
+    auc: float
+    logloss: float
+    bayes_auc: float
+    build_seconds: float
+    version: int = SAMPLE_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-able dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], root: str | None = None) -> "SampleModel":
+        """Rebuild from :meth:`to_dict` output; ``root`` relocates the paths."""
+        d = dict(d)
+        if root is not None and root != d["root"]:
+            old = d["root"]
+            for k in ("model_path", "heldout_path", "calib_path", "train_csv_path"):
+                d[k] = os.path.join(root, os.path.relpath(d[k], old))
+            d["root"] = root
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclasses.dataclass
+class _Truth:
+    """The fixed random labelling function."""
+
+    perms: list[np.ndarray]  # rank -> category id, per feature
+    probs: list[np.ndarray]  # Zipf probability per rank, per feature
+    effects: list[np.ndarray]  # logit effect per rank, per feature
+    dense_mu: np.ndarray
+    dense_sigma: np.ndarray
+    dense_center: np.ndarray
+    dense_w: np.ndarray
+    bias: float
+    noise: float
+
+
+def _truth(seed: int) -> _Truth:
+    rng = np.random.default_rng([seed, 7919])
+    perms, probs, effects = [], [], []
+    for k in range(NUM_SPARSE):
+        vocab = int(rng.integers(1500, 5000))
+        s = float(rng.uniform(1.05, 1.3))
+        p = 1.0 / np.arange(1, vocab + 1) ** s
+        probs.append(p / p.sum())
+        perms.append(rng.permutation(vocab))
+        # some features carry signal, some are nearly noise
+        strength = float(rng.choice([0.05, 0.2, 0.4, 0.7], p=[0.3, 0.3, 0.25, 0.15]))
+        effects.append(rng.normal(0.0, strength, size=vocab))
+    dense_mu = rng.uniform(0.0, 4.0, NUM_DENSE)
+    dense_sigma = rng.uniform(0.5, 1.5, NUM_DENSE)
+    # I2, I5, I9 are centred after the log: they take negative values too
+    dense_center = np.zeros(NUM_DENSE)
+    dense_center[[1, 4, 8]] = 1.0
+    dense_w = rng.normal(0.0, 0.35, NUM_DENSE)
+    return _Truth(perms, probs, effects, dense_mu, dense_sigma, dense_center,
+                  dense_w, bias=-2.0, noise=0.3)
+
+
+def generate_data(num_rows: int, seed: int = 0, stream: int = 0) -> dict[str, np.ndarray]:
+    """Generate ``num_rows`` synthetic Criteo-shaped rows.
+
+    The labelling function depends only on ``seed``; ``stream`` selects
+    disjoint row draws (0 = train, 1 = held-out, 2 = calibration). Returns a
+    dict: ``I1..I13`` float32, ``C1..C26`` bytes (``dtype 'S'``), ``label``
+    float32 in {0, 1} and ``_prob`` (float64, the true click probability).
+    """
+    t = _truth(seed)
+    rng = np.random.default_rng([seed, 104729, stream])
+    out: dict[str, np.ndarray] = {}
+    logit = np.full(num_rows, t.bias)
+    for j, name in enumerate(DENSE_NAMES):
+        raw = np.floor(np.exp(rng.normal(t.dense_mu[j], t.dense_sigma[j], num_rows)))
+        x = np.log1p(raw)
+        logit += t.dense_w[j] * np.tanh((x - t.dense_mu[j]) / t.dense_sigma[j])
+        if t.dense_center[j]:
+            x = x - t.dense_mu[j]
+        out[name] = x.astype(np.float32)
+    for k, name in enumerate(SPARSE_NAMES):
+        rank = rng.choice(len(t.probs[k]), size=num_rows, p=t.probs[k])
+        logit += t.effects[k][rank]
+        ids = t.perms[k][rank]
+        vocab = np.array([f"c{k + 1}_{i}".encode() for i in range(len(t.perms[k]))])
+        out[name] = vocab[ids]
+    logit += rng.normal(0.0, t.noise, num_rows)
+    prob = 1.0 / (1.0 + np.exp(-logit))
+    out["label"] = (rng.random(num_rows) < prob).astype(np.float32)
+    out["_prob"] = prob
+    return out
+
+
+def _inputs_only(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: data[k] for k in INPUT_NAMES}
+
+
+def write_csv(data: dict[str, np.ndarray], path: str) -> int:
+    """Write rows as CSV with header ``label,I1..I13,C1..C26``; return row count."""
+    n = len(data["label"])
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["label", *INPUT_NAMES])
+        dense = [data[k] for k in DENSE_NAMES]
+        sparse = [data[k] for k in SPARSE_NAMES]
+        for i in range(n):
+            w.writerow([int(data["label"][i]), *(repr(float(c[i])) for c in dense),
+                        *(c[i].decode() for c in sparse)])
+    return n
+
+
+def write_tfrecord(npz_path: str, out_path: str, *, include_label: bool = True,
+                   max_rows: int | None = None, compression: str | None = None) -> int:
+    """Write the rows of an npz (e.g. ``heldout.npz``) as ``tf.train.Example`` records.
+
+    Floats become ``float_list``, strings/bytes ``bytes_list``, integers
+    ``int64_list``; one value per feature. ``label`` is written only if present
+    and ``include_label``. ``compression`` is ``None``, ``'GZIP'`` or ``'ZLIB'``.
+    Returns the number of records written.
+    """
+    import tensorflow as tf
+
+    with np.load(npz_path, allow_pickle=False) as z:
+        data = {k: z[k] for k in z.files if not k.startswith("_")}
+    if not include_label:
+        data.pop("label", None)
+    n = len(next(iter(data.values())))
+    if max_rows is not None:
+        n = min(n, max_rows)
+    opts = tf.io.TFRecordOptions(compression_type=compression or "")
+    with tf.io.TFRecordWriter(out_path, options=opts) as w:
+        for i in range(n):
+            feat = {}
+            for k, col in data.items():
+                v = col[i]
+                if col.dtype.kind == "f":
+                    feat[k] = tf.train.Feature(float_list=tf.train.FloatList(value=[float(v)]))
+                elif col.dtype.kind in "iub":
+                    feat[k] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
+                else:
+                    b = v if isinstance(v, bytes) else str(v).encode()
+                    feat[k] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[b]))
+            w.write(tf.train.Example(features=tf.train.Features(feature=feat)).SerializeToString())
+    return n
+
+
+# --------------------------------------------------------------------------- model
+
+
+def _dense_layer(x, units: int, name: str, relu: bool):
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    with v1.variable_scope(name):
+        fan_in = int(x.shape[-1])
+        kernel = v1.get_variable(
+            "kernel", [fan_in, units], tf.float32,
+            initializer=v1.glorot_uniform_initializer(), partitioner=None)
+        bias = v1.get_variable("bias", [units], tf.float32,
+                               initializer=v1.zeros_initializer(), partitioner=None)
+        y = tf.nn.bias_add(tf.matmul(x, kernel), bias)
+        return tf.nn.relu(y) if relu else y
+
+
+def _model(features: dict, variant: str):
+    """Build the DLRM-like forward pass; return logits of shape [None]."""
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    fc = v1.feature_column
+    dense_cols = [fc.numeric_column(n) for n in DENSE_NAMES]
+    emb_cols = [
+        fc.embedding_column(
+            fc.categorical_column_with_hash_bucket(n, HASH_BUCKETS),
+            dimension=EMBED_DIM, combiner="mean")
+        for n in SPARSE_NAMES
+    ]
+    partitioner = v1.fixed_size_partitioner(2) if variant == "partitioned" else None
+    use_resource = variant != "ref"
+    with v1.variable_scope(SCOPE, use_resource=use_resource):
+        with v1.variable_scope("embeddings", partitioner=partitioner):
+            emb = fc.input_layer(features, emb_cols)  # [B, 26*16]
+        dense = fc.input_layer(features, dense_cols)  # [B, 13]
+        x = dense
+        with v1.variable_scope("bottom_mlp"):
+            for i, u in enumerate(BOTTOM_UNITS):
+                x = _dense_layer(x, u, f"layer{i}", relu=True)
+        x = tf.concat([x, emb], axis=1, name="interaction")
+        with v1.variable_scope("top_mlp"):
+            for i, u in enumerate(TOP_UNITS):
+                x = _dense_layer(x, u, f"layer{i}", relu=i < len(TOP_UNITS) - 1)
+        return tf.reshape(x, [-1], name="logits")
+
+
+def _placeholders():
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    feats = {n: v1.placeholder(tf.float32, [None], name=n) for n in DENSE_NAMES}
+    feats.update({n: v1.placeholder(tf.string, [None], name=n) for n in SPARSE_NAMES})
+    return feats
+
+
+@contextlib.contextmanager
+def _lookup_mode(lookup: str):
+    """Force the classic gather path ('gather') or leave TF's fast path ('fast')."""
+    import tensorflow as tf
+
+    if lookup == "gather":
+        # embedding_lookup_sparse takes its fast path (table read directly by
+        # SparseSegmentMean) only when forward_compatible(2023, 9, 26).
+        with tf.compat.forward_compatibility_horizon(2023, 9, 1):
+            yield
+    else:
+        yield
+
+
+@contextlib.contextmanager
+def _quiet_deprecations():
+    """Silence TF's feature_column / v1 deprecation warnings while building."""
+    try:
+        from tensorflow.python.util import deprecation
+        ctx = deprecation.silence()
+    except (ImportError, AttributeError):  # private API moved: just be noisy
+        ctx = contextlib.nullcontext()
+    with ctx:
+        yield
+
+
+def _session_config():
+    import tensorflow as tf
+
+    return tf.compat.v1.ConfigProto(intra_op_parallelism_threads=2,
+                                    inter_op_parallelism_threads=1)
+
+
+def _resolve_lookup(variant: str, lookup: str) -> str:
+    if lookup not in LOOKUPS:
+        raise ValueError(f"lookup must be one of {LOOKUPS}, got {lookup!r}")
+    if lookup != "default":
+        return lookup
+    return "fast" if variant == "ref" else "gather"
+
+
+def _train(data, variant, lookup, seed, epochs, batch_size, lr, ckpt_prefix) -> None:
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    g = tf.Graph()
+    with g.as_default(), _lookup_mode(lookup), _quiet_deprecations():
+        v1.set_random_seed(seed)
+        feats = _placeholders()
+        label = v1.placeholder(tf.float32, [None], name="label")
+        logits = _model(feats, variant)
+        loss = tf.reduce_mean(
+            tf.nn.sigmoid_cross_entropy_with_logits(labels=label, logits=logits))
+        train_op = v1.train.AdamOptimizer(lr).minimize(loss)
+        saver = v1.train.Saver(var_list=v1.global_variables(scope=SCOPE))
+        init = v1.global_variables_initializer()
+    n = len(data["label"])
+    rng = np.random.default_rng([seed, 31])
+    with v1.Session(graph=g, config=_session_config()) as sess:
+        sess.run(init)
+        for ep in range(epochs):
+            order = rng.permutation(n)
+            tot, steps = 0.0, 0
+            for s in range(0, n, batch_size):
+                idx = order[s:s + batch_size]
+                fd = {feats[k]: data[k][idx] for k in INPUT_NAMES}
+                fd[label] = data["label"][idx]
+                l, _ = sess.run([loss, train_op], fd)
+                tot += l
+                steps += 1
+            log.info("sample %s: epoch %d loss %.4f", variant, ep + 1, tot / steps)
+        saver.save(sess, ckpt_prefix, write_meta_graph=False, write_state=False)
+
+
+def _export(variant, lookup, ckpt_prefix, export_dir) -> tuple[list[str], list[str]]:
+    """Build the clean serving graph, restore trained values, write the SavedModel."""
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    sdu = v1.saved_model.signature_def_utils
+    g = tf.Graph()
+    with g.as_default(), _lookup_mode(lookup), _quiet_deprecations():
+        feats = _placeholders()
+        logits = _model(feats, variant)
+        probs = tf.sigmoid(logits, name="probabilities")
+        variables = v1.global_variables()
+        saver = v1.train.Saver(var_list=variables)
+        sigs = {
+            "serving_default": sdu.predict_signature_def(
+                inputs=feats, outputs={"probabilities": probs}),
+            "predict_logits": sdu.predict_signature_def(
+                inputs=feats, outputs={"logits": logits}),
+        }
+        emb_vars = sorted({v.name.split(":")[0].split("/part_")[0]
+                           for v in variables if "embedding_weights" in v.name})
+        kernels = sorted(v.name.split(":")[0] for v in variables if v.name.endswith("kernel:0"))
+    with v1.Session(graph=g, config=_session_config()) as sess:
+        saver.restore(sess, ckpt_prefix)
+        b = v1.saved_model.Builder(export_dir)
+        b.add_meta_graph_and_variables(sess, [v1.saved_model.tag_constants.SERVING],
+                                       signature_def_map=sigs)
+        b.save()
+    return emb_vars, kernels
+
+
+def predict(model_path: str, data: dict[str, np.ndarray], *,
+            signature: str = "serving_default", batch_size: int = 4096) -> np.ndarray:
+    """Run one signature of a SavedModel (tag ``serve``) on ``data``; return its output.
+
+    ``data`` maps input names to arrays (extra keys are ignored). The signature
+    must have exactly one output. Rows are fed in batches of ``batch_size``.
+    """
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    g = tf.Graph()
+    with v1.Session(graph=g, config=_session_config()) as sess:
+        mg = v1.saved_model.load(sess, ["serve"], model_path)
+        sig = mg.signature_def[signature]
+        (out_info,) = sig.outputs.values()
+        out_t = g.get_tensor_by_name(out_info.name)
+        in_t = {k: g.get_tensor_by_name(v.name) for k, v in sig.inputs.items()}
+        n = len(data[next(iter(in_t))])
+        parts = []
+        for s in range(0, n, batch_size):
+            parts.append(sess.run(out_t, {t: data[k][s:s + batch_size] for k, t in in_t.items()}))
+    return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
+
+
+def _auc(labels: np.ndarray, preds: np.ndarray) -> float:
+    try:
+        from lpo.metrics import auc
+    except ImportError:  # metrics.py not present: tiny local rank AUC
+        labels = np.asarray(labels).ravel() > 0.5
+        preds = np.asarray(preds, np.float64).ravel()
+        order = np.argsort(preds, kind="mergesort")
+        ranks = np.empty(len(preds))
+        sp = preds[order]
+        # average ranks over ties
+        _, first, counts = np.unique(sp, return_index=True, return_counts=True)
+        avg = first + (counts + 1) / 2.0
+        ranks[order] = np.repeat(avg, counts)
+        npos = labels.sum()
+        nneg = len(labels) - npos
+        return float((ranks[labels].sum() - npos * (npos + 1) / 2) / (npos * nneg))
+    return float(auc(labels, preds))
+
+
+def _logloss(labels, preds) -> float:
+    p = np.clip(np.asarray(preds, np.float64).ravel(), 1e-7, 1 - 1e-7)
+    y = np.asarray(labels, np.float64).ravel()
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def build_sample(out_dir: str, *, variant: str = "resource", seed: int = 0,
+                 lookup: str = "default", train_rows: int = 100_000,
+                 heldout_rows: int = 20_000, calib_rows: int = 2048,
+                 csv_rows: int = 5000, epochs: int = 2, batch_size: int = 512,
+                 learning_rate: float = 2e-3) -> SampleModel:
+    """Train a DLRM-like model and write a sample into ``out_dir``.
+
+    Writes ``out_dir/model`` (SavedModel, tag ``serve``, signatures
+    ``serving_default`` -> ``probabilities`` and ``predict_logits`` -> ``logits``,
+    both float32 ``[None]``), ``heldout.npz`` (every serving input + ``label``),
+    ``calib.npz`` (serving inputs only), ``train.csv`` (``label,I1..I13,C1..C26``)
+    and ``sample.json`` (the returned :class:`SampleModel`). ``variant`` is one of
+    ``'resource'``, ``'ref'``, ``'partitioned'``; ``lookup`` picks the embedding
+    lookup path: ``'gather'`` (Unique + gather + SparseSegmentMean), ``'fast'``
+    (SparseSegmentMean reads the table directly; not for partitioned) or
+    ``'default'`` (``'fast'`` for ref, ``'gather'`` otherwise).
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    lookup = _resolve_lookup(variant, lookup)
+    t0 = time.monotonic()
+    os.makedirs(out_dir, exist_ok=True)
+    out_dir = os.path.abspath(out_dir)
+    train = generate_data(train_rows, seed, stream=0)
+    held = generate_data(heldout_rows, seed, stream=1)
+    calib = generate_data(calib_rows, seed, stream=2)
+    np.savez(os.path.join(out_dir, "heldout.npz"), **_inputs_only(held), label=held["label"])
+    np.savez(os.path.join(out_dir, "calib.npz"), **_inputs_only(calib))
+    write_csv({k: v[:csv_rows] for k, v in train.items()}, os.path.join(out_dir, "train.csv"))
+
+    model_path = os.path.join(out_dir, "model")
+    with tempfile.TemporaryDirectory(prefix="lpo-train-") as tmp:
+        ckpt = os.path.join(tmp, "model.ckpt")
+        _train(train, variant, lookup, seed, epochs, batch_size, learning_rate, ckpt)
+        if os.path.exists(model_path):
+            shutil.rmtree(model_path)
+        emb_vars, kernels = _export(variant, lookup, ckpt, model_path)
+
+    preds = predict(model_path, held)
+    sample = SampleModel(
+        root=out_dir, variant=variant, seed=seed, lookup=lookup, model_path=model_path,
+        heldout_path=os.path.join(out_dir, "heldout.npz"),
+        calib_path=os.path.join(out_dir, "calib.npz"),
+        train_csv_path=os.path.join(out_dir, "train.csv"),
+        input_names=list(INPUT_NAMES), signatures=dict(SIGNATURES),
+        embedding_variables=emb_vars, dense_kernels=kernels,
+        auc=_auc(held["label"], preds), logloss=_logloss(held["label"], preds),
+        bayes_auc=_auc(held["label"], held["_prob"]),
+        build_seconds=round(time.monotonic() - t0, 2))
+    with open(os.path.join(out_dir, _META_FILE), "w") as f:
+        json.dump(sample.to_dict(), f, indent=2)
+    log.info("built sample %s/%s in %.1fs: AUC %.4f (bayes %.4f)", variant, lookup,
+             sample.build_seconds, sample.auc, sample.bayes_auc)
+    return sample
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def default_cache_dir() -> str:
+    """Return ``$LPO_CACHE_DIR`` or ``~/.cache/lpo/samples``."""
+    return os.environ.get("LPO_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "lpo", "samples")
+
+
+def _load_cached(path: str) -> SampleModel | None:
+    meta = os.path.join(path, _META_FILE)
+    if not os.path.isfile(meta):
+        return None
+    with open(meta) as f:
+        d = json.load(f)
+    if d.get("version") != SAMPLE_VERSION:
+        return None
+    return SampleModel.from_dict(d, root=path)
+
+
+def cached_sample(variant: str = "resource", cache_dir: str | None = None, *,
+                  seed: int = 0, lookup: str = "default") -> SampleModel:
+    """Return the sample for ``variant``, building it once into the cache.
+
+    The cache entry is ``<cache_dir>/<variant>-<lookup>-s<seed>-v<SAMPLE_VERSION>``;
+    ``cache_dir`` defaults to :func:`default_cache_dir`. Concurrent callers
+    (e.g. pytest-xdist workers) serialize on an ``fcntl`` lock; the sample is
+    built in a temp sibling and renamed into place, so readers never see a
+    partial entry.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    lookup = _resolve_lookup(variant, lookup)
+    cache_dir = os.path.abspath(cache_dir or default_cache_dir())
+    os.makedirs(cache_dir, exist_ok=True)
+    key = f"{variant}-{lookup}-s{seed}-v{SAMPLE_VERSION}"
+    final = os.path.join(cache_dir, key)
+    hit = _load_cached(final)
+    if hit is not None:
+        return hit
+    with open(os.path.join(cache_dir, f".{key}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            hit = _load_cached(final)
+            if hit is not None:
+                return hit
+            tmp = tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=cache_dir)
+            try:
+                build_sample(tmp, variant=variant, seed=seed, lookup=lookup)
+                if os.path.exists(final):  # stale/partial entry from an old crash
+                    shutil.rmtree(final)
+                os.rename(tmp, final)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            # rewrite sample.json with the final paths
+            sample = _load_cached(final)
+            assert sample is not None
+            with open(os.path.join(final, _META_FILE), "w") as f:
+                json.dump(sample.to_dict(), f, indent=2)
+            return sample
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------- checkpoint
+
+
+def _saved_keys_and_slices(model_path: str) -> list[tuple[str, str]] | None:
+    """(key, shape_and_slice) pairs from the SaveV2 node of the SavedModel's saver."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    from tensorflow.python.framework import tensor_util
+
+    pb = os.path.join(model_path, "saved_model.pb")
+    if not os.path.isfile(pb):
+        return None
+    sm = saved_model_pb2.SavedModel()
+    with open(pb, "rb") as f:
+        sm.ParseFromString(f.read())
+    for mg in sm.meta_graphs:
+        nodes = {n.name: n for n in mg.graph_def.node}
+        for n in mg.graph_def.node:
+            if n.op != "SaveV2":
+                continue
+            names_node = nodes[n.input[1].split(":")[0].lstrip("^")]
+            slices_node = nodes[n.input[2].split(":")[0].lstrip("^")]
+            names = tensor_util.MakeNdarray(names_node.attr["value"].tensor)
+            slices = tensor_util.MakeNdarray(slices_node.attr["value"].tensor)
+            return [(a.decode(), b.decode()) for a, b in zip(names.ravel(), slices.ravel())]
+    return None
+
+
+def perturb_checkpoint(model_path: str, out_prefix: str, *, seed: int = 1,
+                       scale: float = 0.01) -> str:
+    """Write a "freshly retrained" copy of a SavedModel's checkpoint.
+
+    Reads ``<model_path>/variables/variables`` tensor by tensor (slice by slice
+    for partitioned variables, same keys and ``shape_and_slices`` as the model's
+    saver) and writes a V2 checkpoint at ``out_prefix`` where every float tensor
+    ``v`` becomes ``v + scale * rms(v) * N(0, 1)``; other dtypes are copied.
+    ``model_path`` may also be a checkpoint prefix. Returns ``out_prefix``.
+    """
+    import tensorflow as tf
+
+    prefix = model_path
+    if os.path.isdir(model_path):
+        prefix = os.path.join(model_path, "variables", "variables")
+    reader = tf.train.load_checkpoint(prefix)
+    dtypes = reader.get_variable_to_dtype_map()
+    pairs = (_saved_keys_and_slices(model_path) if os.path.isdir(model_path) else None)
+    if not pairs:
+        pairs = [(k, "") for k in sorted(dtypes)]
+    rng = np.random.default_rng(seed)
+    keys, slices, values = [], [], []
+    for key, slc in pairs:
+        dt = dtypes[key]
+        (t,) = tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=[key],
+                                    shape_and_slices=[slc], dtypes=[dt])
+        v = t.numpy()
+        if dt.is_floating:
+            rms = float(np.sqrt(np.mean(np.square(v, dtype=np.float64)))) if v.size else 0.0
+            noise = rng.standard_normal(v.shape) * scale * (rms or 1.0)
+            v = (v + noise).astype(v.dtype)
+        keys.append(key)
+        slices.append(slc)
+        values.append(tf.constant(v, dtype=dt))
+    d = os.path.dirname(os.path.abspath(out_prefix))
+    os.makedirs(d, exist_ok=True)
+    tf.raw_ops.SaveV2(prefix=out_prefix, tensor_names=keys, shape_and_slices=slices,
+                      tensors=values)
+    log.info("perturbed %d tensors of %s into %s", len(keys), prefix, out_prefix)
+    return out_prefix
+
+
+def graph_op_types(model_path: str, tags: tuple[str, ...] = ("serve",)) -> set[str]:
+    """Return the set of op types in the SavedModel's MetaGraph (functions included)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel()
+    with open(os.path.join(model_path, "saved_model.pb"), "rb") as f:
+        sm.ParseFromString(f.read())
+    for mg in sm.meta_graphs:
+        if set(tags) <= set(mg.meta_info_def.tags):
+            ops = {n.op for n in mg.graph_def.node}
+            for fn in mg.graph_def.library.function:
+                ops.update(n.op for n in fn.node_def)
+            return ops
+    raise ValueError(f"no MetaGraph with tags {tags} in {model_path}")
+
+
+__all__ = [
+    "SAMPLE_VERSION", "VARIANTS", "INPUT_NAMES", "DENSE_NAMES", "SPARSE_NAMES",
+    "SIGNATURES", "SampleModel", "generate_data", "write_csv", "write_tfrecord",
+    "build_sample", "cached_sample", "default_cache_dir", "perturb_checkpoint",
+    "predict", "graph_op_types",
+]

@@ -1,0 +1,33 @@
+"""Shared pytest fixtures: cached sample SavedModels (built once, reused)."""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE_CACHE = os.environ.get("LPO_CACHE_DIR") or os.path.join(REPO_ROOT, ".lpo-cache")
+
+
+def _sample(variant):
+    from lpo.samples import cached_sample
+
+    return cached_sample(variant, cache_dir=SAMPLE_CACHE)
+
+
+@pytest.fixture(scope="session")
+def sample_resource():
+    """SampleModel with resource variables (ResourceGather lookups)."""
+    return _sample("resource")
+
+
+@pytest.fixture(scope="session")
+def sample_ref():
+    """SampleModel with ref variables (VariableV2 -> Identity -> SparseSegmentMean)."""
+    return _sample("ref")
+
+
+@pytest.fixture(scope="session")
+def sample_partitioned():
+    """SampleModel with 2-way partitioned embedding tables."""
+    return _sample("partitioned")
