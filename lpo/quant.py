@@ -1,0 +1,281 @@
+"""Pure-numpy low-precision numerics shared by the graph rewrite and the checkpoint converter.
+
+Everything here is deterministic: the same input gives the same bits on every call,
+whatever ``chunk_rows`` is. This module imports numpy only (``ml_dtypes`` is imported
+lazily by :func:`to_bf16`), never TensorFlow.
+
+Conventions
+-----------
+* INT8 is symmetric: ``scale = max|x| / 127`` (float32) over every axis except the kept
+  one, ``q = clip(rint(x / scale), -127, 127)`` as int8 (round half to even), and
+  ``dequant = q.astype(float32) * scale``. A scale of 0 (all-zero slice) gives q = 0.
+* Scale shapes returned by :func:`quantize_int8` for ``x`` of shape ``S`` (ndim ``n``):
+
+  - ``axis`` is the last axis (``n - 1``): 1-D, shape ``[S[-1]]``. E.g. embedding
+    per-dim ``[N, D]`` with ``axis=1`` -> ``[D]``; dense weight ``[K, N]`` per output
+    channel with ``axis=1`` -> ``[N]``.
+  - any other axis: keepdims shape, ``S[axis]`` at ``axis`` and 1 elsewhere. E.g.
+    per-row ``[N, D]`` with ``axis=0`` -> ``[N, 1]``.
+  - ``axis=None`` (per tensor): shape ``()``.
+
+  In every case ``q.astype(float32) * scale`` broadcasts back to ``S``.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from lpo.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+INT8_MAX = 127
+FP16_MAX = 65504.0
+#: |x| at or above this rounds to inf in float16 (round to nearest even).
+FP16_OVERFLOW = 65520.0
+#: |x| at or above this rounds to inf in bfloat16 ((2 - 2**-8) * 2**127).
+BF16_OVERFLOW = float((2.0 - 2.0 ** -8) * 2.0 ** 127)
+BF16_REL_BOUND = 2.0 ** -8
+BF16_ABS_BOUND = 2.0 ** -134  # half the bf16 subnormal spacing
+FP16_REL_BOUND = 2.0 ** -11
+FP16_ABS_BOUND = 2.0 ** -25  # half the fp16 subnormal spacing
+_CHUNK_BYTES = 64 << 20
+
+
+# ----------------------------------------------------------------------------- checks
+def check_finite(x: np.ndarray, name: str) -> None:
+    """Raise ConfigError naming ``name`` and the NaN/Inf counts if ``x`` is not all finite."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "fc":
+        return
+    finite = np.isfinite(x)
+    if finite.all():
+        return
+    n_nan = int(np.count_nonzero(np.isnan(x)))
+    n_inf = int(x.size - np.count_nonzero(finite) - n_nan)
+    raise ConfigError(
+        f"variable {name!r} holds non-finite weights ({n_nan} NaN, {n_inf} Inf of "
+        f"{x.size} values); refusing to quantize it. Fix the checkpoint or exclude "
+        f"the variable in opt_config.")
+
+
+def check_fp16_range(x: np.ndarray, name: str) -> None:
+    """Raise ConfigError naming ``name`` if any |x| > 65504 (would not fit float16)."""
+    x = np.asarray(x)
+    if x.size == 0:
+        return
+    m = float(np.max(np.abs(x)))
+    if not m <= FP16_MAX:  # also catches NaN
+        n = int(np.count_nonzero(~(np.abs(x) <= FP16_MAX)))
+        raise ConfigError(
+            f"variable {name!r} has {n} value(s) outside the float16 range (max |x| = "
+            f"{m:g} > {FP16_MAX:g}); they would become inf. Use BF16 or INT8 for it, or "
+            f"exclude it in opt_config.")
+
+
+# ----------------------------------------------------------------------------- bf16 / fp16
+def to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """Round float32 to bfloat16 (nearest even) and return the uint16 bit patterns.
+
+    Every NaN maps to the quiet NaN 0x7FC0 (TF's vectorized cast does the same; its
+    scalar tail may keep the sign bit, so compare NaN-ness only), inf stays inf, values that
+    round past the bf16 maximum become inf. Matches ``tf.cast(x, tf.bfloat16)``.
+    """
+    f = np.ascontiguousarray(x, dtype=np.float32)
+    bits = f.view(np.uint32)
+    lsb = (bits >> np.uint32(16)) & np.uint32(1)
+    rounded = ((bits + np.uint32(0x7FFF) + lsb) >> np.uint32(16)).astype(np.uint16)
+    nan = np.isnan(f)
+    if nan.any():
+        rounded[nan] = 0x7FC0
+    return rounded.reshape(f.shape)
+
+
+def _bf16_dtype():
+    try:
+        import ml_dtypes  # noqa: PLC0415 - lazy so the module needs numpy only
+    except ImportError as e:  # pragma: no cover - ml_dtypes ships with TF
+        raise ConfigError("the bfloat16 numpy dtype needs the 'ml_dtypes' package "
+                          "(pip install ml_dtypes); to_bf16_bits() works without it") from e
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def to_bf16(x: np.ndarray) -> np.ndarray:
+    """Round float32 to an ``ml_dtypes.bfloat16`` array (same bits as :func:`to_bf16_bits`)."""
+    return to_bf16_bits(x).view(_bf16_dtype())
+
+
+def bf16_to_f32(b: np.ndarray) -> np.ndarray:
+    """Widen bfloat16 (uint16 bit patterns or an ml_dtypes.bfloat16 array) to float32 exactly."""
+    b = np.asarray(b)
+    if b.dtype != np.uint16:
+        if b.dtype.name != "bfloat16":
+            raise ConfigError(f"bf16_to_f32 expects uint16 bits or bfloat16, got {b.dtype}")
+        b = b.view(np.uint16)
+    return (b.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def to_fp16(x: np.ndarray) -> np.ndarray:
+    """Round float32 to float16 (numpy, round to nearest even).
+
+    Saturation: |x| >= 65520 becomes +-inf and 65504 < |x| < 65520 rounds to +-65504;
+    call :func:`check_fp16_range` first to refuse such tensors.
+    """
+    with np.errstate(over="ignore"):
+        return np.asarray(x, dtype=np.float32).astype(np.float16)
+
+
+def error_bound(dtype: str, x: np.ndarray) -> np.ndarray:
+    """Per-element max |round_trip(x) - x| for ``dtype`` in {'bf16', 'fp16'} (inf where it overflows)."""
+    d = dtype.lower().replace("bfloat16", "bf16").replace("float16", "fp16")
+    ax = np.abs(np.asarray(x, dtype=np.float64))
+    if d == "bf16":
+        b = BF16_REL_BOUND * ax + BF16_ABS_BOUND
+        return np.where(ax >= BF16_OVERFLOW, np.inf, b)
+    if d == "fp16":
+        b = FP16_REL_BOUND * ax + FP16_ABS_BOUND
+        return np.where(ax >= FP16_OVERFLOW, np.inf, b)
+    raise ConfigError(f"error_bound: unknown dtype {dtype!r}; use 'bf16' or 'fp16' "
+                      f"(int8: int8_error_bound(scale))")
+
+
+def int8_error_bound(scale: np.ndarray) -> np.ndarray:
+    """Max |dequantize(quantize(x)) - x| per element, broadcastable like ``scale``.
+
+    Mathematically scale/2; the returned bound adds float32 rounding slack
+    (``scale * 2**-16``) and an absolute ``2**-140`` for subnormal scales.
+    """
+    s = np.asarray(scale, dtype=np.float64)
+    return s * (0.5 + 2.0 ** -16) + 2.0 ** -140
+
+
+# ----------------------------------------------------------------------------- int8
+def _default_chunk_rows(x: np.ndarray) -> int:
+    row_bytes = max(1, int(np.prod(x.shape[1:], dtype=np.int64)) * 4)
+    return max(1, _CHUNK_BYTES // row_bytes)
+
+
+def _quantize_chunk(xc: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    xc = np.asarray(xc, dtype=np.float32)
+    safe = np.where(scale > 0, scale, np.float32(1)).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        r = np.rint(xc / safe)
+    r = np.where(scale > 0, r, np.float32(0))
+    np.clip(r, -INT8_MAX, INT8_MAX, out=r)
+    return r.astype(np.int8)
+
+
+def quantize_int8(x: np.ndarray, axis: int | None, *, chunk_rows: int | None = None,
+                  name: str = "tensor") -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric INT8 quantization keeping one scale per index of ``axis``.
+
+    Returns ``(q int8 of x.shape, scale float32)``; see the module docstring for scale
+    shapes (``[D]`` when ``axis`` is last, keepdims otherwise, ``()`` for None). Works on
+    row chunks of ``chunk_rows`` (default ~64 MB) along axis 0; the result does not
+    depend on the chunking. Raises ConfigError naming ``name`` on NaN/Inf input.
+    """
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        x = x.astype(np.float32)
+    if x.ndim == 0:
+        if axis is not None:
+            raise ConfigError(f"quantize_int8: axis={axis} given for a scalar {name!r}")
+        q, s = quantize_int8(x.reshape(1), None, name=name)
+        return q.reshape(()), s
+    if axis is not None:
+        if not -x.ndim <= axis < x.ndim:
+            raise ConfigError(f"quantize_int8: axis {axis} out of range for {name!r} "
+                              f"of shape {x.shape}")
+        axis %= x.ndim
+    n = x.shape[0]
+    rows = int(chunk_rows) if chunk_rows else _default_chunk_rows(x)
+    rows = max(1, rows)
+    q = np.empty(x.shape, dtype=np.int8)
+
+    if axis == 0:  # per-row: one pass
+        red = tuple(range(1, x.ndim))
+        scale = np.empty((n,) + (1,) * (x.ndim - 1), dtype=np.float32)
+        for a in range(0, n, rows):
+            xc = x[a:a + rows]
+            m = np.max(np.abs(xc), axis=red, keepdims=True) if red else np.abs(xc)
+            if not np.all(np.isfinite(m)):
+                check_finite(x, name)
+            s = (m / np.float32(INT8_MAX)).astype(np.float32)
+            scale[a:a + rows] = s
+            q[a:a + rows] = _quantize_chunk(xc, s)
+        if x.ndim == 1:
+            scale = scale.reshape(n)
+        return q, scale
+
+    # per-column / per-tensor: pass 1 max-abs, pass 2 quantize
+    if axis is None:
+        red_chunk = None
+    else:
+        red_chunk = tuple(i for i in range(x.ndim) if i != axis)
+    m = None
+    for a in range(0, max(n, 1), rows):
+        xc = x[a:a + rows]
+        if xc.size == 0:
+            cm = np.zeros((1,) * x.ndim if axis is None else
+                          tuple(x.shape[i] if i == axis else 1 for i in range(x.ndim)),
+                          dtype=np.float32)
+        else:
+            cm = np.max(np.abs(xc), axis=red_chunk, keepdims=True)
+        m = cm if m is None else np.maximum(m, cm)
+    if not np.all(np.isfinite(m)):
+        check_finite(x, name)
+    scale = (m / np.float32(INT8_MAX)).astype(np.float32)
+    for a in range(0, n, rows):
+        q[a:a + rows] = _quantize_chunk(x[a:a + rows], scale)
+    if axis is None:
+        scale = scale.reshape(())
+    elif axis == x.ndim - 1:
+        scale = scale.reshape(x.shape[axis])
+    return q, scale
+
+
+def dequantize_int8(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Return ``q.astype(float32) * scale`` (scale as returned by :func:`quantize_int8`)."""
+    return np.asarray(q).astype(np.float32) * np.asarray(scale, dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------- activations
+def quantize_activation_params(min_val: float, max_val: float, num_bits: int = 8,
+                               narrow_range: bool = False) -> tuple[float, float, float, int]:
+    """Nudged ``(min, max, scale, zero_point)`` exactly as TF's FakeQuantWithMinMaxArgs.
+
+    Computed in float32 like TF's kernel; requires ``min_val < max_val``. The nudged
+    range contains 0 exactly (0 maps to ``zero_point``).
+    """
+    lo, hi = np.float32(min_val), np.float32(max_val)
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise ConfigError(f"activation range needs finite min < max, got "
+                          f"[{min_val}, {max_val}]")
+    qmin = np.float32(1 if narrow_range else 0)
+    qmax = np.float32((1 << num_bits) - 1)
+    scale = np.float32((hi - lo) / (qmax - qmin))
+    zp_from_min = np.float32(qmin - lo / scale)
+    if zp_from_min < qmin:
+        zp = int(qmin)
+    elif zp_from_min > qmax:
+        zp = int(qmax)
+    else:  # std::round: half away from zero
+        zp = int(np.floor(np.float64(zp_from_min) + 0.5))
+    nmin = np.float32((qmin - np.float32(zp)) * scale)
+    nmax = np.float32((qmax - np.float32(zp)) * scale)
+    return float(nmin), float(nmax), float(scale), zp
+
+
+def fake_quant(x: np.ndarray, min_val: float, max_val: float, num_bits: int = 8,
+               narrow_range: bool = False) -> np.ndarray:
+    """Reproduce ``tf.quantization.fake_quant_with_min_max_args`` bit for bit (float32 numpy)."""
+    nmin, nmax, scale, _ = quantize_activation_params(min_val, max_val, num_bits, narrow_range)
+    f = np.float32
+    nmin, nmax, scale = f(nmin), f(nmax), f(scale)
+    steps = f((1 << num_bits) - 1 - (1 if narrow_range else 0))
+    inv = f(steps / (f(max_val) - f(min_val)))  # TF recomputes the inverse this way
+    quant_zero = f(np.floor(f(f(-nmin) * inv) + f(0.5)))
+    x = np.asarray(x, dtype=f)
+    shifted = (np.maximum(np.minimum(x, nmax), nmin) - nmin).astype(f)
+    return (np.floor(shifted * inv - quant_zero + f(0.5)) * scale).astype(f)
