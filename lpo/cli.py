@@ -32,12 +32,13 @@ INT8_DENSE = ("static", "weight_only")
 CALIB_METHODS = ("l2", "minmax", "percentile")
 DATA_FORMATS = ("csv", "tsv", "tfrecord", "npz")
 
-# Validation thresholds used by `lpo validate` when a flag is not given.
+# Validation thresholds used by `lpo validate` when a flag is not given (the
+# library's defaults; None = not checked).
 VALIDATE_DEFAULTS = {
     "max_auc_drop": 0.001,
-    "max_abs_diff": 0.01,
-    "max_latency_ratio": 1.1,
-    "min_size_reduction": 0.0,
+    "max_abs_diff": None,
+    "max_latency_ratio": None,
+    "min_size_reduction": None,
 }
 
 
@@ -236,7 +237,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.columns is not None:
         kwargs["columns"] = args.columns
     if args.map:
-        kwargs["column_map"] = dict(args.map)
+        kwargs["mapping"] = dict(args.map)
     if args.legacy_npy:
         kwargs["legacy_npy"] = True
     if args.overwrite:
@@ -408,22 +409,26 @@ def build_parser() -> argparse.ArgumentParser:
             "untrusted SavedModel executes its graph.")
     p.add_argument("original", metavar="ORIGINAL", help="FP32 SavedModel")
     p.add_argument("optimized", metavar="OPTIMIZED", help="optimized SavedModel")
-    p.add_argument("data", metavar="DATA", help="held-out data with labels (.npz, CSV, TFRecord)")
+    p.add_argument("data", metavar="DATA",
+                   help="held-out data: .npz with one array per serving input (+ 'label')")
     p.add_argument("--report-dir", default=None, help="write report.md/report.html/report.json here")
     p.add_argument("--max-auc-drop", type=_float, default=VALIDATE_DEFAULTS["max_auc_drop"],
-                   metavar="X", help="largest allowed AUC drop, absolute (default: %(default)s)")
+                   metavar="X", help="largest allowed AUC drop, absolute, when DATA has labels "
+                        "(default: %(default)s)")
     p.add_argument("--max-abs-diff", type=_float, default=VALIDATE_DEFAULTS["max_abs_diff"],
                    metavar="X",
-                   help="largest allowed absolute difference of predictions (default: %(default)s)")
+                   help="largest allowed absolute difference of predictions "
+                        "(default: not checked)")
     p.add_argument("--max-latency-ratio", type=_float,
                    default=VALIDATE_DEFAULTS["max_latency_ratio"],
                    metavar="X",
-                   help="largest allowed optimized/original latency ratio (default: %(default)s)")
+                   help="largest allowed optimized/original p50 latency ratio at the largest batch "
+                        "(default: not checked)")
     p.add_argument("--min-size-reduction", type=_float,
                    default=VALIDATE_DEFAULTS["min_size_reduction"],
                    metavar="X",
                    help="smallest required size reduction as a fraction, 0.5 = half the size "
-                        "(default: %(default)s)")
+                        "(default: not checked)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     # demo
