@@ -1,0 +1,350 @@
+"""Write a :class:`lpo.validate.ValidationReport` as JSON, Markdown and self-contained HTML.
+
+The HTML page has no external resources: CSS is inline and the plots (matplotlib,
+``Agg`` backend, imported lazily) are embedded as base64 PNGs. Without matplotlib
+the page is written without plots and says so.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import os
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+__all__ = ["write_report", "render_markdown", "render_html", "make_plots"]
+
+_ORIG_COLOR = "#4C72B0"
+_OPT_COLOR = "#DD8452"
+
+
+# --------------------------------------------------------------------------- formatting
+def _num(x, digits=6) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, (int, np.integer)):
+        return f"{int(x):,}"
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    if f != f:
+        return "n/a"
+    if f in (float("inf"), float("-inf")):
+        return "∞" if f > 0 else "-∞"
+    if f == 0:
+        return "0"
+    if abs(f) >= 1e5 or abs(f) < 1e-4:
+        return f"{f:.{max(digits - 3, 2)}e}"
+    return f"{f:.{digits}g}"
+
+
+def _bytes(n) -> str:
+    if n is None:
+        return "–"
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"
+
+
+def _pct(x) -> str:
+    return "–" if x is None or x != x else f"{100 * float(x):.1f}%"
+
+
+def _tables(d: dict) -> list:
+    """The report as ``[(title, header, rows)]``, shared by Markdown and HTML."""
+    t = []
+    th = d.get("thresholds", {})
+    summary = [["Result", "PASS" if d["passed"] else "FAIL"],
+               ["Original model", d["original"]], ["Optimized model", d["optimized"]],
+               ["Data", f"{d['data']} ({_num(d['rows'])} rows)"]]
+    for k in ("max_auc_drop", "max_abs_diff", "max_latency_ratio", "min_size_reduction"):
+        summary.append([f"Threshold {k}", "off" if th.get(k) is None else _num(th[k])])
+    t.append(("Summary", ["Item", "Value"], summary))
+    if d.get("breaches"):
+        t.append(("Breached thresholds", ["Threshold", "Actual", "Limit", "Detail"],
+                  [[b["threshold"], _num(b["actual"]), _num(b["limit"]), b["message"]]
+                   for b in d["breaches"]]))
+    acc = d.get("accuracy")
+    if acc:
+        t.append((f"Accuracy (output {d.get('prediction_output')!r}, label "
+                  f"{acc['label_key']!r})", ["Metric", "Original", "Optimized", "Delta"],
+                  [["AUC", _num(acc["auc_original"]), _num(acc["auc_optimized"]),
+                    _num(acc["auc_delta"])],
+                   ["Logloss", _num(acc["logloss_original"]), _num(acc["logloss_optimized"]),
+                    _num(acc["logloss_delta"])]]))
+    if d.get("outputs"):
+        t.append(("Output differences |optimized − original|",
+                  ["Output", "dtype (orig → opt)", "max", "mean", "p99"],
+                  [[name, f"{e['dtype_original']} → {e['dtype_optimized']}",
+                    _num(e.get("max_abs_diff")), _num(e.get("mean_abs_diff")),
+                    _num(e.get("p99_abs_diff"))] for name, e in d["outputs"].items()]))
+    if d.get("latency"):
+        rows = []
+        for e in d["latency"]:
+            o, p = e["original"], e["optimized"]
+            rows.append([_num(e["batch_size"]), _num(o["p50_ms"], 4), _num(p["p50_ms"], 4),
+                         _num(o["p99_ms"], 4), _num(p["p99_ms"], 4),
+                         _num(o["throughput_rows_s"], 4), _num(p["throughput_rows_s"], 4),
+                         _num(e["p50_ratio"], 3)])
+        t.append(("Latency (ms) and throughput (rows/s), interleaved runs",
+                  ["Batch", "p50 orig", "p50 opt", "p99 orig", "p99 opt", "rows/s orig",
+                   "rows/s opt", "p50 ratio"], rows))
+    s = d.get("size")
+    if s:
+        t.append(("Size", ["", "Original", "Optimized", "Ratio (opt/orig)"],
+                  [["variables/", _bytes(s["original"]["variables_bytes"]),
+                    _bytes(s["optimized"]["variables_bytes"]), _num(s["variables_ratio"], 4)],
+                   ["whole model", _bytes(s["original"]["total_bytes"]),
+                    _bytes(s["optimized"]["total_bytes"]), _num(s["total_ratio"], 4)],
+                   ["variables reduction", "", "", _pct(s.get("variables_reduction"))]]))
+    nodes = d.get("optimized_nodes") or []
+    t.append((f"Optimized nodes ({len(nodes)})", ["Kind", "Node", "dtype", "Scheme"],
+              [[n.get("kind") or "", n.get("node") or "", n.get("dtype") or "",
+                n.get("scheme") or ""] for n in nodes] or [["–", "none listed", "", ""]]))
+    env = dict(d.get("environment") or {})
+    st = d.get("settings") or {}
+    env_rows = [[k, str(v)] for k, v in env.items()]
+    env_rows += [[f"setting {k}", str(v)] for k, v in st.items()]
+    env_rows += [[f"time {k}", f"{v:.2f} s"] for k, v in (d.get("timings") or {}).items()
+                 if isinstance(v, (int, float))]
+    t.append(("Environment", ["Key", "Value"], env_rows))
+    return t
+
+
+# --------------------------------------------------------------------------- markdown
+def _md_cell(x) -> str:
+    return str(x).replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(d: dict) -> str:
+    """The report dict as Markdown tables."""
+    lines = [f"# lpo validation report — {'PASS' if d['passed'] else 'FAIL'}", ""]
+    for title, header, rows in _tables(d):
+        lines += [f"## {title}", "", "| " + " | ".join(_md_cell(h) for h in header) + " |",
+                  "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows]
+        lines.append("")
+    if d.get("notes"):
+        lines += ["## Notes", ""] + [f"- {n}" for n in d["notes"]] + [""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- plots
+def make_plots(report) -> dict | None:
+    """Return ``{title: png_bytes}`` of the report's plots, or None without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg", force=True)
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    d = report.to_dict()
+    plots = {}
+
+    def png(fig) -> bytes:
+        buf = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buf, format="png", dpi=100)
+        plt.close(fig)
+        return buf.getvalue()
+
+    samples = getattr(report, "samples", None) or {}
+    a, b = samples.get("original"), samples.get("optimized")
+    if a is not None and b is not None and len(a):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        diff = b - a
+        fig, ax = plt.subplots(figsize=(5.6, 3.6))
+        if np.all(diff == 0):
+            ax.bar([0.0], [len(diff)], width=1.0, color=_OPT_COLOR)
+            ax.set_xlim(-1, 1)
+            ax.set_title("Prediction differences (all exactly 0)")
+        else:
+            ax.hist(diff, bins=60, color=_OPT_COLOR)
+            ax.set_title("Prediction differences (optimized − original)")
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 3))
+        ax.set_xlabel(f"Δ {report.prediction_output}")
+        ax.set_ylabel("rows")
+        plots["Prediction differences"] = png(fig)
+
+        fig, ax = plt.subplots(figsize=(5.6, 3.6))
+        ax.scatter(a, b, s=3, alpha=0.4, color=_ORIG_COLOR, linewidths=0)
+        lo, hi = float(min(a.min(), b.min())), float(max(a.max(), b.max()))
+        ax.plot([lo, hi], [lo, hi], color="#888", lw=1, ls="--", label="y = x")
+        ax.set_xlabel("original")
+        ax.set_ylabel("optimized")
+        ax.set_title(f"Predictions: original vs optimized ({len(a):,} rows)")
+        ax.legend(loc="upper left", frameon=False)
+        plots["Original vs optimized predictions"] = png(fig)
+
+    s = d.get("size")
+    if s:
+        fig, ax = plt.subplots(figsize=(5.6, 3.6))
+        cats = ["variables/", "whole model"]
+        x = np.arange(len(cats))
+        mib = 1024.0 * 1024.0
+        ov = [s["original"]["variables_bytes"] / mib, s["original"]["total_bytes"] / mib]
+        nv = [s["optimized"]["variables_bytes"] / mib, s["optimized"]["total_bytes"] / mib]
+        r1 = ax.bar(x - 0.2, ov, 0.4, label="original", color=_ORIG_COLOR)
+        r2 = ax.bar(x + 0.2, nv, 0.4, label="optimized", color=_OPT_COLOR)
+        ax.bar_label(r1, fmt="%.2f", fontsize=8)
+        ax.bar_label(r2, fmt="%.2f", fontsize=8)
+        ax.set_xticks(x, cats)
+        ax.set_ylabel("MiB")
+        ax.set_title("Model size")
+        ax.margins(y=0.15)
+        ax.legend(frameon=False)
+        plots["Model size"] = png(fig)
+
+    lat = d.get("latency") or []
+    if lat:
+        fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.6))
+        labels = [str(e["batch_size"]) for e in lat]
+        x = np.arange(len(lat))
+        for ax, q in zip(axes, ("p50_ms", "p99_ms")):
+            o = [e["original"][q] or 0 for e in lat]
+            p = [e["optimized"][q] or 0 for e in lat]
+            ax.bar(x - 0.2, o, 0.4, label="original", color=_ORIG_COLOR)
+            ax.bar(x + 0.2, p, 0.4, label="optimized", color=_OPT_COLOR)
+            ax.set_xticks(x, labels)
+            ax.set_xlabel("batch size")
+            ax.set_ylabel("ms")
+            ax.set_title(f"Latency {q[:3]}")
+            ax.legend(frameon=False)
+        plots["Latency"] = png(fig)
+    return plots
+
+
+# --------------------------------------------------------------------------- html
+_CSS = """
+body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:24px auto;
+max-width:1080px;color:#222;line-height:1.4;padding:0 16px}
+h1{font-size:26px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #ddd;
+padding-bottom:4px}
+.badge{display:inline-block;padding:4px 14px;border-radius:14px;color:#fff;font-weight:700;
+font-size:16px;vertical-align:middle;margin-left:10px}
+.pass{background:#2e7d32}.fail{background:#c62828}
+.sub{color:#666;font-size:13px;margin-bottom:12px}
+table{border-collapse:collapse;margin:6px 0 10px;font-size:13px}
+th,td{border:1px solid #ddd;padding:5px 10px;text-align:left;vertical-align:top}
+th{background:#f3f5f8}tr:nth-child(even) td{background:#fafbfc}
+td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td{word-break:break-word;max-width:620px}
+.breach td{background:#fdecea!important}
+.plots{display:flex;flex-wrap:wrap;gap:12px}
+figure{margin:0;border:1px solid #e3e3e3;border-radius:6px;padding:6px;background:#fff}
+figcaption{font-size:12px;color:#555;text-align:center}
+.note{background:#fff8e1;border-left:4px solid #f9a825;padding:6px 10px;margin:6px 0;font-size:13px}
+"""
+
+
+def _is_num_cell(c: str) -> bool:
+    s = str(c).replace(",", "").replace("%", "").replace("–", "").strip()
+    s = s.split(" ")[0] if s.endswith(("B", "iB")) else s
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return s in ("n/a", "∞", "-∞")
+
+
+def render_html(d: dict, plots: dict | None) -> str:
+    """A self-contained HTML page (inline CSS, base64 PNG plots) for the report dict."""
+    e = html.escape
+    ok = d["passed"]
+    out = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+           f"<title>lpo validation report — {'PASS' if ok else 'FAIL'}</title>",
+           f"<style>{_CSS}</style></head><body>",
+           f"<h1>lpo validation report<span class='badge {'pass' if ok else 'fail'}'>"
+           f"{'PASS' if ok else 'FAIL'}</span></h1>",
+           f"<div class='sub'>{e(os.path.basename(d['original'].rstrip('/')) or d['original'])}"
+           f" → {e(os.path.basename(d['optimized'].rstrip('/')) or d['optimized'])} on "
+           f"{_num(d['rows'])} rows</div>"]
+    if not ok:
+        out.append("<div class='note'><b>Breached:</b> " + "; ".join(
+            e(b["message"]) for b in d.get("breaches", [])) + "</div>")
+    tables = _tables(d)
+    plot_after = {"Size": ["Model size"], "Latency": ["Latency"],
+                  "Output differences": ["Prediction differences",
+                                         "Original vs optimized predictions"]}
+    for title, header, rows in tables:
+        out.append(f"<h2>{e(title)}</h2><table><tr>" +
+                   "".join(f"<th>{e(str(h))}</th>" for h in header) + "</tr>")
+        breach = title.startswith("Breached")
+        for r in rows:
+            cells = "".join(f"<td class='n'>{e(str(c))}</td>" if _is_num_cell(c) and k > 0
+                            else f"<td>{e(str(c))}</td>" for k, c in enumerate(r))
+            cls = " class='breach'" if breach or (title == "Summary" and r[1] == "FAIL") else ""
+            out.append(f"<tr{cls}>{cells}</tr>")
+        out.append("</table>")
+        if plots:
+            for key, names in plot_after.items():
+                if title.startswith(key):
+                    figs = [(n, plots[n]) for n in names if n in plots]
+                    if figs:
+                        out.append("<div class='plots'>")
+                        for n, data in figs:
+                            b64 = base64.b64encode(data).decode("ascii")
+                            out.append(f"<figure><img alt='{e(n)}' src='data:image/png;base64,"
+                                       f"{b64}'><figcaption>{e(n)}</figcaption></figure>")
+                        out.append("</div>")
+    if plots is None:
+        out.append("<div class='note'>matplotlib is not installed: plots omitted "
+                   "(pip install matplotlib).</div>")
+    if d.get("notes"):
+        out.append("<h2>Notes</h2>")
+        out += [f"<div class='note'>{e(n)}</div>" for n in d["notes"]]
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- API
+def _write_text(path: str, text: str):
+    try:
+        from lpo.fsutil import atomic_output_file
+    except ImportError:  # pragma: no cover
+        atomic_output_file = None
+    if atomic_output_file is None:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return
+    with atomic_output_file(path, overwrite=True) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+
+def write_report(report, report_dir) -> dict:
+    """Write ``report.json``, ``report.md`` and ``report.html`` into ``report_dir``.
+
+    Creates ``report_dir`` if needed and replaces existing report files. Returns
+    ``{"json": path, "markdown": path, "html": path}``.
+    """
+    report_dir = os.fspath(report_dir)
+    os.makedirs(report_dir, exist_ok=True)
+    paths = {"json": os.path.join(report_dir, "report.json"),
+             "markdown": os.path.join(report_dir, "report.md"),
+             "html": os.path.join(report_dir, "report.html")}
+    report.report_files = dict(paths)
+    d = report.to_dict()
+    _write_text(paths["json"], json.dumps(d, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    _write_text(paths["markdown"], render_markdown(d))
+    try:
+        plots = make_plots(report)
+    except Exception as ex:  # noqa: BLE001 - a plotting bug must not lose the report
+        log.warning("could not draw plots: %s", ex)
+        plots = {}
+    if plots is None:
+        log.warning("matplotlib is not installed: report.html has no plots")
+    _write_text(paths["html"], render_html(d, plots))
+    log.info("wrote validation report to %s", report_dir)
+    return paths

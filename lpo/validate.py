@@ -1,0 +1,515 @@
+"""Compare an optimized SavedModel with its original: accuracy, output diffs, latency, size.
+
+Both models are loaded in one process, each in its own ``tf.Graph`` and
+``tf.compat.v1.Session`` (TF1 loader), fed the serving signature's inputs and
+asked for all of its outputs. Latency runs are interleaved (A, B, A, B, ...) so
+that machine drift affects both models alike.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lpo.errors import ConfigError, DataError, ModelFormatError, ValidationFailed, closest
+from lpo.signature import load_output_specs, load_signature_specs
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ValidationReport", "validate", "DEFAULT_THRESHOLDS"]
+
+#: Defaults of the thresholds (None = not checked).
+DEFAULT_THRESHOLDS = {
+    "max_auc_drop": 0.001,       # AUC(original) - AUC(optimized) must be <= this
+    "max_abs_diff": None,        # max |optimized - original| over every output
+    "max_latency_ratio": None,   # p50(optimized) / p50(original) at batch 512 (or largest)
+    "min_size_reduction": None,  # 1 - variables(optimized) / variables(original)
+}
+PREDICTION_NAMES = ("probabilities", "predictions", "prob")
+MANIFEST = os.path.join("assets.extra", "lpo_manifest.json")
+_PREDICT_CHUNK = 2048
+_PLOT_POINTS = 20000
+
+
+@dataclass
+class ValidationReport:
+    """Result of :func:`validate`; ``to_dict()`` is JSON-able."""
+
+    original: str
+    optimized: str
+    data: str
+    rows: int
+    passed: bool = True
+    breaches: list = field(default_factory=list)
+    thresholds: dict = field(default_factory=dict)
+    outputs: dict = field(default_factory=dict)
+    prediction_output: str | None = None
+    accuracy: dict | None = None
+    latency: list = field(default_factory=list)
+    size: dict = field(default_factory=dict)
+    optimized_nodes: list = field(default_factory=list)
+    manifest: dict = field(default_factory=dict)
+    environment: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+    report_files: dict = field(default_factory=dict)
+    #: Predictions of ``prediction_output`` (subsampled) for plots; not serialized.
+    samples: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        """JSON-able dict (floats, lists, dicts, strings; NaN becomes None)."""
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "samples"}
+        return _jsonable(d)
+
+    def summary(self) -> str:
+        """One line: PASS/FAIL and the breached thresholds."""
+        if self.passed:
+            return "PASS: every threshold met"
+        return "FAIL: " + "; ".join(b["message"] for b in self.breaches)
+
+
+def _jsonable(x: Any):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        f = float(x)
+        return f if math.isfinite(f) else None
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, bytes):
+        return x.decode("utf-8", "replace")
+    return x
+
+
+# --------------------------------------------------------------------------- options
+def _check_threshold(name, value, *, lo=0.0, hi=None, hi_open=False, lo_open=False):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ConfigError(f"{name} must be a number or None, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ConfigError(f"{name} must be finite, got {value!r}")
+    if v < lo or (lo_open and v == lo):
+        raise ConfigError(f"{name} must be {'>' if lo_open else '>='} {lo:g}, got {value!r}")
+    if hi is not None and (v > hi or (hi_open and v == hi)):
+        raise ConfigError(f"{name} must be {'<' if hi_open else '<='} {hi:g}, got {value!r}")
+    return v
+
+
+def _positive_int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+# --------------------------------------------------------------------------- models
+class _Model:
+    """A SavedModel loaded into its own graph and session."""
+
+    def __init__(self, path, tags, signature, input_names, session_config=None):
+        import tensorflow as tf
+
+        self.path = path
+        self.graph = tf.Graph()
+        self.session = tf.compat.v1.Session(graph=self.graph, config=session_config)
+        try:
+            with self.graph.as_default():
+                mg = tf.compat.v1.saved_model.load(self.session, list(tags), path)
+        except Exception as e:  # noqa: BLE001 - TF raises many kinds
+            self.session.close()
+            raise ModelFormatError(f"cannot load SavedModel {path}: "
+                                   f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") \
+                from e
+        sig = mg.signature_def[signature]
+        self.input_names = list(input_names)
+        self.output_names = sorted(sig.outputs.keys())
+        self.feed = [self.graph.get_tensor_by_name(sig.inputs[n].name) for n in self.input_names]
+        self.fetch = [self.graph.get_tensor_by_name(sig.outputs[n].name)
+                      for n in self.output_names]
+        self.call = self.session.make_callable(self.fetch, feed_list=self.feed)
+
+    def run(self, batch: list) -> dict:
+        """Run one batch (arrays in ``input_names`` order); return ``{output: array}``."""
+        return dict(zip(self.output_names, self.call(*batch)))
+
+    def close(self):
+        """Close the session."""
+        self.session.close()
+
+
+def _dir_bytes(path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            if not os.path.islink(p):
+                total += os.path.getsize(p)
+    return total
+
+
+def _size_info(original, optimized) -> dict:
+    o_var = _dir_bytes(os.path.join(original, "variables"))
+    n_var = _dir_bytes(os.path.join(optimized, "variables"))
+    o_tot, n_tot = _dir_bytes(original), _dir_bytes(optimized)
+    vr = n_var / o_var if o_var else float("nan")
+    return {
+        "original": {"variables_bytes": o_var, "total_bytes": o_tot},
+        "optimized": {"variables_bytes": n_var, "total_bytes": n_tot},
+        "variables_ratio": vr,
+        "total_ratio": n_tot / o_tot if o_tot else float("nan"),
+        "variables_reduction": 1.0 - vr if o_var else float("nan"),
+    }
+
+
+def _read_manifest(optimized) -> tuple[list, dict, str | None]:
+    path = os.path.join(optimized, MANIFEST)
+    if not os.path.isfile(path):
+        return [], {}, (f"no {MANIFEST} in the optimized model (not written by lpo?): "
+                        "the list of optimized nodes is empty")
+    try:
+        with open(path, encoding="utf-8") as f:
+            m = json.load(f)
+    except (OSError, ValueError) as e:
+        return [], {}, f"cannot read {MANIFEST}: {e}"
+    nodes = []
+    for c in m.get("conversions", []) or []:
+        if isinstance(c, dict):
+            nodes.append({"kind": c.get("kind"), "node": c.get("node"), "dtype": c.get("dtype"),
+                          "scheme": c.get("scheme")})
+    info = {k: m.get(k) for k in ("format", "lpo_version", "data_type", "requires") if k in m}
+    return nodes, info, None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _environment() -> dict:
+    import tensorflow as tf
+
+    v = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+    return {
+        "TF_ENABLE_ONEDNN_OPTS": v if v is not None else "unset (default)",
+        "tensorflow": tf.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+# --------------------------------------------------------------------------- data
+def _load_data(path, specs, label_key, max_rows):
+    from lpo.datasources import cast_array
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataError(f"validation data not found: {path}")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable .npz file: {e}") from None
+    where = os.path.basename(path)
+    with npz:
+        keys = list(npz.files)
+        arrays = {}
+        for name, spec in specs.items():
+            if name not in keys:
+                raise DataError(f"{where}: missing array {name!r} for serving input {name!r}; "
+                                f"arrays present: {', '.join(keys)}; closest: "
+                                f"{', '.join(closest(name, keys)) or '-'}")
+            a = npz[name]
+            if max_rows is not None:
+                a = a[:max_rows]
+            arrays[name] = cast_array(a, spec, name, where)
+        labels = None
+        if label_key and label_key in keys:
+            labels = np.asarray(npz[label_key])
+            if max_rows is not None:
+                labels = labels[:max_rows]
+            labels = labels.reshape(labels.shape[0], -1)[:, 0].astype(np.float64)
+    counts = {a.shape[0] for a in arrays.values()}
+    if len(counts) != 1:
+        raise DataError(f"{where}: inputs have different row counts: {sorted(counts)}")
+    n = counts.pop()
+    if n == 0:
+        raise DataError(f"{where}: no rows")
+    if labels is not None and labels.shape[0] != n:
+        raise DataError(f"{where}: {label_key!r} has {labels.shape[0]} rows, inputs {n}")
+    return arrays, labels, n
+
+
+def _pick_prediction(outputs: dict, specs: dict) -> str | None:
+    for name in PREDICTION_NAMES:
+        if name in outputs and outputs[name].dtype.kind == "f":
+            return name
+    for name in sorted(outputs):
+        a = outputs[name]
+        if a.dtype.kind == "f" and (a.ndim == 1 or (a.ndim == 2 and a.shape[1] == 1)):
+            return name
+    return None
+
+
+def _percentile(x, q):
+    return float(np.percentile(x, q)) if len(x) else float("nan")
+
+
+# --------------------------------------------------------------------------- latency
+def _latency(models, arrays, n, batch_sizes, warmup, iters) -> list:
+    names = models[0].input_names
+    results = []
+    for b in batch_sizes:
+        idx = np.arange(b) % n
+        batch = [arrays[k][idx] for k in names]
+        for m in models:
+            for _ in range(warmup):
+                m.call(*batch)
+        times = ([], [])
+        for it in range(iters):
+            # A,B then B,A: alternate who goes first so neither gets a warm-cache edge.
+            order = (0, 1) if it % 2 == 0 else (1, 0)
+            for k in order:
+                t0 = time.perf_counter()
+                models[k].call(*batch)
+                times[k].append(time.perf_counter() - t0)
+        entry = {"batch_size": int(b)}
+        for k, label in enumerate(("original", "optimized")):
+            t = np.asarray(times[k])
+            entry[label] = {
+                "p50_ms": _percentile(t, 50) * 1e3,
+                "p99_ms": _percentile(t, 99) * 1e3,
+                "mean_ms": float(t.mean()) * 1e3,
+                "throughput_rows_s": float(b * len(t) / t.sum()) if t.sum() > 0 else None,
+            }
+        o, p = entry["original"]["p50_ms"], entry["optimized"]["p50_ms"]
+        entry["p50_ratio"] = p / o if o > 0 else float("nan")
+        results.append(entry)
+        log.info("latency batch %d: p50 %.3f ms -> %.3f ms", b, o, p)
+    return results
+
+
+# --------------------------------------------------------------------------- API
+def validate(original, optimized, data, *, batch_sizes=(1, 64, 512), label_key="label",
+             max_rows=None, warmup=5, iters=50, max_auc_drop=0.001, max_abs_diff=None,
+             max_latency_ratio=None, min_size_reduction=None, report_dir=None, tags=None,
+             signature="serving_default", raise_on_fail=True,
+             session_config=None) -> ValidationReport:
+    """Compare ``optimized`` with ``original`` on ``data`` (an npz of inputs + optional label).
+
+    Measures per-output |diff| (max, mean, p99), AUC/logloss when labels exist,
+    interleaved latency p50/p99 and throughput at each batch size, and sizes.
+    Thresholds (None = off): ``max_auc_drop`` (default 0.001), ``max_abs_diff``,
+    ``max_latency_ratio`` (p50 at batch 512, or the largest batch size) and
+    ``min_size_reduction`` (fraction of variables bytes saved, < 1). With
+    ``report_dir``, report.json/.md/.html are written there. On a breach,
+    ``ValidationFailed`` is raised (after the report is written) if ``raise_on_fail``.
+    """
+    t_start = time.perf_counter()
+    thresholds = {
+        "max_auc_drop": _check_threshold("max_auc_drop", max_auc_drop),
+        "max_abs_diff": _check_threshold("max_abs_diff", max_abs_diff),
+        "max_latency_ratio": _check_threshold("max_latency_ratio", max_latency_ratio,
+                                              lo_open=True),
+        "min_size_reduction": _check_threshold("min_size_reduction", min_size_reduction,
+                                               hi=1.0, hi_open=True),
+    }
+    if isinstance(batch_sizes, int):
+        batch_sizes = (batch_sizes,)
+    batch_sizes = [_positive_int("batch_sizes entry", b) for b in (batch_sizes or ())]
+    warmup = _positive_int("warmup", warmup, minimum=0)
+    iters = _positive_int("iters", iters)
+    if max_rows is not None:
+        max_rows = _positive_int("max_rows", max_rows)
+    tags = tuple(tags) if tags is not None else ("serve",)
+    if isinstance(tags, tuple) and len(tags) == 1 and "," in tags[0]:
+        tags = tuple(t for t in tags[0].split(",") if t)
+    original, optimized, data = os.fspath(original), os.fspath(optimized), os.fspath(data)
+
+    specs = load_signature_specs(original, tags=tags, signature=signature)
+    opt_specs = load_signature_specs(optimized, tags=tags, signature=signature)
+    if set(specs) != set(opt_specs):
+        raise ModelFormatError(
+            f"the models' {signature!r} inputs differ: original {sorted(specs)}, "
+            f"optimized {sorted(opt_specs)}")
+    out_specs = load_output_specs(original, tags=tags, signature=signature)
+    opt_out_specs = load_output_specs(optimized, tags=tags, signature=signature)
+
+    report = ValidationReport(original=original, optimized=optimized, data=data, rows=0,
+                              thresholds=thresholds)
+    report.settings = {"batch_sizes": batch_sizes, "warmup": warmup, "iters": iters,
+                       "max_rows": max_rows, "label_key": label_key, "signature": signature,
+                       "tags": list(tags)}
+    report.environment = _environment()
+    arrays, labels, n = _load_data(data, specs, label_key, max_rows)
+    report.rows = int(n)
+    names = sorted(specs)
+
+    t0 = time.perf_counter()
+    models = []
+    try:
+        for path in (original, optimized):
+            models.append(_Model(path, tags, signature, names, session_config))
+        report.timings["load_s"] = time.perf_counter() - t0
+
+        # ---- predictions over the whole data, chunked
+        t0 = time.perf_counter()
+        preds = ({}, {})
+        for s in range(0, n, _PREDICT_CHUNK):
+            batch = [arrays[k][s:s + _PREDICT_CHUNK] for k in names]
+            for k, m in enumerate(models):
+                for name, v in m.run(batch).items():
+                    preds[k].setdefault(name, []).append(np.asarray(v))
+        preds = tuple({name: np.concatenate(v, axis=0) for name, v in p.items()}
+                      for p in preds)
+        report.timings["predict_s"] = time.perf_counter() - t0
+
+        # ---- latency
+        t0 = time.perf_counter()
+        report.latency = _latency(models, arrays, n, batch_sizes, warmup, iters)
+        report.timings["latency_s"] = time.perf_counter() - t0
+    finally:
+        for m in models:
+            m.close()
+
+    # ---- per-output diffs
+    common = [o for o in sorted(preds[0]) if o in preds[1]]
+    for o in sorted(set(preds[0]) ^ set(preds[1])):
+        report.notes.append(f"output {o!r} exists in only one model; not compared")
+    for name in common:
+        a, b = preds[0][name], preds[1][name]
+        entry = {"dtype_original": str(a.dtype), "dtype_optimized": str(b.dtype),
+                 "shape": list(a.shape[1:])}
+        if a.shape != b.shape:
+            entry["note"] = f"shapes differ: {list(a.shape)} vs {list(b.shape)}"
+            entry.update(max_abs_diff=float("inf"), mean_abs_diff=float("inf"),
+                         p99_abs_diff=float("inf"))
+        elif a.dtype.kind in "fiub" and b.dtype.kind in "fiub":
+            d = np.abs(a.astype(np.float64) - b.astype(np.float64)).ravel()
+            entry.update(max_abs_diff=float(d.max()) if d.size else 0.0,
+                         mean_abs_diff=float(d.mean()) if d.size else 0.0,
+                         p99_abs_diff=_percentile(d, 99) if d.size else 0.0)
+        else:
+            mism = int(np.sum(a != b))
+            entry.update(mismatches=mism, max_abs_diff=0.0 if mism == 0 else float("inf"),
+                         mean_abs_diff=None, p99_abs_diff=None)
+        report.outputs[name] = entry
+
+    # ---- accuracy
+    pred_name = _pick_prediction({k: preds[0][k] for k in common}, out_specs)
+    report.prediction_output = pred_name
+    if pred_name is not None:
+        pa = preds[0][pred_name].reshape(n, -1)[:, 0].astype(np.float64)
+        pb = preds[1][pred_name].reshape(n, -1)[:, 0].astype(np.float64)
+        if n > _PLOT_POINTS:
+            pick = np.random.default_rng(0).choice(n, _PLOT_POINTS, replace=False)
+            report.samples = {"original": pa[pick], "optimized": pb[pick]}
+        else:
+            report.samples = {"original": pa, "optimized": pb}
+        if labels is not None:
+            from lpo.metrics import auc, logloss
+
+            ao, an = auc(labels, pa), auc(labels, pb)
+            lo, ln = logloss(labels, pa), logloss(labels, pb)
+            report.accuracy = {"label_key": label_key, "auc_original": ao, "auc_optimized": an,
+                               "auc_delta": an - ao, "logloss_original": lo,
+                               "logloss_optimized": ln, "logloss_delta": ln - lo,
+                               "positives": int((labels > 0.5).sum()), "rows": int(n)}
+        else:
+            report.notes.append(f"no {label_key!r} array in the data: AUC/logloss not computed")
+    else:
+        report.notes.append("no single-column float output: AUC/logloss not computed")
+
+    # ---- size and manifest
+    report.size = _size_info(original, optimized)
+    report.optimized_nodes, report.manifest, note = _read_manifest(optimized)
+    if note:
+        report.notes.append(note)
+    req = (report.manifest.get("requires") or {}).get("TF_ENABLE_ONEDNN_OPTS")
+    if req is not None and os.environ.get("TF_ENABLE_ONEDNN_OPTS") != str(req):
+        report.notes.append(f"the optimized model asks for TF_ENABLE_ONEDNN_OPTS={req} but it "
+                            f"is {report.environment['TF_ENABLE_ONEDNN_OPTS']} here")
+
+    _check(report, thresholds, batch_sizes)
+    report.timings["total_s"] = time.perf_counter() - t_start
+    log.info("validation %s (%d rows): %s", "passed" if report.passed else "FAILED", n,
+             report.summary())
+
+    if report_dir is not None:
+        from lpo.report import write_report
+
+        report.report_files = write_report(report, report_dir)
+    if not report.passed and raise_on_fail:
+        raise ValidationFailed(
+            "validation failed: " + "; ".join(b["message"] for b in report.breaches),
+            report=report)
+    return report
+
+
+def _check(report, thresholds, batch_sizes):
+    breaches = []
+
+    def breach(name, actual, limit, message):
+        breaches.append({"threshold": name, "actual": actual, "limit": limit,
+                         "message": message})
+
+    lim = thresholds["max_auc_drop"]
+    if lim is not None:
+        if report.accuracy is None or report.accuracy["auc_original"] is None or \
+                not math.isfinite(report.accuracy["auc_original"]):
+            report.notes.append("max_auc_drop not checked: no labels (or a single class)")
+        else:
+            drop = report.accuracy["auc_original"] - report.accuracy["auc_optimized"]
+            if not math.isfinite(drop) or drop > lim:
+                breach("max_auc_drop", drop, lim,
+                       f"AUC dropped by {drop:.6g} (limit {lim:g})")
+    lim = thresholds["max_abs_diff"]
+    if lim is not None:
+        for name, e in report.outputs.items():
+            d = e.get("max_abs_diff")
+            if d is not None and not d <= lim:
+                breach("max_abs_diff", d, lim,
+                       f"output {name!r} max |diff| {d:.6g} > {lim:g}")
+    lim = thresholds["max_latency_ratio"]
+    if lim is not None:
+        if not report.latency:
+            report.notes.append("max_latency_ratio not checked: no batch sizes measured")
+        else:
+            ref = next((e for e in report.latency if e["batch_size"] == 512),
+                       max(report.latency, key=lambda e: e["batch_size"]))
+            r = ref["p50_ratio"]
+            if not r <= lim:
+                breach("max_latency_ratio", r, lim,
+                       f"p50 latency ratio at batch {ref['batch_size']} is {r:.3f} "
+                       f"(limit {lim:g})")
+    lim = thresholds["min_size_reduction"]
+    if lim is not None:
+        red = report.size.get("variables_reduction")
+        if red is None or not red >= lim:
+            breach("min_size_reduction", red, lim,
+                   f"variables are {100 * (red or 0):.1f}% smaller (at least "
+                   f"{100 * lim:g}% required)")
+    report.breaches = breaches
+    report.passed = not breaches
