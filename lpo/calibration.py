@@ -1,0 +1,565 @@
+"""Activation range observers and calibration file I/O (numpy only at module level).
+
+Observers (:func:`make_observer`) see one fp32 activation tensor per calibration batch
+and return a range ``(lo, hi)`` with ``lo <= 0 <= hi`` and ``lo < hi`` (an all-zero
+activation gives ``(0.0, 1.0)``), ready for ``quant.quantize_activation_params`` /
+FakeQuantWithMinMaxArgs.
+
+Calibration files (:func:`load_calibration`):
+
+* ``.npz`` - one array per serving-signature input name, rows on axis 0. Loaded with
+  ``allow_pickle=False``, so string inputs must be stored as fixed-width ``<U..``
+  (unicode, encoded as UTF-8) or ``S..`` (bytes; numpy strips trailing NUL bytes)
+  arrays, never object arrays. :func:`save_calibration_npz` does that conversion.
+* legacy ``.npy`` - DeepRec's pickled list of feed dicts (``{'I1:0': array, ...}``), one
+  dict per batch (kept as given; ``batch_size`` does not apply). Loading executes
+  pickle code, so it needs ``allow_pickle=True``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Iterator, Mapping
+
+import numpy as np
+
+from lpo.errors import CalibrationError, ConfigError, closest
+
+log = logging.getLogger(__name__)
+
+OBSERVER_METHODS = ("l2", "minmax", "percentile")
+DEFAULT_METHOD = "l2"
+_EMPTY_RANGE = (0.0, 1.0)
+
+
+# ============================================================================ observers
+class _Observer:
+    """Base: tracks the exact running min/max and validates input."""
+
+    method = "?"
+
+    def __init__(self, name: str = "activation"):
+        self.name = name
+        self.count = 0
+        self.min = np.inf
+        self.max = -np.inf
+
+    def _prep(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32).ravel()
+        if x.size == 0:
+            return x
+        lo, hi = float(x.min()), float(x.max())
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            bad = int(np.count_nonzero(~np.isfinite(x)))
+            raise CalibrationError(
+                f"activation {self.name!r} has {bad} NaN/Inf value(s) in a calibration "
+                f"batch; check the model and the calibration data")
+        self.min = min(self.min, lo)
+        self.max = max(self.max, hi)
+        self.count += x.size
+        return x
+
+    def update(self, x: np.ndarray) -> None:
+        """Observe one batch of the fp32 activation."""
+        self._prep(x)
+
+    def _data_range(self) -> tuple[float, float]:
+        if self.count == 0:
+            raise CalibrationError(
+                f"observer for {self.name!r} saw no data: the calibration set is empty "
+                f"or the activation was never computed")
+        return min(self.min, 0.0), max(self.max, 0.0)
+
+    @staticmethod
+    def _finish(lo: float, hi: float) -> tuple[float, float]:
+        lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+        if not hi > lo:
+            return _EMPTY_RANGE
+        return lo, hi
+
+    def range(self) -> tuple[float, float]:
+        """Return ``(lo, hi)`` with lo <= 0 <= hi and lo < hi."""
+        return self._finish(*self._data_range())
+
+
+class MinMaxObserver(_Observer):
+    """Running min/max over every value seen."""
+
+    method = "minmax"
+
+
+class _SampleObserver(_Observer):
+    """Keeps a deterministic bounded reservoir sample (seeded) besides exact min/max."""
+
+    def __init__(self, name: str = "activation", max_samples: int = 2_000_000, seed: int = 0):
+        super().__init__(name)
+        self.max_samples = int(max_samples)
+        self._buf = np.empty(0, dtype=np.float32)
+        self._parts: list[np.ndarray] = []
+        self._filled = 0
+        self._rng = np.random.default_rng(seed)
+
+    def update(self, x: np.ndarray) -> None:
+        """Observe one batch (values are added to the reservoir sample)."""
+        seen_before = self.count
+        x = self._prep(x)
+        if x.size == 0:
+            return
+        room = self.max_samples - self._filled
+        if room > 0:
+            take = x[:room].copy()
+            self._parts.append(take)
+            self._filled += take.size
+            x = x[room:]
+            seen_before += take.size
+        if x.size == 0:
+            return
+        buf = self.samples()  # consolidate
+        # vectorised reservoir sampling (algorithm R): element t replaces slot j < cap
+        t = np.arange(seen_before, seen_before + x.size, dtype=np.int64)
+        j = self._rng.integers(0, t + 1)
+        keep = j < self.max_samples
+        if keep.any():
+            slots, vals = j[keep][::-1], x[keep][::-1]
+            uslots, first = np.unique(slots, return_index=True)  # last write wins
+            buf[uslots] = vals[first]
+
+    def samples(self) -> np.ndarray:
+        """The current reservoir sample (float32, at most ``max_samples`` values)."""
+        if self._parts:
+            self._buf = np.concatenate([self._buf] + self._parts)
+            self._parts = []
+        return self._buf
+
+
+class PercentileObserver(_SampleObserver):
+    """Clips each tail at ``percentile`` (e.g. 99.99 keeps the central 99.99% per side)."""
+
+    method = "percentile"
+
+    def __init__(self, name: str = "activation", percentile: float = 99.99, **kw):
+        super().__init__(name, **kw)
+        if not 50.0 < float(percentile) <= 100.0:
+            raise ConfigError(f"percentile must be in (50, 100], got {percentile}")
+        self.percentile = float(percentile)
+
+    def range(self) -> tuple[float, float]:
+        """Return ``(lo, hi)`` at the configured percentiles of the observed values."""
+        self._data_range()
+        s = self.samples()
+        lo, hi = (float(v) for v in np.percentile(s, [100.0 - self.percentile,
+                                                        self.percentile]))
+        return self._finish(max(lo, self.min), min(hi, self.max))
+
+
+class L2Observer(_SampleObserver):
+    """Histogram search for the clip range minimizing the L2 error of an 8-bit quantizer.
+
+    Builds ``bins``-bin histograms of the negative and positive parts (counts, sums and
+    sums of squares, so clipping error at bin edges is exact), models rounding noise as
+    ``step**2 / 12`` per in-range value, and minimizes over (lo, hi) bin edges by
+    coordinate descent from the full range. Deterministic.
+    """
+
+    method = "l2"
+
+    def __init__(self, name: str = "activation", bins: int = 2048, num_bits: int = 8, **kw):
+        super().__init__(name, **kw)
+        self.bins = int(bins)
+        self.levels = (1 << int(num_bits)) - 1
+
+    def _side(self, v: np.ndarray, extent: float):
+        """Per-edge clip error and in-range count for values ``v >= 0`` up to ``extent``."""
+        k = self.bins
+        edges = np.arange(k + 1, dtype=np.float64) * (extent / k)
+        if v.size == 0 or extent <= 0:
+            z = np.zeros(k + 1)
+            return edges, z, z
+        v = v.astype(np.float64)
+        idx = np.minimum((v * (k / extent)).astype(np.int64), k - 1)
+        c = np.bincount(idx, minlength=k).astype(np.float64)
+        s1 = np.bincount(idx, weights=v, minlength=k)
+        s2 = np.bincount(idx, weights=v * v, minlength=k)
+        # suffix sums: bins >= i are clipped when the threshold is edges[i]
+        def suffix(a):
+            out = np.zeros(k + 1)
+            out[:k] = np.cumsum(a[::-1])[::-1]
+            return out
+        C, S1, S2 = suffix(c), suffix(s1), suffix(s2)
+        clip = np.maximum(S2 - 2 * edges * S1 + edges * edges * C, 0.0)
+        inside = c.sum() - C
+        return edges, clip, inside
+
+    def range(self) -> tuple[float, float]:
+        """Return the L2-optimal ``(lo, hi)`` (lo is 0 for non-negative activations)."""
+        dlo, dhi = self._data_range()
+        if self.min == self.max or dlo == dhi:  # constant (or all-zero) activation
+            return self._finish(dlo, dhi)
+        s = self.samples()
+        pos, neg = s[s > 0], -s[s < 0]
+        zeros = float(s.size - pos.size - neg.size)
+        pe, pclip, pin = self._side(pos, dhi)
+        ne, nclip, nin = self._side(neg, -dlo)
+        norm = 1.0 / (12.0 * self.levels ** 2)
+
+        def cost(i_lo, i_hi):
+            width = ne[i_lo] + pe[i_hi]
+            n_in = zeros + nin[i_lo] + pin[i_hi]
+            return nclip[i_lo] + pclip[i_hi] + n_in * width * width * norm
+
+        i_lo = self.bins if dlo < 0 else 0
+        i_hi = self.bins if dhi > 0 else 0
+        for _ in range(4):
+            prev = (i_lo, i_hi)
+            if dhi > 0:
+                c = cost(i_lo, np.arange(1, self.bins + 1))
+                i_hi = 1 + int(np.argmin(c))
+            if dlo < 0:
+                c = cost(np.arange(1, self.bins + 1), i_hi)
+                i_lo = 1 + int(np.argmin(c))
+            if (i_lo, i_hi) == prev:
+                break
+        lo = -float(ne[i_lo]) if dlo < 0 else 0.0
+        hi = float(pe[i_hi]) if dhi > 0 else 0.0
+        if i_lo == self.bins:
+            lo = dlo
+        if i_hi == self.bins:
+            hi = dhi
+        return self._finish(lo, hi)
+
+
+_OBSERVERS = {"l2": L2Observer, "minmax": MinMaxObserver, "percentile": PercentileObserver}
+
+
+def make_observer(method: str = DEFAULT_METHOD, **kw) -> _Observer:
+    """Create a range observer: 'l2' (default), 'minmax' or 'percentile' (``percentile=99.99``).
+
+    Keywords: ``name`` (for messages), and for l2/percentile ``max_samples`` (2M) and
+    ``seed``; l2 also ``bins`` (2048) and ``num_bits`` (8).
+    """
+    key = str(method).lower()
+    if key not in _OBSERVERS:
+        raise ConfigError(f"unknown calibration method {method!r}; valid methods: "
+                          f"{', '.join(OBSERVER_METHODS)}")
+    try:
+        return _OBSERVERS[key](**kw)
+    except TypeError as e:
+        raise ConfigError(f"bad option for calibration method {key!r}: {e}") from e
+
+
+# ============================================================================ file I/O
+def iter_batches(arrays: Mapping[str, np.ndarray], batch_size: int) -> Iterator[dict]:
+    """Yield dicts of consecutive ``batch_size``-row slices (last may be smaller).
+
+    Rank-0 arrays are passed whole to every batch.
+    """
+    if int(batch_size) < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    n = _row_count(arrays)
+    for a in range(0, n, int(batch_size)):
+        yield {k: (v if np.ndim(v) == 0 else v[a:a + batch_size]) for k, v in arrays.items()}
+
+
+def _row_count(arrays: Mapping[str, np.ndarray]) -> int:
+    counts = {k: len(v) for k, v in arrays.items() if np.ndim(v) > 0}
+    if len(set(counts.values())) > 1:
+        detail = ", ".join(f"{k}: {n}" for k, n in sorted(counts.items()))
+        raise CalibrationError(f"calibration inputs have different row counts ({detail}); "
+                               f"every input needs the same number of rows on axis 0")
+    return next(iter(counts.values()), 0)
+
+
+def _is_string_dtype(dt: np.dtype) -> bool:
+    return dt.kind in "OSU"
+
+
+def _to_object_bytes(arr: np.ndarray, name: str) -> np.ndarray:
+    if arr.dtype.kind == "U":
+        flat = [s.encode("utf-8") for s in arr.ravel().tolist()]
+    elif arr.dtype.kind == "S":
+        flat = arr.ravel().tolist()
+    elif arr.dtype.kind == "O":
+        flat = []
+        for s in arr.ravel().tolist():
+            if isinstance(s, bytes):
+                flat.append(s)
+            elif isinstance(s, str):
+                flat.append(s.encode("utf-8"))
+            else:
+                raise CalibrationError(
+                    f"input {name!r} is a string input but holds {type(s).__name__} "
+                    f"values; store strings (or bytes)")
+    else:
+        raise CalibrationError(
+            f"input {name!r} is a string input but the calibration data has dtype "
+            f"{arr.dtype}; store it as strings (a '<U..' or 'S..' array)")
+    out = np.empty(len(flat), dtype=object)
+    out[:] = flat
+    return out.reshape(arr.shape)
+
+
+def _cast_numeric(arr: np.ndarray, dt: np.dtype, name: str) -> np.ndarray:
+    if arr.dtype == dt:
+        return arr
+    bad = (f"input {name!r} expects {dt} but the calibration data has dtype {arr.dtype}")
+    if arr.dtype.kind not in "biuf":
+        raise CalibrationError(f"{bad}, which cannot be cast; store it as {dt}")
+    if dt.kind == "b":
+        if arr.dtype.kind == "b" or np.isin(arr, (0, 1)).all():
+            return arr.astype(dt)
+        raise CalibrationError(f"{bad} with values other than 0/1")
+    if dt.kind in "iu":
+        if arr.dtype.kind == "f":
+            if not np.all(np.isfinite(arr)) or np.any(np.floor(arr) != arr):
+                raise CalibrationError(f"{bad} with non-integral values; store integers")
+        if arr.size:
+            info = np.iinfo(dt)
+            lo, hi = arr.min(), arr.max()
+            if lo < info.min or hi > info.max:
+                raise CalibrationError(f"{bad} with values in [{lo}, {hi}] outside the "
+                                       f"{dt} range [{info.min}, {info.max}]")
+        return arr.astype(dt)
+    if dt.kind == "f":
+        with np.errstate(over="ignore"):
+            out = arr.astype(dt)
+        if arr.dtype.kind == "f" and np.count_nonzero(~np.isfinite(out)) > \
+                np.count_nonzero(~np.isfinite(arr)):
+            raise CalibrationError(f"{bad} with values that overflow {dt}")
+        return out
+    if np.can_cast(arr.dtype, dt, "same_kind"):
+        return arr.astype(dt)
+    raise CalibrationError(f"{bad}, which cannot be cast safely")
+
+
+def _conform(arr, name: str, spec, where: str) -> np.ndarray:
+    """Cast ``arr`` to the spec dtype and check its rank/shape."""
+    dt, shape = np.dtype(spec[0]), spec[1]
+    arr = np.asarray(arr)
+    if _is_string_dtype(dt):
+        arr = _to_object_bytes(arr, name)
+    elif _is_string_dtype(arr.dtype):
+        raise CalibrationError(
+            f"input {name!r}{where} expects {dt} but the calibration data holds strings "
+            f"({arr.dtype}); store numbers")
+    else:
+        arr = _cast_numeric(arr, dt, name)
+    if shape is not None:
+        shape = tuple(shape)
+        if arr.ndim != len(shape):
+            hint = ""
+            if arr.ndim + 1 == len(shape) and shape[-1] == 1:
+                hint = f"; reshape it to {arr.shape + (1,)}"
+            raise CalibrationError(
+                f"input {name!r}{where} has shape {arr.shape} (rank {arr.ndim}) but the "
+                f"signature expects rank {len(shape)} {_fmt_shape(shape)}{hint}")
+        for i, (got, want) in enumerate(zip(arr.shape, shape)):
+            if i > 0 and want is not None and want >= 0 and got != want:
+                raise CalibrationError(
+                    f"input {name!r}{where} has shape {arr.shape} but the signature "
+                    f"expects {_fmt_shape(shape)} (dimension {i} differs)")
+    return arr
+
+
+def _fmt_shape(shape) -> str:
+    return "(" + ", ".join("None" if d is None or d < 0 else str(d) for d in shape) + ")"
+
+
+def _missing_error(missing, present, path) -> CalibrationError:
+    hints = []
+    for m in missing:
+        near = closest(m, present)
+        if near:
+            hints.append(f"{m!r} -> did you mean {', '.join(map(repr, near))}?")
+    msg = (f"calibration file {path} lacks signature input(s) "
+           f"{', '.join(map(repr, sorted(missing)))}; keys present: "
+           f"{', '.join(map(repr, sorted(present))) or '(none)'}")
+    if hints:
+        msg += ". " + " ".join(hints)
+    return CalibrationError(msg + ". Add one array per serving-signature input.")
+
+
+def load_calibration(path, input_specs: Mapping[str, tuple], *, batch_size: int = 256,
+                     allow_pickle: bool = False, max_batches: int | None = None,
+                     tensor_names: Mapping[str, str] | None = None) -> list[dict[str, np.ndarray]]:
+    """Load a calibration file as a list of feed dicts keyed by signature input name.
+
+    ``input_specs``: ``{name: (np.dtype, shape with None for unknown dims)}``; string
+    inputs use ``np.dtype(object)`` and come back as object arrays of bytes. ``.npz`` is
+    batched into ``batch_size`` rows; a legacy ``.npy`` (pickled feed dicts, needs
+    ``allow_pickle=True``) keeps its own batches, matched by input name or tensor name
+    (``'I1:0'``; ``tensor_names`` maps input name -> tensor name when they differ).
+    Raises CalibrationError for every problem with the file.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CalibrationError(f"calibration file {path} does not exist; pass an .npz "
+                               f"(one array per signature input) or create one with "
+                               f"'lpo make-calibration'")
+    if int(batch_size) < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if max_batches is not None and int(max_batches) < 1:
+        raise ConfigError(f"max_batches must be >= 1, got {max_batches}")
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".npz":
+        batches = _load_npz(path, input_specs, int(batch_size), max_batches)
+    elif ext == ".npy":
+        batches = _load_legacy(path, input_specs, allow_pickle, max_batches, tensor_names)
+    else:
+        raise CalibrationError(f"calibration file {path} has unknown extension {ext!r}; "
+                               f"use .npz (or a legacy pickled .npy)")
+    log.info("calibration: %d batch(es) from %s", len(batches), path)
+    return batches
+
+
+def _load_npz(path, specs, batch_size, max_batches):
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except Exception as e:  # zipfile.BadZipFile, OSError, ValueError
+        raise CalibrationError(f"cannot read calibration file {path} as .npz: {e}") from e
+    with npz:
+        present = list(npz.files)
+        missing = [n for n in specs if n not in present]
+        if missing:
+            raise _missing_error(missing, present, path)
+        for k in present:
+            if k not in specs:
+                log.debug("calibration: ignoring key %r of %s (not a signature input)", k, path)
+        arrays = {}
+        for name, spec in specs.items():
+            try:
+                raw = npz[name]
+            except ValueError as e:
+                raise CalibrationError(
+                    f"input {name!r} in {path} is an object (pickled) array; store "
+                    f"strings as fixed-width '<U..' or 'S..' arrays (see "
+                    f"save_calibration_npz)") from e
+            arrays[name] = _conform(raw, name, spec, "")
+    n = _row_count(arrays)
+    if n == 0:
+        raise CalibrationError(f"calibration file {path} has 0 rows; it needs at least one")
+    batches = []
+    for b in iter_batches(arrays, batch_size):
+        batches.append(b)
+        if max_batches is not None and len(batches) >= max_batches:
+            break
+    return batches
+
+
+def _read_npy_header(path):
+    with open(path, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            shape, _, dtype = np.lib.format._read_array_header(f, version)  # noqa: SLF001
+        except Exception as e:
+            raise CalibrationError(f"cannot read calibration file {path} as .npy: {e}") from e
+    return shape, dtype
+
+
+def _load_legacy(path, specs, allow_pickle, max_batches, tensor_names):
+    _, dtype = _read_npy_header(path)
+    if not dtype.hasobject:
+        raise CalibrationError(
+            f"{path} holds a plain {dtype} array, not a list of feed dicts; for one "
+            f"array per input use an .npz file")
+    if not allow_pickle:
+        raise CalibrationError(
+            f"{path} is a legacy pickled .npy; loading it executes arbitrary code from "
+            f"the file. Only if you trust it, opt in with allow_pickle=True (CLI: "
+            f"--allow-pickle), or convert it to .npz (one array per input).")
+    try:
+        obj = np.load(path, allow_pickle=True)
+    except Exception as e:
+        raise CalibrationError(f"cannot unpickle calibration file {path}: {e}") from e
+    items = obj.tolist() if isinstance(obj, np.ndarray) else obj
+    if isinstance(items, dict):
+        items = [items]
+    if not isinstance(items, (list, tuple)) or not all(isinstance(d, dict) for d in items):
+        raise CalibrationError(f"{path} must hold a list of feed dicts "
+                               f"({{input name: array}}), got {type(items).__name__}")
+    if not items:
+        raise CalibrationError(f"calibration file {path} holds no feed dicts")
+    tensor_names = dict(tensor_names or {})
+
+    def strip(k):
+        k = str(k)
+        return k[:-2] if k.endswith(":0") else k
+
+    batches = []
+    for i, feed in enumerate(items):
+        lookup = {}
+        for k, v in feed.items():
+            lookup.setdefault(str(k), v)
+            lookup.setdefault(strip(k), v)
+        batch, missing = {}, []
+        for name, spec in specs.items():
+            cands = [name, strip(name)]
+            if name in tensor_names:
+                cands += [tensor_names[name], strip(tensor_names[name])]
+            key = next((c for c in cands if c in lookup), None)
+            if key is None:
+                missing.append(name)
+            else:
+                batch[name] = _conform(lookup[key], name, spec, f" (feed dict {i})")
+        if missing:
+            raise _missing_error(missing, [str(k) for k in feed], f"{path} (feed dict {i})")
+        if _row_count(batch) == 0 and any(np.ndim(v) for v in batch.values()):
+            raise CalibrationError(f"feed dict {i} of {path} has 0 rows")
+        batches.append(batch)
+        if max_batches is not None and len(batches) >= max_batches:
+            break
+    return batches
+
+
+def _to_storable(arr: np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.dtype.kind != "O":
+        return arr
+    flat = arr.ravel().tolist()
+    if all(isinstance(s, bytes) for s in flat):
+        return np.array(flat, dtype=bytes).reshape(arr.shape) if flat else \
+            np.zeros(arr.shape, dtype="S1")
+    if all(isinstance(s, (str, bytes)) for s in flat):
+        return np.array([s.decode("utf-8") if isinstance(s, bytes) else s for s in flat],
+                        dtype=str).reshape(arr.shape)
+    raise CalibrationError(f"input {name!r} is an object array of non-strings; "
+                           f"it cannot be stored without pickle")
+
+
+def save_calibration_npz(batches_or_arrays, path) -> str:
+    """Write ``{name: array}`` or a list of feed dicts (concatenated on axis 0) to ``path``.
+
+    Object string arrays become fixed-width bytes/unicode so the file loads without
+    pickle. The file is written to a temporary sibling and renamed into place.
+    """
+    path = os.fspath(path)
+    if isinstance(batches_or_arrays, Mapping):
+        arrays = dict(batches_or_arrays)
+    else:
+        batches = list(batches_or_arrays)
+        if not batches:
+            raise CalibrationError("save_calibration_npz: no batches to save")
+        keys = list(batches[0])
+        for i, b in enumerate(batches):
+            if set(b) != set(keys):
+                raise CalibrationError(f"batch {i} has keys {sorted(b)}, batch 0 has "
+                                       f"{sorted(keys)}")
+        arrays = {k: np.concatenate([np.asarray(b[k]) for b in batches], axis=0)
+                  for k in keys}
+    arrays = {str(k): _to_storable(v, str(k)) for k, v in arrays.items()}
+    _row_count(arrays)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+__all__ = ["make_observer", "OBSERVER_METHODS", "DEFAULT_METHOD", "load_calibration",
+           "save_calibration_npz", "iter_batches", "MinMaxObserver", "PercentileObserver",
+           "L2Observer"]
