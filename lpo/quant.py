@@ -156,6 +156,16 @@ def _default_chunk_rows(x: np.ndarray) -> int:
     return max(1, _CHUNK_BYTES // row_bytes)
 
 
+def _scale_from_maxabs(m: np.ndarray) -> np.ndarray:
+    """float32 max|x| / 127, nudged down one ulp where 127 * scale would overflow to inf."""
+    s = (np.asarray(m, dtype=np.float32) / np.float32(INT8_MAX)).astype(np.float32)
+    with np.errstate(over="ignore"):
+        over = np.isinf(s * np.float32(INT8_MAX)) & np.isfinite(s)
+    if np.any(over):
+        s = np.where(over, np.nextafter(s, np.float32(0)), s).astype(np.float32)
+    return s
+
+
 def _quantize_chunk(xc: np.ndarray, scale: np.ndarray) -> np.ndarray:
     xc = np.asarray(xc, dtype=np.float32)
     safe = np.where(scale > 0, scale, np.float32(1)).astype(np.float32)
@@ -201,7 +211,7 @@ def quantize_int8(x: np.ndarray, axis: int | None, *, chunk_rows: int | None = N
             m = np.max(np.abs(xc), axis=red, keepdims=True) if red else np.abs(xc)
             if not np.all(np.isfinite(m)):
                 check_finite(x, name)
-            s = (m / np.float32(INT8_MAX)).astype(np.float32)
+            s = _scale_from_maxabs(m)
             scale[a:a + rows] = s
             q[a:a + rows] = _quantize_chunk(xc, s)
         if x.ndim == 1:
@@ -225,7 +235,7 @@ def quantize_int8(x: np.ndarray, axis: int | None, *, chunk_rows: int | None = N
         m = cm if m is None else np.maximum(m, cm)
     if not np.all(np.isfinite(m)):
         check_finite(x, name)
-    scale = (m / np.float32(INT8_MAX)).astype(np.float32)
+    scale = _scale_from_maxabs(m)
     for a in range(0, n, rows):
         q[a:a + rows] = _quantize_chunk(x[a:a + rows], scale)
     if axis is None:
