@@ -445,22 +445,24 @@ def _load_npz(path, specs, batch_size, max_batches):
     return batches
 
 
-def _read_npy_header(path):
-    with open(path, "rb") as f:
-        try:
-            version = np.lib.format.read_magic(f)
-            shape, _, dtype = np.lib.format._read_array_header(f, version)  # noqa: SLF001
-        except Exception as e:
-            raise CalibrationError(f"cannot read calibration file {path} as .npy: {e}") from e
-    return shape, dtype
+def _npy_is_pickle(path) -> bool:
+    """True if the .npy holds an object (pickled) array; reads only the header."""
+    try:
+        np.load(path, allow_pickle=False, mmap_mode="r")
+    except ValueError as e:
+        if "allow_pickle" in str(e) or "object" in str(e).lower():
+            return True
+        raise CalibrationError(f"cannot read calibration file {path} as .npy: {e}") from e
+    except Exception as e:
+        raise CalibrationError(f"cannot read calibration file {path} as .npy: {e}") from e
+    return False
 
 
 def _load_legacy(path, specs, allow_pickle, max_batches, tensor_names):
-    _, dtype = _read_npy_header(path)
-    if not dtype.hasobject:
+    if not _npy_is_pickle(path):
         raise CalibrationError(
-            f"{path} holds a plain {dtype} array, not a list of feed dicts; for one "
-            f"array per input use an .npz file")
+            f"{path} holds a plain array, not a list of feed dicts; for one array per "
+            f"input use an .npz file")
     if not allow_pickle:
         raise CalibrationError(
             f"{path} is a legacy pickled .npy; loading it executes arbitrary code from "
