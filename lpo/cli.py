@@ -212,7 +212,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 def cmd_convert_ckpt(args: argparse.Namespace) -> int:
     """``lpo convert-ckpt``: convert an FP32 checkpoint for an optimized model."""
     lpo = _import_lpo()
-    result = lpo.convert_ckpt(args.ckpt_prefix, args.save_prefix, args.opt_model, quiet=args.quiet)
+    result = lpo.convert_ckpt(args.ckpt_prefix, args.save_prefix, args.opt_model,
+                              overwrite=args.overwrite, quiet=args.quiet)
     _emit(result, args.json)
     return 0
 
@@ -369,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ckpt_prefix", metavar="CKPT_PREFIX", help="FP32 checkpoint prefix")
     p.add_argument("save_prefix", metavar="SAVE_PREFIX", help="output checkpoint prefix")
     p.add_argument("opt_model", metavar="OPT_MODEL", help="optimized SavedModel (has the plan)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing SAVE_PREFIX")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
     # refresh

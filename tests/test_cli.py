@@ -234,7 +234,7 @@ def test_convert_refresh_calibrate_validate_wiring(fake_api, capsys):
     assert cli.main(["validate", "orig", "opt", "held.npz", "--report-dir", "rep",
                      "--max-abs-diff", "0.05"]) == 0
     got = {name: (args, kwargs) for name, args, kwargs in fake_api}
-    assert got["convert_ckpt"] == (("ck", "save", "opt"), {"quiet": False})
+    assert got["convert_ckpt"] == (("ck", "save", "opt"), {"overwrite": False, "quiet": False})
     assert got["refresh"] == (("opt", "ck", "out"), {"overwrite": True, "quiet": False})
     assert got["make_calibration"] == (("data.csv", "c.npz", "m"), dict(
         num_rows=64, seed=3, format="csv", columns=["a", "b"], mapping={"a": "C1", "b": "C2"},
