@@ -64,7 +64,9 @@ def reservoir_sample(items: Iterable, num: int, seed: int = 0):
     uniforms = np.empty(0)
     u_pos = 0
     total = 0
-    for i, item in enumerate(items):
+    i = -1
+    for item in items:  # no enumerate(): its cached tuple would keep one more item alive
+        i += 1
         total = i + 1
         if i < num:
             reservoir.append((i, item))
@@ -321,9 +323,9 @@ def _read_csv(path, specs, *, num_rows, seed, delimiter, columns, has_header, ma
             log.info("%s: no header; assuming Criteo columns label,I1..I13,C1..C26", where)
             names = list(CRITEO_COLUMNS)
 
-            def chained():
+            def chained(rest=stream):
                 yield first
-                yield from stream
+                yield from rest
             stream = chained()
         if len(set(names)) != len(names):
             dup = sorted({c for c in names if names.count(c) > 1})

@@ -5,7 +5,7 @@ No graph is imported or executed: this is cheap and safe to call on any path.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,9 +24,11 @@ DEFAULT_TAGS = ("serve",)
 DEFAULT_SIGNATURE = "serving_default"
 
 
-@dataclass(frozen=True)
-class InputSpec:
-    """One signature tensor: numpy dtype, shape (``None`` = unknown dim), graph tensor name."""
+class InputSpec(NamedTuple):
+    """One signature tensor: numpy dtype, shape (``None`` = unknown dim), graph tensor name.
+
+    A named tuple, so ``(dtype, shape)`` indexing (as ``lpo.calibration`` expects) works.
+    """
 
     dtype: np.dtype
     shape: tuple
