@@ -57,6 +57,10 @@ def _bytes(n) -> str:
     return f"{n:.2f} TiB"
 
 
+def _rate(x) -> str:
+    return "–" if x is None or x != x else f"{float(x):,.0f}"
+
+
 def _pct(x) -> str:
     return "–" if x is None or x != x else f"{100 * float(x):.1f}%"
 
@@ -95,7 +99,7 @@ def _tables(d: dict) -> list:
             o, p = e["original"], e["optimized"]
             rows.append([_num(e["batch_size"]), _num(o["p50_ms"], 4), _num(p["p50_ms"], 4),
                          _num(o["p99_ms"], 4), _num(p["p99_ms"], 4),
-                         _num(o["throughput_rows_s"], 4), _num(p["throughput_rows_s"], 4),
+                         _rate(o["throughput_rows_s"]), _rate(p["throughput_rows_s"]),
                          _num(e["p50_ratio"], 3)])
         t.append(("Latency (ms) and throughput (rows/s), interleaved runs",
                   ["Batch", "p50 orig", "p50 opt", "p99 orig", "p99 opt", "rows/s orig",
@@ -164,7 +168,7 @@ def make_plots(report) -> dict | None:
     if a is not None and b is not None and len(a):
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
         diff = b - a
-        fig, ax = plt.subplots(figsize=(5.6, 3.6))
+        fig, ax = plt.subplots(figsize=(5.0, 3.4))
         if np.all(diff == 0):
             ax.bar([0.0], [len(diff)], width=1.0, color=_OPT_COLOR)
             ax.set_xlim(-1, 1)
@@ -177,7 +181,7 @@ def make_plots(report) -> dict | None:
         ax.set_ylabel("rows")
         plots["Prediction differences"] = png(fig)
 
-        fig, ax = plt.subplots(figsize=(5.6, 3.6))
+        fig, ax = plt.subplots(figsize=(5.0, 3.4))
         ax.scatter(a, b, s=3, alpha=0.4, color=_ORIG_COLOR, linewidths=0)
         lo, hi = float(min(a.min(), b.min())), float(max(a.max(), b.max()))
         ax.plot([lo, hi], [lo, hi], color="#888", lw=1, ls="--", label="y = x")
@@ -189,7 +193,7 @@ def make_plots(report) -> dict | None:
 
     s = d.get("size")
     if s:
-        fig, ax = plt.subplots(figsize=(5.6, 3.6))
+        fig, ax = plt.subplots(figsize=(5.0, 3.4))
         cats = ["variables/", "whole model"]
         x = np.arange(len(cats))
         mib = 1024.0 * 1024.0
@@ -208,7 +212,7 @@ def make_plots(report) -> dict | None:
 
     lat = d.get("latency") or []
     if lat:
-        fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.6))
+        fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.4))
         labels = [str(e["batch_size"]) for e in lat]
         x = np.arange(len(lat))
         for ax, q in zip(axes, ("p50_ms", "p99_ms")):
@@ -220,7 +224,8 @@ def make_plots(report) -> dict | None:
             ax.set_xlabel("batch size")
             ax.set_ylabel("ms")
             ax.set_title(f"Latency {q[:3]}")
-            ax.legend(frameon=False)
+            ax.margins(y=0.2)
+            ax.legend(frameon=False, loc="upper left")
         plots["Latency"] = png(fig)
     return plots
 
@@ -243,6 +248,7 @@ td{word-break:break-word;max-width:620px}
 .breach td{background:#fdecea!important}
 .plots{display:flex;flex-wrap:wrap;gap:12px}
 figure{margin:0;border:1px solid #e3e3e3;border-radius:6px;padding:6px;background:#fff}
+figure img{max-width:100%;height:auto;display:block}
 figcaption{font-size:12px;color:#555;text-align:center}
 .note{background:#fff8e1;border-left:4px solid #f9a825;padding:6px 10px;margin:6px 0;font-size:13px}
 """

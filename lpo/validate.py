@@ -473,7 +473,7 @@ def _check(report, thresholds, batch_sizes):
 
     def breach(name, actual, limit, message):
         breaches.append({"threshold": name, "actual": actual, "limit": limit,
-                         "message": message})
+                         "message": f"{name}: {message}"})
 
     lim = thresholds["max_auc_drop"]
     if lim is not None:
