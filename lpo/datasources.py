@@ -48,6 +48,12 @@ class CalibrationResult:
         """JSON-able dict of every field."""
         return asdict(self)
 
+    def summary(self) -> str:
+        """One line: what was written from where."""
+        extra = f" (+ legacy {self.legacy_path})" if self.legacy_path else ""
+        return (f"wrote {self.path}{extra}: {self.rows} of {self.source_rows} rows from "
+                f"{self.source} ({self.format}), {len(self.inputs)} inputs")
+
 
 # --------------------------------------------------------------------------- sampling
 def reservoir_sample(items: Iterable, num: int, seed: int = 0):

@@ -127,7 +127,7 @@ def test_csv_to_npz(sample_resource, tmp_path):
     r = make_calibration(_csv_path(sample_resource), out, sample_resource.model_path,
                          num_rows=200, seed=0, legacy_npy=True, legacy_batch_size=64)
     assert r.rows == 200 and r.format == "csv" and r.source_rows > 200
-    assert r.to_dict()["path"] == str(out)
+    assert r.to_dict()["path"] == str(out) and "200 of" in r.summary()
     _check_npz(out, sample_resource, 200)
     feeds = np.load(r.legacy_path, allow_pickle=True)
     assert r.legacy_path == str(tmp_path / "calib.npy")
