@@ -17,6 +17,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
@@ -459,12 +460,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``lpo`` command line; return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from lpo.log import configure_logging  # noqa: PLC0415
+    from lpo.log import configure_logging, filter_native_stderr  # noqa: PLC0415
 
     level = logging.DEBUG if (args.debug or args.verbose) else logging.INFO
     configure_logging(level, quiet=args.quiet)
+    # TF's native start-up noise is dropped unless debugging.
+    native = contextlib.nullcontext() if args.debug else filter_native_stderr()
     try:
-        return int(args.func(args) or 0)
+        with native:
+            return int(args.func(args) or 0)
     except LpoError as e:
         if args.debug:
             traceback.print_exc()

@@ -8,8 +8,13 @@ line at DEBUG when done.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import os
+import re
 import sys
+import threading
 import time
 from typing import IO, Iterable, Iterator, Optional, Union
 
@@ -62,7 +67,7 @@ def configure_logging(level: Union[int, str] = logging.INFO, quiet: bool = False
 
     ``quiet`` raises the level to WARNING and silences progress bars. Calling it
     again replaces the previous configuration. TensorFlow's Python loggers are
-    limited to errors unless ``level`` is DEBUG.
+    limited to errors (warnings at DEBUG).
     """
     if isinstance(level, str):
         level = logging.getLevelName(level.upper())
@@ -81,7 +86,65 @@ def configure_logging(level: Union[int, str] = logging.INFO, quiet: bool = False
     logger.setLevel(level)
     logger.propagate = False
     for name in ("tensorflow", "absl"):
-        logging.getLogger(name).setLevel(logging.DEBUG if level <= logging.DEBUG else logging.ERROR)
+        logging.getLogger(name).setLevel(logging.WARNING if level <= logging.DEBUG else logging.ERROR)
+
+
+# TensorFlow's native start-up noise: absl's pre-InitializeLog banner and the CUDA
+# probing of the GPU wheel on a machine without a GPU. TF_CPP_MIN_LOG_LEVEL does not
+# silence these (they are logged before TF's log level is read).
+NATIVE_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|[IWE]\d{4} [\d:.]+ +\d+ (cudart_stub|cuda_platform|cuda_executor|cuda_diagnostics|cuda_dnn"
+    r"|cuda_fft|cuda_blas|dso_loader|cpu_feature_guard|cpu_utils)\.cc:\d+\] .*)$")
+
+
+@contextlib.contextmanager
+def filter_native_stderr(pattern: "re.Pattern[str]" = NATIVE_NOISE):
+    """Drop lines matching ``pattern`` that native code writes to file descriptor 2.
+
+    Python's ``sys.stderr`` keeps writing straight to the real stderr; only what
+    C++ code writes to fd 2 passes through a pipe and a filter thread. Does
+    nothing when ``sys.stderr`` is not the process's own stderr (e.g. captured).
+    """
+    if sys.stderr is not sys.__stderr__ or sys.stderr is None:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        real = os.dup(2)
+        r, w = os.pipe()
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    old = sys.stderr
+    os.dup2(w, 2)
+    os.close(w)
+    sys.stderr = io.TextIOWrapper(io.FileIO(os.dup(real), "w"), encoding=old.encoding or "utf-8",
+                                  errors="backslashreplace", line_buffering=True)
+
+    def pump() -> None:
+        with open(r, "rb", closefd=True) as f:
+            for line in f:
+                if not pattern.match(line.decode("utf-8", "replace").rstrip("\r\n")):
+                    try:
+                        os.write(real, line)
+                    except OSError:
+                        pass
+
+    thread = threading.Thread(target=pump, name="lpo-stderr-filter", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        replacement, sys.stderr = sys.stderr, old
+        os.dup2(real, 2)  # closes the pipe's last write end: the pump sees EOF
+        thread.join(timeout=5)
+        with contextlib.suppress(Exception):
+            replacement.close()
+        if not thread.is_alive():
+            os.close(real)
 
 
 def _human_bytes(n: float) -> str:

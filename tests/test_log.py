@@ -101,3 +101,31 @@ def test_progress_close_is_idempotent():
     bar.close()
     bar.close()
     assert stream.getvalue().count("\n") == 1
+
+
+def test_filter_native_stderr_drops_tf_noise_only():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = r"""
+import os, sys
+from lpo.log import filter_native_stderr
+with filter_native_stderr():
+    os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+    os.write(2, b"I0000 00:00:1795630571.932471   10183 cudart_stub.cc:31] Could not find cuda drivers\n")
+    os.write(2, b"E0000 00:00:1.5 1 real_kernel.cc:9] a real native error\n")
+    print("python line", file=sys.stderr)
+print("after", file=sys.stderr)
+os.write(2, b"fd2 restored\n")
+"""
+    repo = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert "cudart_stub" not in r.stderr and "InitializeLog" not in r.stderr
+    assert sorted(lines) == sorted(["E0000 00:00:1.5 1 real_kernel.cc:9] a real native error",
+                                    "python line", "after", "fd2 restored"])
