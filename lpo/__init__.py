@@ -1,0 +1,35 @@
+"""lpo: low-precision optimizer for TensorFlow recommendation models.
+
+Public API: :func:`optimize`, :func:`inspect_model`, :func:`convert_ckpt`,
+:func:`refresh`, :func:`make_calibration`, :func:`validate`, and the
+:class:`LpoError` hierarchy. TensorFlow is imported lazily, on first use.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from lpo.errors import (  # noqa: E402
+    CalibrationError, CheckpointError, ConfigError, DataError, InternalError, LpoError, ModelFormatError,
+    OutputExistsError, ValidationFailed,
+)
+
+_LAZY = {
+    "optimize": "lpo.optimizer", "inspect_model": "lpo.optimizer", "convert_ckpt": "lpo.optimizer",
+    "refresh": "lpo.optimizer", "load_opt_config": "lpo.optimizer", "OptimizeResult": "lpo.optimizer",
+    "make_calibration": "lpo.datasources", "validate": "lpo.validate", "ValidationReport": "lpo.validate",
+}
+
+
+def __getattr__(name):
+    import importlib
+
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'lpo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(mod), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = ["__version__", "LpoError", "ModelFormatError", "ConfigError", "OutputExistsError", "CalibrationError",
+           "DataError", "CheckpointError", "ValidationFailed", "InternalError", *_LAZY]

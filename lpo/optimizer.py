@@ -1,0 +1,475 @@
+"""``optimize()``, ``inspect_model()``, ``convert_ckpt()`` and ``refresh()``.
+
+optimize = find candidates -> plan -> (INT8 dense) calibrate -> rewrite graph ->
+rebuild saver -> convert the model's own checkpoint through the plan -> write
+atomically. convert_ckpt/refresh replay the checkpoint half from the manifest.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+
+from lpo import __version__
+from lpo.errors import CalibrationError, CheckpointError, ConfigError, ModelFormatError, closest
+from lpo.plan import DTYPES, MANIFEST_DIR, MANIFEST_NAME, Conversion, Plan, read_manifest
+from lpo.savedmodel import (
+    VarSpec, check_servable, check_variables, copy_model_files, dir_bytes, is_tf2, read_saved_model,
+    rebuild_saver, select_meta_graph, variable_specs, variables_prefix, write_saved_model,
+)
+
+log = logging.getLogger("lpo")
+
+EMBEDDING_SCHEMES = ("per_dim", "per_row")
+DENSE_MODES = ("compute", "weight_only")
+INT8_DENSE_MODES = ("static", "weight_only")
+KEEP = "FP32"
+
+
+@dataclass
+class Candidate:
+    """An optimizable node as ``lpo inspect`` lists it (its name is the opt_config key)."""
+
+    kind: str
+    name: str
+    shape: list[int]
+    dtype: str
+    nbytes: int
+    detail: str = ""
+
+    def to_dict(self) -> dict:
+        """Return a JSON-able dict."""
+        return asdict(self)
+
+
+@dataclass
+class InspectResult:
+    """The optimizable nodes of a SavedModel."""
+
+    model_path: str
+    candidates: list[Candidate] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """Return a JSON-able dict."""
+        return {"model_path": self.model_path, "candidates": [c.to_dict() for c in self.candidates]}
+
+
+@dataclass
+class NodeReport:
+    """One optimized node."""
+
+    kind: str
+    node: str
+    dtype: str
+
+    def line(self) -> str:
+        """The seed's report line, e.g. ``Optimize embedding to INT8: emb``."""
+        what = "embedding" if self.kind == "embedding" else "dense op"
+        return f"Optimize {what} to {self.dtype}: {self.node}"
+
+
+@dataclass
+class OptimizeResult:
+    """What optimize() wrote."""
+
+    save_path: str
+    data_type: str
+    optimized: list[NodeReport]
+    variables_bytes_before: int
+    variables_bytes_after: int
+    total_bytes_before: int
+    total_bytes_after: int
+    kept_fp32: list[str] = field(default_factory=list)
+    requires: dict = field(default_factory=dict)
+
+    @property
+    def size_ratio(self) -> float:
+        """Variables bytes after / before."""
+        return self.variables_bytes_after / max(1, self.variables_bytes_before)
+
+    def to_dict(self) -> dict:
+        """Return a JSON-able dict."""
+        d = asdict(self)
+        d["optimized"] = [asdict(n) for n in self.optimized]
+        d["size_ratio"] = self.size_ratio
+        return d
+
+
+@dataclass
+class ConvertResult:
+    """What convert_ckpt() wrote."""
+
+    save_prefix: str
+    tensors_converted: int
+    tensors_copied: int
+    bytes_read: int
+    bytes_written: int
+
+    def to_dict(self) -> dict:
+        """Return a JSON-able dict."""
+        return asdict(self)
+
+
+@dataclass
+class RefreshResult:
+    """What refresh() wrote."""
+
+    save_path: str
+    checkpoint: str
+    convert: ConvertResult
+
+    def to_dict(self) -> dict:
+        """Return a JSON-able dict."""
+        return {"save_path": self.save_path, "checkpoint": self.checkpoint, "convert": self.convert.to_dict()}
+
+
+# --- argument checks ------------------------------------------------------------
+def normalize_dtype(value, what: str = "data_type", allow_keep: bool = False) -> str:
+    """Return ``value`` as one of BF16/FP16/INT8 (case-insensitive), else raise ConfigError."""
+    valid = DTYPES + ((KEEP,) if allow_keep else ())
+    if not isinstance(value, str) or value.strip().upper() not in valid:
+        raise ConfigError(f"{what} {value!r} is not one of {', '.join(valid)}")
+    return value.strip().upper()
+
+
+def _choice(value: str, valid: tuple, what: str) -> str:
+    if value not in valid:
+        raise ConfigError(f"{what} {value!r} is not one of {', '.join(valid)}")
+    return value
+
+
+def _load_model(model_path, tags):
+    model_path = os.fspath(model_path)
+    sm = read_saved_model(model_path)
+    mg = select_meta_graph(sm, tags)
+    check_servable(mg, model_path)
+    if is_tf2(mg):
+        raise ModelFormatError(
+            f"{model_path} is a TF2 (object-graph) SavedModel; this lpo optimizes TF1-graph SavedModels "
+            "(tf.compat.v1 / Estimator exports)"
+        )
+    check_variables(model_path)
+    return sm, mg
+
+
+def _find(mg):
+    from lpo import passes
+    from lpo.passes.common import Surgery
+
+    surgery = Surgery(mg)
+    specs = variable_specs(mg, surgery.index)
+    found = []
+    for family in passes.names():
+        found.extend(passes.get(family).find(surgery, specs))
+    return surgery, found
+
+
+def _as_candidate(c) -> Candidate:
+    if c.kind == "embedding":
+        detail = f"{len(c.parts)} parts" if len(c.parts) > 1 else ""
+    else:
+        detail = "+".join(x for x in ("MatMul", "BiasAdd" if c.bias_add else "", "Relu" if c.relu else "") if x)
+    return Candidate(c.kind, c.name, list(c.shape), "float32", c.nbytes, detail)
+
+
+def inspect_model(model_path, tags=None) -> InspectResult:
+    """List the optimizable nodes of a SavedModel (the valid opt_config keys)."""
+    _sm, mg = _load_model(model_path, tags)
+    _s, found = _find(mg)
+    return InspectResult(os.fspath(model_path), [_as_candidate(c) for c in found])
+
+
+def _assign(found, opt_config, data_type) -> dict[str, str]:
+    names = [c.name for c in found]
+    if opt_config is None:
+        return {n: data_type for n in names}
+    if not isinstance(opt_config, dict):
+        raise ConfigError(
+            f"opt_config must be a dict mapping node names to BF16/FP16/INT8, got {type(opt_config).__name__}")
+    out = {}
+    for key, value in opt_config.items():
+        if key not in names:
+            near = closest(str(key), names)
+            hint = f"; closest: {', '.join(near)}" if near else ""
+            raise ConfigError(f"opt_config key {key!r} matches no optimizable node{hint}. "
+                              "Run `lpo inspect MODEL` for the valid names")
+        dt = normalize_dtype(value, f"opt_config[{key!r}]", allow_keep=True)
+        if dt != KEEP:
+            out[key] = dt
+    return out
+
+
+def _calibrate(model_path, tags, convs: list[Conversion], calib_file, *, allow_pickle, batch_size, method,
+               max_batches) -> None:
+    """Fill ``activation_range`` of static INT8 dense conversions from calibration data."""
+    from lpo.calibration import load_calibration, make_observer
+    from lpo.runner import SignatureRunner
+    from lpo.signature import load_signature_specs
+
+    specs = load_signature_specs(model_path, tags=tuple(tags or ("serve",)))
+    input_specs = {k: (v.dtype, tuple(v.shape)) for k, v in specs.items()}
+    batches = load_calibration(calib_file, input_specs, batch_size=batch_size, allow_pickle=allow_pickle,
+                               max_batches=max_batches)
+    observers = [make_observer(method) for _ in convs]
+    tensors = [c.targets["activation"] for c in convs]
+    tensors = [t if ":" in t else t + ":0" for t in tensors]
+    with SignatureRunner(model_path, tags=tuple(tags or ("serve",))) as runner:
+        for batch in batches:
+            for obs, value in zip(observers, runner.fetch(batch, tensors)):
+                obs.update(value)
+    for c, obs in zip(convs, observers):
+        lo, hi = obs.range()
+        c.activation_range = [float(lo), float(hi)]
+        c.calib_method = method
+    log.info("Calibrated %d dense layers on %d batches (%s)", len(convs), len(batches), method)
+
+
+def _check_output(save_path, model_path, overwrite):
+    from lpo.fsutil import check_not_inside, check_parent_writable
+
+    check_not_inside(save_path, model_path)
+    check_parent_writable(save_path)
+    if not overwrite and os.path.isdir(save_path) and os.listdir(save_path):
+        from lpo.errors import OutputExistsError
+
+        raise OutputExistsError(f"output {save_path} exists and is not empty; pass overwrite=True "
+                                "(CLI --overwrite) to replace it, or choose another path")
+    if os.path.exists(save_path) and not os.path.isdir(save_path):
+        raise ConfigError(f"output {save_path} is a file; pass a directory path for the SavedModel")
+
+
+def _rewrite_all(sm, plan: Plan):
+    """Apply ``plan`` to every MetaGraph of ``sm`` and rebuild their savers (in place)."""
+    from lpo import passes
+    from lpo.passes.common import Surgery
+
+    for mg in sm.meta_graphs:
+        surgery = Surgery(mg)
+        for conv in plan.conversions:
+            passes.get(conv.kind).rewrite(surgery, conv)
+        mg.CopyFrom(rebuild_saver(surgery.finish()))
+
+
+def _target_specs(mg) -> list[VarSpec]:
+    return list(variable_specs(mg).values())
+
+
+def _verify_written(prefix: str, targets: list[VarSpec]) -> None:
+    """Check that the written checkpoint holds every variable the new graph restores."""
+    from lpo.checkpoint import open_reader
+
+    reader = open_reader(prefix)
+    dtypes = reader.get_variable_to_dtype_map()
+    for t in targets:
+        got = dtypes.get(t.key)
+        if got is None or got.name != t.dtype:
+            from lpo.errors import InternalError
+
+            raise InternalError(f"written checkpoint has {t.key!r} as {got}, the graph restores {t.dtype}")
+
+
+def optimize(model_path, save_path, opt_config=None, data_type="BF16", calib_file=None, *, overwrite=False,
+             allow_pickle=False, tags=None, embedding_scheme="per_dim", dense_mode="weight_only",
+             int8_dense="static", calib_method="l2", calib_batch_size=256, calib_max_batches=None,
+             quiet=False) -> OptimizeResult:
+    """Write at ``save_path`` a SavedModel whose embeddings and dense layers run in low precision.
+
+    Args:
+        model_path: FP32 SavedModel directory (never written to).
+        save_path: output directory; must not exist or be empty unless ``overwrite``.
+        opt_config: ``{node name: 'BF16'|'FP16'|'INT8'|'FP32'}`` (names from ``inspect_model``);
+            unlisted nodes stay FP32. Without it, every optimizable node gets ``data_type``.
+        data_type: default dtype, case-insensitive.
+        calib_file: ``.npz`` (or legacy pickled ``.npy`` with ``allow_pickle``) of serving inputs;
+            required when a dense layer goes to INT8 with ``int8_dense='static'``.
+        embedding_scheme: INT8 table scales ``per_dim`` (one per column) or ``per_row``.
+        dense_mode: BF16/FP16 dense layers: ``weight_only`` (default: 16-bit weights, float32
+            MatMul; faster and more accurate on CPUs without native BF16) or ``compute``
+            (the seed's low-precision MatMul/BiasAdd/Relu, for AMX/AVX512-BF16 servers).
+        int8_dense: INT8 dense layers: ``static`` (calibrated activations) or ``weight_only``.
+        calib_method: activation range search: ``l2`` (default), ``minmax`` or ``percentile``.
+
+    Returns:
+        OptimizeResult with the optimized nodes and the bytes before and after.
+    """
+    data_type = normalize_dtype(data_type)
+    _choice(embedding_scheme, EMBEDDING_SCHEMES, "embedding_scheme")
+    _choice(dense_mode, DENSE_MODES, "dense_mode")
+    _choice(int8_dense, INT8_DENSE_MODES, "int8_dense")
+    model_path, save_path = os.path.abspath(os.fspath(model_path)), os.path.abspath(os.fspath(save_path))
+    _check_output(save_path, model_path, overwrite)
+    sm, mg = _load_model(model_path, tags)
+    _surgery, found = _find(mg)
+    assigned = _assign(found, opt_config, data_type)
+
+    from lpo.passes import dense, embedding
+
+    convs = []
+    for c in found:
+        dt = assigned.get(c.name)
+        if dt is None:
+            continue
+        if c.kind == "embedding":
+            convs.append(embedding.plan(c, dt, embedding_scheme))
+        else:
+            convs.append(dense.plan(c, dt, int8_dense if dt == "INT8" else dense_mode))
+    static = [c for c in convs if c.kind == "dense" and c.mode == "static"]
+    if static:
+        if calib_file is None:
+            raise CalibrationError(
+                f"INT8 dense layers need calibration data ({len(static)} layers, e.g. {static[0].node}); "
+                "pass calib_file (CLI --calib, make one with `lpo calibrate`), or use int8_dense='weight_only'")
+        from lpo.calibration import make_observer
+
+        make_observer(calib_method)  # validate the method before any work
+        _calibrate(model_path, tags, static, calib_file, allow_pickle=allow_pickle, batch_size=calib_batch_size,
+                   method=calib_method, max_batches=calib_max_batches)
+    plan = Plan(data_type=data_type, conversions=convs, lpo_version=__version__,
+                options={"embedding_scheme": embedding_scheme, "dense_mode": dense_mode, "int8_dense": int8_dense,
+                         "calib_method": calib_method, "opt_config": opt_config})
+    _rewrite_all(sm, plan)
+    new_mg = select_meta_graph(sm, tags)
+
+    from lpo.checkpoint import convert_checkpoint
+    from lpo.fsutil import atomic_output_dir
+
+    targets = _target_specs(new_mg)
+    with atomic_output_dir(save_path, overwrite=overwrite) as tmp:
+        tmp = os.fspath(tmp)
+        write_saved_model(sm, tmp)
+        copy_model_files(model_path, tmp, skip_extra={MANIFEST_NAME})
+        os.makedirs(os.path.join(tmp, MANIFEST_DIR), exist_ok=True)
+        with open(os.path.join(tmp, MANIFEST_DIR, MANIFEST_NAME), "w", encoding="utf-8") as f:
+            f.write(plan.dumps())
+        os.makedirs(os.path.join(tmp, "variables"), exist_ok=True)
+        work = os.path.join(tmp, ".lpo-shards")
+        os.makedirs(work)
+        convert_checkpoint(variables_prefix(model_path), variables_prefix(tmp), plan, targets, work_dir=work,
+                           quiet=quiet)
+        shutil.rmtree(work)
+        _verify_written(variables_prefix(tmp), targets)
+
+    optimized = [NodeReport(c.kind, c.node, c.dtype) for c in convs]
+    result = OptimizeResult(
+        save_path=save_path, data_type=data_type, optimized=optimized,
+        variables_bytes_before=dir_bytes(os.path.join(model_path, "variables")),
+        variables_bytes_after=dir_bytes(os.path.join(save_path, "variables")),
+        total_bytes_before=dir_bytes(model_path), total_bytes_after=dir_bytes(save_path),
+        kept_fp32=[c.name for c in found if c.name not in assigned], requires=plan.requires)
+    log.info("Optimization Result:")
+    for n in optimized:
+        log.info("%s", n.line())
+    log.info("Variables: %.1f MB -> %.1f MB (%.3fx)", result.variables_bytes_before / 1e6,
+             result.variables_bytes_after / 1e6, result.size_ratio)
+    return result
+
+
+def _opt_model(opt_model_path):
+    opt_model_path = os.path.abspath(os.fspath(opt_model_path))
+    sm = read_saved_model(opt_model_path)
+    plan = read_manifest(opt_model_path)
+    return opt_model_path, sm, plan
+
+
+def _all_targets(sm) -> list[VarSpec]:
+    seen, out = set(), []
+    for mg in sm.meta_graphs:
+        for t in _target_specs(mg):
+            if (t.key, t.slice) not in seen:
+                seen.add((t.key, t.slice))
+                out.append(t)
+    return out
+
+
+def _convert_into(ckpt_prefix, dst_prefix, sm, plan, work_dir, quiet) -> ConvertResult:
+    from lpo.checkpoint import convert_checkpoint
+
+    targets = _all_targets(sm)
+    stats = convert_checkpoint(ckpt_prefix, dst_prefix, plan, targets, work_dir=work_dir, quiet=quiet)
+    _verify_written(dst_prefix, targets)
+    return ConvertResult(dst_prefix, stats.tensors_converted, stats.tensors_copied, stats.bytes_read,
+                         stats.bytes_written)
+
+
+def convert_ckpt(ckpt_prefix, save_prefix, opt_model_path, *, overwrite=False, quiet=False) -> ConvertResult:
+    """Convert a new FP32 checkpoint into the variables of an already optimized model.
+
+    Replays the plan stored in ``opt_model_path`` (its manifest): converted variables
+    get the same dtype and scheme, INT8 dense layers keep the calibration ranges of
+    the first run (they live in the graph). Writes ``save_prefix.index`` and
+    ``save_prefix.data-*`` only when everything succeeded.
+    """
+    import tempfile
+
+    ckpt_prefix, save_prefix = os.path.abspath(os.fspath(ckpt_prefix)), os.path.abspath(os.fspath(save_prefix))
+    if ckpt_prefix == save_prefix:
+        raise ConfigError(f"save_prefix equals ckpt_prefix ({ckpt_prefix}); choose a different prefix")
+    opt_model_path, sm, plan = _opt_model(opt_model_path)
+    parent = os.path.dirname(save_prefix)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"directory {parent} for save_prefix does not exist; create it first")
+    existing = [f for f in os.listdir(parent) if f.startswith(os.path.basename(save_prefix) + ".")]
+    if existing and not overwrite:
+        from lpo.errors import OutputExistsError
+
+        raise OutputExistsError(f"checkpoint {save_prefix} already exists ({existing[0]}); pass overwrite=True "
+                                "(CLI --overwrite) or choose another prefix")
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(save_prefix)}.lpo-tmp-", dir=parent)
+    try:
+        tmp_prefix = os.path.join(tmp, "ckpt")
+        work = os.path.join(tmp, "shards")
+        os.makedirs(work)
+        result = _convert_into(ckpt_prefix, tmp_prefix, sm, plan, work, quiet)
+        for f in existing:
+            os.remove(os.path.join(parent, f))
+        for f in sorted(os.listdir(tmp)):
+            if f.startswith("ckpt."):
+                os.replace(os.path.join(tmp, f), save_prefix + f[len("ckpt"):])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    result.save_prefix = save_prefix
+    log.info("Converted %d tensors, copied %d, into %s", result.tensors_converted, result.tensors_copied,
+             save_prefix)
+    return result
+
+
+def refresh(opt_model_path, ckpt_prefix, save_path, *, overwrite=False, quiet=False) -> RefreshResult:
+    """Write a servable SavedModel: the optimized graph plus a converted new checkpoint."""
+    from lpo.fsutil import atomic_output_dir
+
+    opt_model_path, sm, plan = _opt_model(opt_model_path)
+    save_path = os.path.abspath(os.fspath(save_path))
+    ckpt_prefix = os.path.abspath(os.fspath(ckpt_prefix))
+    _check_output(save_path, opt_model_path, overwrite)
+    with atomic_output_dir(save_path, overwrite=overwrite) as tmp:
+        tmp = os.fspath(tmp)
+        write_saved_model(sm, tmp)
+        copy_model_files(opt_model_path, tmp)
+        os.makedirs(os.path.join(tmp, "variables"))
+        work = os.path.join(tmp, ".lpo-shards")
+        os.makedirs(work)
+        conv = _convert_into(ckpt_prefix, variables_prefix(tmp), sm, plan, work, quiet)
+        shutil.rmtree(work)
+    conv.save_prefix = variables_prefix(save_path)
+    log.info("Refreshed %s from %s", save_path, ckpt_prefix)
+    return RefreshResult(save_path, ckpt_prefix, conv)
+
+
+def load_opt_config(path) -> dict:
+    """Read an opt_config JSON file (an object mapping node names to dtypes)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read opt_config file {path}: {e.strerror}") from e
+    except ValueError as e:
+        raise ConfigError(f"opt_config file {path} is not valid JSON: {e}") from e
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"opt_config file {path} must hold a JSON object, got {type(cfg).__name__}")
+    return cfg
+
+
+__all__ = ["optimize", "inspect_model", "convert_ckpt", "refresh", "OptimizeResult", "InspectResult",
+           "ConvertResult", "RefreshResult", "Candidate", "NodeReport", "CheckpointError"]

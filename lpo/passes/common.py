@@ -1,0 +1,127 @@
+"""Graph surgery shared by the pass families: retyping and adding variables.
+
+Everything is a protobuf edit through :class:`lpo.graph.GraphIndex`; the
+VariableDefs of the ``variables`` collection are kept in step so that the
+rebuilt Saver saves and restores exactly the variables the graph uses.
+"""
+from __future__ import annotations
+
+import numpy as np
+from tensorflow.core.framework import types_pb2, variable_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
+
+from lpo.graph import GraphIndex, dtype_attr, make_const, make_node, parse_input, shape_proto, tensor_ref
+from lpo.savedmodel import VARIABLES_COLLECTION, saver_scopes, variable_defs
+
+READ_OPS = ("ReadVariableOp", "Identity")
+INIT_OPS = ("AssignVariableOp", "Assign")
+STATUS_OPS = ("VarIsInitializedOp", "IsVariableInitialized")
+_DTYPE_ATTR = {"ReadVariableOp": "dtype", "Identity": "T", "AssignVariableOp": "dtype", "Assign": "T",
+               "IsVariableInitialized": "dtype", "VarHandleOp": "dtype", "VariableV2": "dtype"}
+
+
+class VariableTable:
+    """The VariableDefs of a MetaGraph, editable and written back in order."""
+
+    def __init__(self, mg: meta_graph_pb2.MetaGraphDef):
+        self.defs = variable_defs(mg)
+
+    def get(self, node: str) -> variable_pb2.VariableDef | None:
+        """Return the VariableDef of variable node ``node``."""
+        for vd in self.defs:
+            if vd.variable_name.split(":")[0] == node:
+                return vd
+        return None
+
+    def add(self, vd: variable_pb2.VariableDef) -> None:
+        """Append a VariableDef."""
+        self.defs.append(vd)
+
+    def write(self, mg: meta_graph_pb2.MetaGraphDef) -> None:
+        """Store the VariableDefs into ``mg``'s variables collection."""
+        col = mg.collection_def[VARIABLES_COLLECTION].bytes_list
+        del col.value[:]
+        col.value.extend(vd.SerializeToString(deterministic=True) for vd in self.defs)
+
+
+class Surgery:
+    """A GraphIndex plus the variable table and the saver scope to ignore."""
+
+    def __init__(self, mg: meta_graph_pb2.MetaGraphDef):
+        self.mg = mg
+        self.index = GraphIndex(mg.graph_def)
+        self.vars = VariableTable(mg)
+        self.saver_prefixes = tuple(s + "/" for s in saver_scopes(mg))
+
+    def is_saver_node(self, name: str) -> bool:
+        """True for ops of a saver (every saver is rebuilt after the rewrite)."""
+        return bool(self.saver_prefixes) and name.startswith(self.saver_prefixes)
+
+    def finish(self) -> meta_graph_pb2.MetaGraphDef:
+        """Return a new MetaGraphDef with the edited graph and variables."""
+        out = meta_graph_pb2.MetaGraphDef()
+        out.CopyFrom(self.mg)
+        out.graph_def.CopyFrom(self.index.to_graph_def())
+        self.vars.write(out)
+        return out
+
+    # --- variables ---------------------------------------------------------
+    def reads_of(self, var: str) -> list:
+        """Return the snapshot reads (ReadVariableOp / Identity) of variable ``var``."""
+        return [c for c in self.index.consumers(var) if c.op in READ_OPS and parse_input(c.input[0])[0] == var]
+
+    def cast_node(self, name: str, src: str, src_t: int, dst_t: int, device: str = ""):
+        """Add a Cast node ``name`` reading tensor ``src`` and return its name."""
+        self.index.add(make_node("Cast", name, [src], device=device, SrcT=dtype_attr(src_t),
+                                 DstT=dtype_attr(dst_t), Truncate=False))
+        return name
+
+    def retype_variable(self, var: str, dtype: int) -> None:
+        """Change variable ``var`` (float32) to ``dtype`` in place, with its reads and initializer."""
+        idx = self.index
+        node = idx.node(var)
+        node.attr["dtype"].CopyFrom(dtype_attr(dtype))
+        for c in idx.consumers(var):
+            if self.is_saver_node(c.name) or parse_input(c.input[0])[0] != var:
+                continue
+            attr = _DTYPE_ATTR.get(c.op)
+            if c.op in INIT_OPS:
+                init = c.input[1]
+                cast = self.cast_node(idx.unique_name(c.name + "/lpo_cast"), init, types_pb2.DT_FLOAT, dtype,
+                                      c.device)
+                idx.set_input(c.name, 1, cast)
+                vd = self.vars.get(var)
+                if vd is not None and vd.initial_value_name:
+                    vd.initial_value_name = cast + ":0"
+            if attr and attr in c.attr:
+                c.attr[attr].CopyFrom(dtype_attr(dtype))
+
+    def add_variable(self, name: str, dtype: int, shape: list[int], *, resource: bool, device: str = "") -> str:
+        """Add a new (zero-initialized) variable ``name``; return the tensor that reads it."""
+        idx = self.index
+        init = make_const(f"{name}/Initializer/zeros", np.zeros(shape, dtype=np.float32), device=device)
+        if dtype != types_pb2.DT_FLOAT:
+            raise ValueError("lpo only adds float32 (scale) variables")
+        idx.add(init)
+        vd = variable_pb2.VariableDef(variable_name=f"{name}:0", initial_value_name=f"{init.name}:0",
+                                      trainable=False)
+        if resource:
+            idx.add(make_node("VarHandleOp", name, device=device, dtype=dtype_attr(dtype), shape=shape_proto(shape),
+                              shared_name=name, container=""))
+            idx.add(make_node("AssignVariableOp", f"{name}/Assign", [name, init.name], device=device,
+                              dtype=dtype_attr(dtype)))
+            read = idx.add(make_node("ReadVariableOp", f"{name}/Read/ReadVariableOp", [name], device=device,
+                                     dtype=dtype_attr(dtype)))
+            idx.add(make_node("VarIsInitializedOp", f"{name}/IsInitialized/VarIsInitializedOp", [name],
+                              device=device))
+            vd.is_resource = True
+        else:
+            idx.add(make_node("VariableV2", name, device=device, dtype=dtype_attr(dtype), shape=shape_proto(shape),
+                              shared_name="", container=""))
+            idx.add(make_node("Assign", f"{name}/Assign", [name, init.name], device=device, T=dtype_attr(dtype),
+                              validate_shape=True, use_locking=True))
+            read = idx.add(make_node("Identity", f"{name}/read", [name], device=device, T=dtype_attr(dtype)))
+        vd.initializer_name = f"{name}/Assign"
+        vd.snapshot_name = tensor_ref(read.name) + ":0"
+        self.vars.add(vd)
+        return read.name

@@ -1,0 +1,178 @@
+"""Dense layers: ``MatMul[+BiasAdd][+Relu]`` whose weights are a variable.
+
+Pattern: ``MatMul(a, read(W))`` with ``W`` a float32 rank-2 variable read only by
+this MatMul, optionally followed by ``BiasAdd(., read(b))`` (``b`` a variable read
+only there) and ``Relu``, each intermediate node having a single consumer.
+
+Rewrites (the last node of the chain keeps its name and float32 output):
+
+* ``compute`` (BF16/FP16, the seed's form): ``Cast(a) -> MatMul16 -> BiasAdd16 -> Relu16 -> Cast``
+* ``weight_only`` (BF16/FP16/INT8): weights stored low precision, ``Cast`` (and, for INT8,
+  ``Mul`` by the per-output-channel scale) before a float32 MatMul
+* ``static`` (INT8): as ``weight_only`` plus ``FakeQuantWithMinMaxArgs`` on the activation
+  with the calibrated range, i.e. exact 8-bit activation/weight numerics with kernels that
+  run in every stock TensorFlow build, with or without oneDNN.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tensorflow.core.framework import types_pb2
+
+from lpo.graph import DT, dtype_attr, make_node, parse_input
+from lpo.passes.common import INIT_OPS, READ_OPS, STATUS_OPS, Surgery
+from lpo.passes.registry import register
+from lpo.plan import Conversion, VarConversion
+from lpo.savedmodel import VarSpec
+
+MODES_16 = ("compute", "weight_only")
+MODES_8 = ("static", "weight_only")
+
+
+@dataclass
+class DenseCandidate:
+    """A MatMul with variable weights, and the BiasAdd/Relu fused after it."""
+
+    name: str
+    shape: list[int]
+    weight: VarSpec
+    activation: str
+    bias: VarSpec | None = None
+    bias_add: str | None = None
+    relu: str | None = None
+    transpose_b: bool = False
+    kind: str = "dense"
+
+    @property
+    def nbytes(self) -> int:
+        n = self.shape[0] * self.shape[1] * 4
+        return n + (self.bias.shape[0] * 4 if self.bias else 0)
+
+
+def _variable_behind(s: Surgery, tensor: str, specs: dict[str, VarSpec]) -> VarSpec | None:
+    """Return the variable that ``tensor`` reads (directly or through one read op)."""
+    node = s.index.node(parse_input(tensor)[0])
+    if node.name in specs:
+        return specs[node.name]
+    if node.op in READ_OPS:
+        src = parse_input(node.input[0])[0]
+        return specs.get(src)
+    return None
+
+
+def _sole_reader(s: Surgery, var: str, reader: str) -> bool:
+    """True when ``reader`` is the only non-saver, non-init reader of ``var``."""
+    idx = s.index
+    for c in idx.consumers(var):
+        if s.is_saver_node(c.name) or c.op in STATUS_OPS or c.name == reader:
+            continue
+        if c.op in INIT_OPS and parse_input(c.input[0])[0] == var:
+            continue
+        if c.op in READ_OPS:
+            if all(cc.name == reader or s.is_saver_node(cc.name) for cc in idx.consumers(c.name)):
+                continue
+        return False
+    return True
+
+
+def _single_consumer(s: Surgery, name: str, op: str):
+    idx = s.index
+    cons = idx.consumers(name)
+    if len(cons) == 1 and cons[0].op == op and not idx.control_uses.get(name) and \
+            parse_input(cons[0].input[0])[0] == name and len(idx.uses[name]) == 1:
+        return cons[0]
+    return None
+
+
+def find(s: Surgery, specs: dict[str, VarSpec]) -> list[DenseCandidate]:
+    """Return the optimizable MatMul chains of the graph."""
+    out = []
+    for mm in s.index.by_op("MatMul"):
+        if mm.attr["T"].type != types_pb2.DT_FLOAT or s.is_saver_node(mm.name):
+            continue
+        w = _variable_behind(s, mm.input[1], specs)
+        if w is None or w.dtype != "float32" or len(w.shape) != 2 or w.slice or not _sole_reader(s, w.node, mm.name):
+            continue
+        cand = DenseCandidate(mm.name, list(w.shape), w, mm.input[0], transpose_b=mm.attr["transpose_b"].b)
+        last = mm.name
+        bias_add = _single_consumer(s, last, "BiasAdd")
+        if bias_add is not None:
+            b = _variable_behind(s, bias_add.input[1], specs)
+            if b is not None and b.dtype == "float32" and not b.slice and _sole_reader(s, b.node, bias_add.name):
+                cand.bias, cand.bias_add, last = b, bias_add.name, bias_add.name
+        relu = _single_consumer(s, last, "Relu")
+        if relu is not None:
+            cand.relu = relu.name
+        out.append(cand)
+    return out
+
+
+def plan(cand: DenseCandidate, dtype: str, mode: str) -> Conversion:
+    """Return the Conversion of dense layer ``cand`` to ``dtype`` in ``mode``."""
+    w = cand.weight
+    wv = VarConversion(key=w.key, slice="", shape=list(w.shape), role="weight", dtype=dtype)
+    variables = [wv]
+    if dtype == "INT8":
+        wv.scale_key = f"{w.node}/lpo_scale"
+        wv.axis = 0 if cand.transpose_b else 1
+        wv.scale_shape = [w.shape[0], 1] if cand.transpose_b else [w.shape[1]]
+    if mode == "compute" and cand.bias is not None:
+        variables.append(VarConversion(key=cand.bias.key, slice="", shape=list(cand.bias.shape), role="bias",
+                                       dtype=dtype))
+    targets = {"matmul": cand.name, "weight": w.node, "weight_resource": w.resource,
+               "bias": cand.bias.node if cand.bias else None, "bias_add": cand.bias_add, "relu": cand.relu,
+               "activation": cand.activation}
+    return Conversion(kind="dense", node=cand.name, dtype=dtype,
+                      scheme="per_channel" if dtype == "INT8" else "cast", mode=mode,
+                      variables=variables, targets=targets)
+
+
+def _rewrite_compute(s: Surgery, conv: Conversion, dt: int) -> None:
+    idx = s.index
+    t = conv.targets
+    chain = [n for n in (t["matmul"], t["bias_add"], t["relu"]) if n]
+    s.retype_variable(t["weight"], dt)
+    if t["bias"]:
+        s.retype_variable(t["bias"], dt)
+    first = idx.node(t["matmul"])
+    device = first.device
+    prev = s.cast_node(idx.unique_name(first.name + "/lpo_cast_in"), first.input[0], types_pb2.DT_FLOAT, dt, device)
+    for name in chain:
+        node = idx.remove(name)
+        lp = make_node(node.op, idx.unique_name(name + "/lpo_lp"), [prev] + list(node.input[1:]), device=node.device)
+        lp.attr.MergeFrom(node.attr)
+        lp.attr["T"].CopyFrom(dtype_attr(dt))
+        idx.add(lp)
+        prev = lp.name
+    s.cast_node(chain[-1], prev, dt, types_pb2.DT_FLOAT, device)
+
+
+def rewrite(s: Surgery, conv: Conversion) -> None:
+    """Rewrite the dense layer of ``conv``."""
+    idx = s.index
+    t = conv.targets
+    dt = DT[conv.dtype]
+    if conv.mode == "compute":
+        _rewrite_compute(s, conv, dt)
+        return
+    mm = idx.node(t["matmul"])
+    device = mm.device
+    s.retype_variable(t["weight"], dt)
+    w = s.cast_node(idx.unique_name(mm.name + "/lpo_weight"), mm.input[1], dt, types_pb2.DT_FLOAT, device)
+    if conv.dtype == "INT8":
+        vc = conv.variables[0]
+        scale = s.add_variable(vc.scale_key, types_pb2.DT_FLOAT, vc.scale_shape, resource=t["weight_resource"],
+                               device=device)
+        deq = idx.add(make_node("Mul", idx.unique_name(mm.name + "/lpo_dequant"), [w, scale], device=device,
+                                T=dtype_attr(types_pb2.DT_FLOAT)))
+        w = deq.name
+    idx.set_input(mm.name, 1, w)
+    if conv.mode == "static":
+        lo, hi = conv.activation_range
+        fq = idx.add(make_node("FakeQuantWithMinMaxArgs", idx.unique_name(mm.name + "/lpo_act_quant"),
+                               [mm.input[0]], device=device, min=float(lo), max=float(hi), num_bits=8,
+                               narrow_range=False))
+        idx.set_input(mm.name, 0, fq.name)
+
+
+register("dense", find=find, rewrite=rewrite)

@@ -1,0 +1,246 @@
+"""Read and write SavedModel protos; variables of a MetaGraph; the saver.
+
+Only protobuf edits here, except :func:`rebuild_saver`, which imports the edited
+MetaGraph into a scratch ``tf.Graph`` to let TensorFlow build a fresh Saver for
+the new variable list (no variable values are read).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+
+from google.protobuf import message as pb_message
+from tensorflow.core.framework import variable_pb2
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+
+from lpo.errors import ModelFormatError
+from lpo.graph import GraphIndex, shape_of
+
+log = logging.getLogger(__name__)
+
+SAVED_MODEL_PB = "saved_model.pb"
+VARIABLES_COLLECTION = "variables"
+SKIP_COPY = {SAVED_MODEL_PB, "saved_model.pbtxt", "variables", "fingerprint.pb"}
+
+
+def read_saved_model(path: str) -> saved_model_pb2.SavedModel:
+    """Parse ``path/saved_model.pb``, raising ModelFormatError with a hint on failure."""
+    if not os.path.exists(path):
+        raise ModelFormatError(f"model path {path} does not exist; pass a SavedModel directory")
+    if not os.path.isdir(path):
+        raise ModelFormatError(f"model path {path} is a file; pass the SavedModel directory that holds saved_model.pb")
+    pb = os.path.join(path, SAVED_MODEL_PB)
+    if not os.path.isfile(pb):
+        hint = " (a .pbtxt SavedModel is not supported; convert it to binary)" if os.path.isfile(
+            os.path.join(path, "saved_model.pbtxt")) else ""
+        raise ModelFormatError(f"{path} is not a SavedModel: it has no {SAVED_MODEL_PB}{hint}")
+    sm = saved_model_pb2.SavedModel()
+    try:
+        with open(pb, "rb") as f:
+            sm.ParseFromString(f.read())
+    except (pb_message.DecodeError, RuntimeError, ValueError) as e:
+        raise ModelFormatError(f"{pb} is corrupt or truncated ({e}); re-export the model") from e
+    if not sm.meta_graphs:
+        raise ModelFormatError(f"{pb} holds no MetaGraph; re-export the model")
+    return sm
+
+
+def tag_sets(sm: saved_model_pb2.SavedModel) -> list[list[str]]:
+    """Return the tag set of each MetaGraph."""
+    return [sorted(m.meta_info_def.tags) for m in sm.meta_graphs]
+
+
+def select_meta_graph(sm: saved_model_pb2.SavedModel, tags=None) -> meta_graph_pb2.MetaGraphDef:
+    """Return the MetaGraph whose tags equal ``tags`` (default: the one tagged ``serve``)."""
+    want = {"serve"} if tags is None else ({tags} if isinstance(tags, str) else set(tags))
+    for m in sm.meta_graphs:
+        if set(m.meta_info_def.tags) == want:
+            return m
+    if tags is None:
+        for m in sm.meta_graphs:
+            if "serve" in m.meta_info_def.tags:
+                return m
+    raise ModelFormatError(
+        f"the SavedModel has no MetaGraph tagged {sorted(want)}; available tag sets: {tag_sets(sm)}. "
+        "Pass tags= (CLI --tags) with one of them"
+    )
+
+
+def is_tf2(mg: meta_graph_pb2.MetaGraphDef) -> bool:
+    """True when the MetaGraph is a TF2 (object-graph) SavedModel."""
+    return len(mg.object_graph_def.nodes) > 0
+
+
+def check_servable(mg: meta_graph_pb2.MetaGraphDef, path: str) -> None:
+    """Raise ModelFormatError when the MetaGraph has no signature to serve."""
+    sigs = [k for k in mg.signature_def if not k.startswith("__")]
+    if not sigs:
+        raise ModelFormatError(
+            f"{path} has no serving signature; export it with a signature_def_map (e.g. 'serving_default')"
+        )
+
+
+def variables_prefix(path: str) -> str:
+    """Return the checkpoint prefix of a SavedModel's variables."""
+    return os.path.join(path, "variables", "variables")
+
+
+def check_variables(path: str) -> None:
+    """Raise ModelFormatError when the SavedModel's variables checkpoint is missing."""
+    prefix = variables_prefix(path)
+    if not os.path.isfile(prefix + ".index"):
+        raise ModelFormatError(
+            f"{path} has no variables checkpoint ({prefix}.index is missing); "
+            "copy the complete SavedModel directory, including variables/"
+        )
+
+
+@dataclass
+class VarSpec:
+    """A variable node of the graph and where it lives in the checkpoint."""
+
+    node: str
+    key: str
+    slice: str
+    shape: list[int]
+    dtype: str
+    resource: bool
+    full_shape: list[int]
+
+
+def _dtype_name(enum: int) -> str:
+    import tensorflow as tf
+
+    return tf.dtypes.as_dtype(enum).name
+
+
+def variable_defs(mg: meta_graph_pb2.MetaGraphDef) -> list[variable_pb2.VariableDef]:
+    """Return the VariableDefs of the global variables collection."""
+    out = []
+    col = mg.collection_def.get(VARIABLES_COLLECTION)
+    if col is None:
+        return out
+    for raw in col.bytes_list.value:
+        vd = variable_pb2.VariableDef()
+        vd.ParseFromString(raw)
+        out.append(vd)
+    return out
+
+
+def variable_specs(mg: meta_graph_pb2.MetaGraphDef, index: GraphIndex | None = None) -> dict[str, VarSpec]:
+    """Map each variable node of the MetaGraph to its checkpoint key and slice."""
+    index = index or GraphIndex(mg.graph_def)
+    specs: dict[str, VarSpec] = {}
+    for vd in variable_defs(mg):
+        node_name = vd.variable_name.split(":")[0]
+        if node_name not in index:
+            continue
+        node = index.node(node_name)
+        shape = shape_of(node) or []
+        key, spec, full = node_name, "", shape
+        if vd.HasField("save_slice_info_def"):
+            si = vd.save_slice_info_def
+            key = si.full_name
+            full = list(si.full_shape)
+            spec = " ".join(str(d) for d in full) + " " + ":".join(
+                f"{o},{n}" for o, n in zip(si.var_offset, si.var_shape))
+        specs[node_name] = VarSpec(node_name, key, spec, shape, _dtype_name(node.attr["dtype"].type),
+                                   node.op == "VarHandleOp", full)
+    return specs
+
+
+SAVER_OPS = ("SaveV2", "RestoreV2", "MergeV2Checkpoints", "SaveSlices", "Save", "Restore", "RestoreSlice")
+
+
+def saver_scopes(mg: meta_graph_pb2.MetaGraphDef) -> list[str]:
+    """Return the name scopes of every saver in the graph (e.g. ``save``, ``save_1``)."""
+    scopes = {n.name.rsplit("/", 1)[0] for n in mg.graph_def.node if n.op in SAVER_OPS and "/" in n.name}
+    if mg.HasField("saver_def") and "/" in mg.saver_def.restore_op_name:
+        scopes.add(mg.saver_def.restore_op_name.rsplit("/", 1)[0])
+    return sorted(scopes)
+
+
+def strip_saver(mg: meta_graph_pb2.MetaGraphDef) -> meta_graph_pb2.MetaGraphDef:
+    """Return a copy of ``mg`` without any saver ops, saver_def or savers collection."""
+    out = meta_graph_pb2.MetaGraphDef()
+    out.CopyFrom(mg)
+    prefixes = tuple(s + "/" for s in saver_scopes(mg))
+    out.ClearField("saver_def")
+    if prefixes:
+        keep = [n for n in out.graph_def.node if not n.name.startswith(prefixes)]
+        for n in keep:
+            for inp in n.input:
+                if inp.lstrip("^").startswith(prefixes):
+                    raise ModelFormatError(
+                        f"node {n.name} reads the saver op {inp}; lpo cannot rebuild this saver"
+                    )
+        del out.graph_def.node[:]
+        out.graph_def.node.extend(keep)
+    out.collection_def.pop("savers", None)
+    return out
+
+
+def rebuild_saver(mg: meta_graph_pb2.MetaGraphDef) -> meta_graph_pb2.MetaGraphDef:
+    """Return ``mg`` with a fresh V2 Saver over its (possibly retyped) variables.
+
+    The old saver ops are removed; the MetaGraph is imported into a scratch graph
+    where TensorFlow builds a default Saver from the variables collection
+    (partitioned variables keep their slices). Signatures, assets, tags and every
+    other collection are kept from ``mg``.
+    """
+    import tensorflow as tf
+
+    stripped = strip_saver(mg)
+    graph = tf.Graph()
+    with graph.as_default():
+        saver = tf.compat.v1.train.import_meta_graph(stripped, clear_devices=False)
+        if saver is None:
+            saver = tf.compat.v1.train.Saver(allow_empty=True)
+        exported = tf.compat.v1.train.export_meta_graph(
+            graph=graph, saver_def=saver.as_saver_def(), clear_devices=False, clear_extraneous_savers=True
+        )
+    out = meta_graph_pb2.MetaGraphDef()
+    out.CopyFrom(mg)
+    out.graph_def.CopyFrom(exported.graph_def)
+    out.saver_def.CopyFrom(exported.saver_def)
+    out.meta_info_def.stripped_op_list.CopyFrom(exported.meta_info_def.stripped_op_list)
+    for key in list(out.collection_def):
+        if key not in exported.collection_def:
+            del out.collection_def[key]
+    for key, col in exported.collection_def.items():
+        if key in stripped.collection_def:
+            out.collection_def[key].CopyFrom(stripped.collection_def[key])
+        else:
+            out.collection_def[key].CopyFrom(col)
+    return out
+
+
+def write_saved_model(sm: saved_model_pb2.SavedModel, out_dir: str) -> None:
+    """Write ``sm`` as ``out_dir/saved_model.pb`` (deterministic serialization)."""
+    data = sm.SerializeToString(deterministic=True)
+    with open(os.path.join(out_dir, SAVED_MODEL_PB), "wb") as f:
+        f.write(data)
+
+
+def copy_model_files(src: str, dst: str, skip_extra: set[str] | None = None) -> None:
+    """Copy everything of SavedModel ``src`` except the graph and variables into ``dst``."""
+    skip_extra = skip_extra or set()
+    for name in sorted(os.listdir(src)):
+        if name in SKIP_COPY:
+            continue
+        s, d = os.path.join(src, name), os.path.join(dst, name)
+        if os.path.isdir(s):
+            shutil.copytree(s, d, ignore=lambda _dir, names: [n for n in names if n in skip_extra])
+        else:
+            shutil.copy2(s, d)
+
+
+def dir_bytes(path: str) -> int:
+    """Return the total size of the files under ``path``."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            total += os.path.getsize(os.path.join(root, f))
+    return total
