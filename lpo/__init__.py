@@ -16,7 +16,7 @@ from lpo.errors import (  # noqa: E402
 _LAZY = {
     "optimize": "lpo.optimizer", "inspect_model": "lpo.optimizer", "convert_ckpt": "lpo.optimizer",
     "refresh": "lpo.optimizer", "load_opt_config": "lpo.optimizer", "OptimizeResult": "lpo.optimizer",
-    "make_calibration": "lpo.datasources", "validate": "lpo.validate", "ValidationReport": "lpo.validate",
+    "make_calibration": "lpo.datasources", "validate": "lpo.validation", "ValidationReport": "lpo.validation",
 }
 
 

@@ -31,3 +31,11 @@ def sample_ref():
 def sample_partitioned():
     """SampleModel with 2-way partitioned embedding tables."""
     return _sample("partitioned")
+
+
+@pytest.fixture(scope="session")
+def sample_ref_gather():
+    """SampleModel with ref variables and the pre-TF-2.14 VariableV2 -> Identity -> GatherV2 lookup."""
+    from lpo.samples import cached_sample
+
+    return cached_sample("ref", cache_dir=SAMPLE_CACHE, lookup="gather")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from lpo import samples
+from lpo.metrics import auc as rank_auc
 
 # Expected op types on the path embedding table -> ... -> SparseSegmentMean.
 EXPECTED_LOOKUP_OPS = {
@@ -21,19 +22,6 @@ ABSENT_OPS = {
 }
 TRAINING_OPS = {"ApplyAdam", "ResourceApplyAdam", "ResourceSparseApplyAdam",
                 "SparseApplyAdam", "ResourceScatterAdd", "ScatterAdd"}
-
-
-def rank_auc(labels, preds):
-    """Rank-based (Mann-Whitney) AUC, ties averaged."""
-    labels = np.asarray(labels).ravel() > 0.5
-    preds = np.asarray(preds, np.float64).ravel()
-    order = np.argsort(preds, kind="mergesort")
-    _, first, counts = np.unique(preds[order], return_index=True, return_counts=True)
-    ranks = np.empty(len(preds))
-    ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)
-    npos = labels.sum()
-    nneg = len(labels) - npos
-    return (ranks[labels].sum() - npos * (npos + 1) / 2) / (npos * nneg)
 
 
 @pytest.fixture(params=["resource", "ref", "partitioned"])
@@ -146,3 +134,21 @@ def test_generate_data_deterministic():
 def test_cached_sample_reuses(sample_resource):
     again = samples.cached_sample("resource", cache_dir=os.path.dirname(sample_resource.root))
     assert again.to_dict() == sample_resource.to_dict()
+
+
+def test_ref_gather_lookup_small_build(tmp_path):
+    """variant='ref', lookup='gather': VariableV2 -> Identity -> GatherV2 -> SparseSegmentMean."""
+    s = samples.build_sample(str(tmp_path / "s"), variant="ref", lookup="gather",
+                             train_rows=4096, heldout_rows=1000, calib_rows=64,
+                             csv_rows=10, epochs=1)
+    ops = samples.graph_op_types(s.model_path)
+    assert {"VariableV2", "GatherV2", "Unique", "SparseSegmentMean"} <= ops
+    assert s.lookup == "gather" and os.path.isfile(os.path.join(s.root, "sample.json"))
+    # the patch is scoped to the build
+    from tensorflow.python.compat import compat
+    from tensorflow.python.ops import embedding_ops
+    assert embedding_ops.compat is compat
+    for bad in (dict(variant="partitioned", lookup="fast"),
+                dict(variant="resource", lookup="fast"), dict(variant="nope")):
+        with pytest.raises(ValueError):
+            samples.build_sample(str(tmp_path / "q"), **bad)

@@ -1,4 +1,4 @@
-"""Tests of lpo.validate and lpo.report (small iteration counts to stay fast)."""
+"""Tests of lpo.validation and lpo.report (small iteration counts to stay fast)."""
 import json
 import math
 import os
@@ -11,7 +11,7 @@ import pytest
 
 from lpo.errors import ConfigError, DataError, ValidationFailed
 from lpo.report import write_report
-from lpo.validate import DEFAULT_THRESHOLDS, ValidationReport, validate
+from lpo.validation import DEFAULT_THRESHOLDS, ValidationReport, validate
 
 FAST = dict(batch_sizes=(1, 64), warmup=1, iters=3, max_rows=2000)
 
