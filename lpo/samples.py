@@ -59,7 +59,7 @@ from lpo.metrics import auc as _auc, logloss as _logloss
 log = logging.getLogger(__name__)
 
 #: Bump whenever the builder (data, model or export) changes: it keys the cache.
-SAMPLE_VERSION = 1
+SAMPLE_VERSION = 2
 
 VARIANTS = ("resource", "ref", "partitioned")
 LOOKUPS = ("default", "gather", "fast")
@@ -404,7 +404,10 @@ def _export(variant, lookup, ckpt_prefix, export_dir) -> tuple[list[str], list[s
         logits = _model(feats, variant)
         probs = tf.sigmoid(logits, name="probabilities")
         variables = v1.global_variables()
-        saver = v1.train.Saver(var_list=variables)
+        # the one saver of the serving graph: restores the trained values here
+        # and is the SavedModel's saver (same settings as the Builder's default)
+        saver = v1.train.Saver(var_list=variables, sharded=True, allow_empty=True,
+                               write_version=v1.train.SaverDef.V2)
         sigs = {
             "serving_default": sdu.predict_signature_def(
                 inputs=feats, outputs={"probabilities": probs}),
@@ -418,7 +421,7 @@ def _export(variant, lookup, ckpt_prefix, export_dir) -> tuple[list[str], list[s
         saver.restore(sess, ckpt_prefix)
         b = v1.saved_model.Builder(export_dir)
         b.add_meta_graph_and_variables(sess, [v1.saved_model.tag_constants.SERVING],
-                                       signature_def_map=sigs)
+                                       signature_def_map=sigs, saver=saver)
         b.save()
     return emb_vars, kernels
 
@@ -434,7 +437,7 @@ def predict(model_path: str, data: dict[str, np.ndarray], *,
 
     v1 = tf.compat.v1
     g = tf.Graph()
-    with v1.Session(graph=g, config=_session_config()) as sess:
+    with v1.Session(graph=g, config=_session_config()) as sess, _quiet_deprecations():
         mg = v1.saved_model.load(sess, ["serve"], model_path)
         sig = mg.signature_def[signature]
         (out_info,) = sig.outputs.values()
@@ -588,14 +591,19 @@ def _saved_keys_and_slices(model_path: str) -> list[tuple[str, str]] | None:
         sm.ParseFromString(f.read())
     for mg in sm.meta_graphs:
         nodes = {n.name: n for n in mg.graph_def.node}
-        for n in mg.graph_def.node:
+        pairs: list[tuple[str, str]] = []
+        for n in mg.graph_def.node:  # one SaveV2 per shard/device
             if n.op != "SaveV2":
                 continue
-            names_node = nodes[n.input[1].split(":")[0].lstrip("^")]
-            slices_node = nodes[n.input[2].split(":")[0].lstrip("^")]
+            names_node = nodes.get(n.input[1].split(":")[0].lstrip("^"))
+            slices_node = nodes.get(n.input[2].split(":")[0].lstrip("^"))
+            if names_node is None or slices_node is None or names_node.op != "Const":
+                continue
             names = tensor_util.MakeNdarray(names_node.attr["value"].tensor)
             slices = tensor_util.MakeNdarray(slices_node.attr["value"].tensor)
-            return [(a.decode(), b.decode()) for a, b in zip(names.ravel(), slices.ravel())]
+            pairs += [(a.decode(), b.decode()) for a, b in zip(names.ravel(), slices.ravel())]
+        if pairs:
+            return pairs
     return None
 
 
@@ -617,8 +625,9 @@ def perturb_checkpoint(model_path: str, out_prefix: str, *, seed: int = 1,
     reader = tf.train.load_checkpoint(prefix)
     dtypes = reader.get_variable_to_dtype_map()
     pairs = (_saved_keys_and_slices(model_path) if os.path.isdir(model_path) else None)
-    if not pairs:
-        pairs = [(k, "") for k in sorted(dtypes)]
+    pairs = list(dict.fromkeys(p for p in (pairs or []) if p[0] in dtypes))
+    covered = {k for k, _ in pairs}
+    pairs += [(k, "") for k in sorted(dtypes) if k not in covered]
     rng = np.random.default_rng(seed)
     keys, slices, values = [], [], []
     for key, slc in pairs:
