@@ -1,0 +1,72 @@
+"""Optimize step: FP32 SavedModel in, low-precision SavedModel out."""
+from typing import Optional
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
+
+from lpo.components.image import LPO_IMAGE
+
+
+@dsl.component(base_image=LPO_IMAGE, install_kfp_package=False)
+def optimize(
+    model: Input[Model],
+    optimized: Output[Model],
+    data_type: str = "BF16",
+    opt_config: str = "",
+    calibration: Optional[Input[Dataset]] = None,
+    embedding_scheme: str = "per_dim",
+    dense_mode: str = "weight_only",
+    int8_dense: str = "static",
+    calib_method: str = "l2",
+):
+    """Write a BF16/FP16/INT8 copy of ``model``; the SavedModel is the directory ``optimized.path``.
+
+    Args:
+        model: FP32 SavedModel (read only).
+        optimized: output SavedModel; its metadata gets ``data_type``, ``optimized_nodes``
+            and ``report`` (``OptimizeResult.to_dict()``).
+        data_type: default target precision.
+        opt_config: JSON object ``{node name: dtype}``; empty: every node gets ``data_type``.
+        calibration: Dataset from the calibrate step (needed for static INT8 dense layers).
+        embedding_scheme: ``per_dim`` or ``per_row`` INT8 table scales.
+        dense_mode: ``weight_only`` or ``compute`` for BF16/FP16 dense layers.
+        int8_dense: ``static`` or ``weight_only``.
+        calib_method: ``l2``, ``minmax`` or ``percentile``.
+    """
+    import lpo
+    from lpo.pipeline_utils import calibration_file, parse_opt_config
+
+    result = lpo.optimize(
+        model.path, optimized.path, opt_config=parse_opt_config(opt_config), data_type=data_type,
+        calib_file=calibration_file(calibration.path) if calibration is not None else None,
+        embedding_scheme=embedding_scheme, dense_mode=dense_mode, int8_dense=int8_dense,
+        calib_method=calib_method, quiet=True)
+    report = result.to_dict()
+    optimized.metadata.update({
+        "data_type": str(report.get("data_type", data_type)),
+        "optimized_nodes": len(report.get("optimized") or []),
+        "report": report,
+    })
+
+
+@dsl.container_component
+def optimize_cli(
+    model: Input[Model],
+    optimized: Output[Model],
+    data_type: str = "BF16",
+    calibration: Optional[Input[Dataset]] = None,
+    opt_config: Optional[Input[Artifact]] = None,
+):
+    """The optimize step as ``lpo optimize`` in :data:`LPO_IMAGE`.
+
+    ``opt_config`` is a JSON file artifact here (the CLI's ``--config``);
+    ``calibration`` is the directory written by a calibrate step.
+    """
+    return dsl.ContainerSpec(
+        image=LPO_IMAGE,
+        command=["lpo"],
+        args=["optimize", model.path, optimized.path, "--data-type", data_type, "--json",
+              dsl.IfPresentPlaceholder(
+                  input_name="calibration",
+                  then=["--calib", dsl.ConcatPlaceholder([calibration.path, "/calibration.npz"])]),
+              dsl.IfPresentPlaceholder(input_name="opt_config", then=["--config", opt_config.path])])

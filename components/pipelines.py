@@ -1,0 +1,102 @@
+"""The lpo KFP pipelines: ``optimize_pipeline`` and ``refresh_pipeline``.
+
+Defined here (shipped as ``lpo.components.pipelines``) so that an installed lpo
+can run them; ``pipelines/kfp/`` re-exports them and compiles them to IR YAML.
+Inputs given as URIs/paths are imported as artifacts with ``dsl.importer``.
+"""
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Metrics, Model
+
+from lpo.components.calibrate import calibrate
+from lpo.components.optimize import optimize
+from lpo.components.refresh import refresh
+from lpo.components.validate import validate
+
+
+@dsl.pipeline(name="lpo-optimize",
+              description="calibrate -> optimize -> validate (the gate) an FP32 recommendation SavedModel")
+def optimize_pipeline(
+    model_uri: str,
+    calib_source: str,
+    heldout_data: str,
+    data_type: str = "BF16",
+    opt_config: str = "",
+    calib_rows: int = 1024,
+    max_auc_drop: float = 0.001,
+    max_abs_diff: float = -1.0,
+    max_latency_ratio: float = -1.0,
+    min_size_reduction: float = -1.0,
+    validate_iters: int = 50,
+    validate_batch_sizes: str = "1,64,512",
+    validate_max_rows: int = 0,
+) -> NamedTuple("Outputs", optimized=Model, metrics=Metrics, report=HTML):
+    """Optimize ``model_uri`` to ``data_type`` and gate it on ``heldout_data``.
+
+    Args:
+        model_uri: FP32 SavedModel directory (local path, ``gs://``, ``s3://`` or ``minio://``).
+        calib_source: CSV/TSV/TFRecord/npz to sample calibration rows from.
+        heldout_data: held-out ``.npz`` with labels for validation.
+        data_type: BF16, FP16 or INT8.
+        opt_config: JSON object ``{node: dtype}``; empty: every node gets ``data_type``.
+        calib_rows: calibration rows to sample.
+        max_auc_drop, max_abs_diff, max_latency_ratio, min_size_reduction: gate thresholds
+            (a negative value turns a threshold off).
+        validate_iters, validate_batch_sizes, validate_max_rows: validation effort.
+    """
+    model = dsl.importer(artifact_uri=model_uri, artifact_class=Model, reimport=False)
+    model.set_display_name("fp32-model")
+    calib = calibrate(model=model.output, source=calib_source, num_rows=calib_rows)
+    opt = optimize(model=model.output, calibration=calib.outputs["calibration"], data_type=data_type,
+                   opt_config=opt_config)
+    gate = validate(original=model.output, optimized=opt.outputs["optimized"], data=heldout_data,
+                    max_auc_drop=max_auc_drop, max_abs_diff=max_abs_diff,
+                    max_latency_ratio=max_latency_ratio, min_size_reduction=min_size_reduction,
+                    iters=validate_iters, batch_sizes=validate_batch_sizes, max_rows=validate_max_rows)
+    outputs = NamedTuple("Outputs", optimized=Model, metrics=Metrics, report=HTML)
+    return outputs(optimized=opt.outputs["optimized"], metrics=gate.outputs["metrics"],
+                   report=gate.outputs["report"])
+
+
+@dsl.pipeline(name="lpo-refresh",
+              description="refresh an optimized model with a new FP32 checkpoint -> validate (the gate)")
+def refresh_pipeline(
+    opt_model_uri: str,
+    fp32_model_uri: str,
+    ckpt_prefix: str,
+    heldout_data: str,
+    max_auc_drop: float = 0.001,
+    max_abs_diff: float = -1.0,
+    max_latency_ratio: float = -1.0,
+    min_size_reduction: float = -1.0,
+    validate_iters: int = 50,
+    validate_batch_sizes: str = "1,64,512",
+    validate_max_rows: int = 0,
+) -> NamedTuple("Outputs", refreshed=Model, metrics=Metrics, report=HTML):
+    """Rebuild the optimized model ``opt_model_uri`` with ``ckpt_prefix`` and gate it.
+
+    The refreshed model is validated against the FP32 reference: the graph of
+    ``fp32_model_uri`` with the same new checkpoint.
+
+    Args:
+        opt_model_uri: optimized SavedModel (output of ``optimize_pipeline``).
+        fp32_model_uri: FP32 SavedModel it was optimized from.
+        ckpt_prefix: new FP32 checkpoint prefix from the training job.
+        heldout_data: held-out ``.npz`` with labels for validation.
+        max_auc_drop, max_abs_diff, max_latency_ratio, min_size_reduction: gate thresholds
+            (a negative value turns a threshold off).
+        validate_iters, validate_batch_sizes, validate_max_rows: validation effort.
+    """
+    opt_model = dsl.importer(artifact_uri=opt_model_uri, artifact_class=Model, reimport=False)
+    opt_model.set_display_name("optimized-model")
+    fp32 = dsl.importer(artifact_uri=fp32_model_uri, artifact_class=Model, reimport=False)
+    fp32.set_display_name("fp32-model")
+    ref = refresh(opt_model=opt_model.output, fp32_model=fp32.output, ckpt_prefix=ckpt_prefix)
+    gate = validate(original=ref.outputs["reference"], optimized=ref.outputs["refreshed"],
+                    data=heldout_data, max_auc_drop=max_auc_drop, max_abs_diff=max_abs_diff,
+                    max_latency_ratio=max_latency_ratio, min_size_reduction=min_size_reduction,
+                    iters=validate_iters, batch_sizes=validate_batch_sizes, max_rows=validate_max_rows)
+    outputs = NamedTuple("Outputs", refreshed=Model, metrics=Metrics, report=HTML)
+    return outputs(refreshed=ref.outputs["refreshed"], metrics=gate.outputs["metrics"],
+                   report=gate.outputs["report"])

@@ -1,0 +1,91 @@
+"""Validate step: the gate. Compares an optimized model with its FP32 original.
+
+A breached threshold fails the step (``lpo.ValidationFailed``), which fails the run.
+"""
+from typing import Optional
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Input, Markdown, Metrics, Model, Output
+
+from lpo.components.image import LPO_IMAGE
+
+
+@dsl.component(base_image=LPO_IMAGE, install_kfp_package=False)
+def validate(
+    original: Input[Model],
+    optimized: Input[Model],
+    data: str,
+    metrics: Output[Metrics],
+    report: Output[HTML],
+    report_md: Output[Markdown],
+    max_auc_drop: float = 0.001,
+    max_abs_diff: float = -1.0,
+    max_latency_ratio: float = -1.0,
+    min_size_reduction: float = -1.0,
+    iters: int = 50,
+    batch_sizes: str = "1,64,512",
+    max_rows: int = 0,
+):
+    """Validate ``optimized`` against ``original`` on held-out ``data``; fail on a breach.
+
+    Args:
+        original: FP32 SavedModel.
+        optimized: optimized (or refreshed) SavedModel.
+        data: held-out ``.npz`` (serving inputs + optional ``label``).
+        metrics: figures logged with ``log_metric`` (AUC, |diff|, size, latency, ``passed``).
+        report: the HTML report.
+        report_md: the Markdown report.
+        max_auc_drop: largest allowed AUC drop.
+        max_abs_diff: largest allowed |prediction diff| (negative: not checked).
+        max_latency_ratio: largest optimized/original p50 ratio (negative: not checked).
+        min_size_reduction: smallest variables size reduction, 0..1 (negative: not checked).
+        iters: timed iterations per batch size.
+        batch_sizes: comma-separated latency batch sizes.
+        max_rows: use at most this many rows of ``data`` (0: all).
+    """
+    import logging
+    import os
+    import shutil
+    import tempfile
+
+    import lpo
+    from lpo.pipeline_utils import optional_threshold as opt, parse_batch_sizes, validation_metrics
+
+    report_dir = tempfile.mkdtemp(prefix="lpo-validate-")
+    try:
+        result = lpo.validate(
+            original.path, optimized.path, data, max_auc_drop=opt(max_auc_drop), max_abs_diff=opt(max_abs_diff),
+            max_latency_ratio=opt(max_latency_ratio), min_size_reduction=opt(min_size_reduction),
+            iters=iters, batch_sizes=parse_batch_sizes(batch_sizes), max_rows=max_rows or None,
+            report_dir=report_dir, raise_on_fail=False)
+        for name, value in validation_metrics(result.to_dict()).items():
+            metrics.log_metric(name, value)
+        shutil.copyfile(os.path.join(report_dir, "report.html"), report.path)
+        shutil.copyfile(os.path.join(report_dir, "report.md"), report_md.path)
+    finally:
+        shutil.rmtree(report_dir, ignore_errors=True)
+    report.metadata["passed"] = result.passed
+    if not result.passed:
+        logging.getLogger("lpo").error("validation gate failed: %s", result.summary())
+        raise lpo.ValidationFailed(result.summary(), report=result)
+
+
+@dsl.container_component
+def validate_cli(
+    original: Input[Model],
+    optimized: Input[Model],
+    data: str,
+    report: Output[Artifact],
+    max_auc_drop: float = 0.001,
+    max_abs_diff: Optional[float] = None,
+):
+    """The validate step as ``lpo validate`` in :data:`LPO_IMAGE` (exit 3 fails the step).
+
+    ``report`` is a directory with ``report.html``, ``report.md`` and ``report.json``.
+    """
+    return dsl.ContainerSpec(
+        image=LPO_IMAGE,
+        command=["lpo"],
+        args=["validate", original.path, optimized.path, data, "--report-dir", report.path,
+              "--max-auc-drop", max_auc_drop,
+              dsl.IfPresentPlaceholder(input_name="max_abs_diff", then=["--max-abs-diff", max_abs_diff])])
