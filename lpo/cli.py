@@ -269,7 +269,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """``lpo demo``: build the sample model, optimize, validate and report."""
     from lpo import demo  # noqa: PLC0415
 
-    result = demo.run_demo(out=args.out, keep=args.keep, quiet=args.quiet)
+    result = demo.run_demo(out=args.out, keep=args.keep, quiet=args.quiet,
+                           pipeline=None if args.pipeline == "none" else args.pipeline)
     if isinstance(result, int) and not isinstance(result, bool):
         return result
     _emit(result, getattr(args, "json", False))
@@ -437,8 +438,11 @@ def build_parser() -> argparse.ArgumentParser:
     # demo
     p = add("demo", cmd_demo, "build the sample model, optimize it, validate it and report",
             "End-to-end demo on the bundled sample recommendation model.")
-    p.add_argument("--out", default=None, help="working directory (default: a temporary directory, removed unless --keep)")
-    p.add_argument("--keep", action="store_true", help="keep the working directory")
+    p.add_argument("--out", default=None, help="output directory for the optimized models and HTML reports "
+                   "(default: a new directory under the system temp dir, printed at the end)")
+    p.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--pipeline", choices=("none", "kfp"), default="none",
+                   help="also run the KFP optimize and refresh pipelines locally (kfp.local)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
