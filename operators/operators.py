@@ -1,0 +1,309 @@
+"""Airflow 3 operators for lpo: calibrate, optimize, validate, refresh and publish.
+
+Every path and option is a template field, so ``{{ ds }}``, ``{{ run_id }}``,
+``{{ params.x }}``, ``{{ var.value.x }}`` and XCom pulls work. Arguments are
+checked in :meth:`execute` (after rendering), each operator returns a JSON-able
+dict (pushed to XCom as ``return_value``). A breached validation threshold fails
+the task without retries (``AirflowFailException``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Optional, Sequence
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
+
+log = logging.getLogger(__name__)
+
+
+def _path(name: str, value: Any, *, must_exist: bool = False) -> str:
+    if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+        raise ValueError(f"{name} must be a non-empty path, got {value!r}")
+    value = os.fspath(value)
+    if must_exist and not os.path.exists(value):
+        raise FileNotFoundError(f"{name} does not exist: {value}")
+    return value
+
+
+def _int(name: str, value: Any, *, minimum: int = 1) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    if number < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {number}")
+    return number
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def _opt(value: Any) -> Optional[str]:
+    return None if value is None or (isinstance(value, str) and not value.strip()) else value
+
+
+def _lpo_error(exc: Exception) -> AirflowFailException:
+    # LpoErrors are deterministic (bad input, breached gate): retrying cannot help.
+    return AirflowFailException(f"{type(exc).__name__}: {exc}")
+
+
+class LpoCalibrateOperator(BaseOperator):
+    """Sample calibration rows from a data source (``lpo.make_calibration``).
+
+    Args:
+        source: CSV/TSV/TFRecord/npz data file.
+        save_path: output ``.npz``.
+        model_path: SavedModel whose serving inputs to match.
+        num_rows: rows to reservoir-sample.
+        seed: sampling seed.
+        data_format: ``csv``/``tsv``/``tfrecord``/``npz`` (default: from the extension).
+        overwrite: replace an existing ``save_path`` (default True: reruns are idempotent).
+    """
+
+    template_fields: Sequence[str] = ("source", "save_path", "model_path", "num_rows", "seed",
+                                      "data_format", "overwrite")
+    ui_color = "#e8f4e4"
+
+    def __init__(self, *, source: str, save_path: str, model_path: str, num_rows: Any = 1024,
+                 seed: Any = 0, data_format: Optional[str] = None, overwrite: Any = True, **kwargs):
+        super().__init__(**kwargs)
+        self.source = source
+        self.save_path = save_path
+        self.model_path = model_path
+        self.num_rows = num_rows
+        self.seed = seed
+        self.data_format = data_format
+        self.overwrite = overwrite
+
+    def execute(self, context) -> dict:
+        import lpo
+
+        source = _path("source", self.source, must_exist=True)
+        model = _path("model_path", self.model_path, must_exist=True)
+        save = _path("save_path", self.save_path)
+        if not save.endswith(".npz"):
+            raise ValueError(f"save_path must end with .npz, got {save!r}")
+        os.makedirs(os.path.dirname(os.path.abspath(save)), exist_ok=True)
+        try:
+            result = lpo.make_calibration(source, save, model, num_rows=_int("num_rows", self.num_rows),
+                                          seed=_int("seed", self.seed, minimum=0),
+                                          format=_opt(self.data_format), overwrite=_bool(self.overwrite))
+        except lpo.LpoError as e:
+            raise _lpo_error(e) from e
+        return result.to_dict()
+
+
+class LpoOptimizeOperator(BaseOperator):
+    """Write a BF16/FP16/INT8 copy of a SavedModel (``lpo.optimize``).
+
+    Args:
+        model_path: FP32 SavedModel (read only).
+        save_path: output SavedModel directory.
+        data_type: ``BF16``, ``FP16`` or ``INT8``.
+        opt_config: ``{node: dtype}`` as a dict or JSON string; empty: every node gets ``data_type``.
+        calib_file: calibration ``.npz`` (needed for static INT8 dense layers).
+        embedding_scheme, dense_mode, int8_dense, calib_method: as in :func:`lpo.optimize`.
+        overwrite: replace a non-empty ``save_path`` (default True: reruns are idempotent).
+    """
+
+    template_fields: Sequence[str] = ("model_path", "save_path", "data_type", "opt_config", "calib_file",
+                                      "embedding_scheme", "dense_mode", "int8_dense", "calib_method",
+                                      "overwrite")
+    ui_color = "#dcebf7"
+
+    def __init__(self, *, model_path: str, save_path: str, data_type: str = "BF16", opt_config: Any = None,
+                 calib_file: Optional[str] = None, embedding_scheme: str = "per_dim",
+                 dense_mode: str = "weight_only", int8_dense: str = "static", calib_method: str = "l2",
+                 overwrite: Any = True, **kwargs):
+        super().__init__(**kwargs)
+        self.model_path = model_path
+        self.save_path = save_path
+        self.data_type = data_type
+        self.opt_config = opt_config
+        self.calib_file = calib_file
+        self.embedding_scheme = embedding_scheme
+        self.dense_mode = dense_mode
+        self.int8_dense = int8_dense
+        self.calib_method = calib_method
+        self.overwrite = overwrite
+
+    def execute(self, context) -> dict:
+        import lpo
+        from lpo.pipeline_utils import parse_opt_config
+
+        model = _path("model_path", self.model_path, must_exist=True)
+        save = _path("save_path", self.save_path)
+        calib = _opt(self.calib_file)
+        if calib is not None:
+            calib = _path("calib_file", calib, must_exist=True)
+        os.makedirs(os.path.dirname(os.path.abspath(save)), exist_ok=True)
+        try:
+            result = lpo.optimize(
+                model, save, opt_config=parse_opt_config(self.opt_config), data_type=self.data_type,
+                calib_file=calib, overwrite=_bool(self.overwrite), embedding_scheme=self.embedding_scheme,
+                dense_mode=self.dense_mode, int8_dense=self.int8_dense, calib_method=self.calib_method,
+                quiet=True)
+        except lpo.LpoError as e:
+            raise _lpo_error(e) from e
+        return json.loads(json.dumps(result.to_dict(), default=str))
+
+
+class LpoValidateOperator(BaseOperator):
+    """Compare an optimized model with its original; fail the task on a breach (``lpo.validate``).
+
+    Args:
+        original: FP32 SavedModel.
+        optimized: optimized SavedModel.
+        data: held-out ``.npz`` (serving inputs + optional ``label``).
+        report_dir: where report.html/.md/.json go (optional).
+        max_auc_drop, max_abs_diff, max_latency_ratio, min_size_reduction: thresholds;
+            ``None``, ``''`` or a negative number turns one off.
+        iters: timed iterations per batch size.
+        batch_sizes: latency batch sizes (list or ``"1,64"``).
+        max_rows: use at most this many rows of ``data`` (``None``/0: all).
+
+    Returns (XCom): ``{"passed", "summary", "metrics", "report_files"}``. On a breach the
+    same dict is pushed under the XCom key ``report`` and the task fails.
+    """
+
+    template_fields: Sequence[str] = ("original", "optimized", "data", "report_dir", "max_auc_drop",
+                                      "max_abs_diff", "max_latency_ratio", "min_size_reduction", "iters",
+                                      "batch_sizes", "max_rows")
+    ui_color = "#fdf1d6"
+
+    def __init__(self, *, original: str, optimized: str, data: str, report_dir: Optional[str] = None,
+                 max_auc_drop: Any = 0.001, max_abs_diff: Any = None, max_latency_ratio: Any = None,
+                 min_size_reduction: Any = None, iters: Any = 50, batch_sizes: Any = (1, 64, 512),
+                 max_rows: Any = None, **kwargs):
+        super().__init__(**kwargs)
+        self.original = original
+        self.optimized = optimized
+        self.data = data
+        self.report_dir = report_dir
+        self.max_auc_drop = max_auc_drop
+        self.max_abs_diff = max_abs_diff
+        self.max_latency_ratio = max_latency_ratio
+        self.min_size_reduction = min_size_reduction
+        self.iters = iters
+        self.batch_sizes = batch_sizes
+        self.max_rows = max_rows
+
+    def execute(self, context) -> dict:
+        import lpo
+        from lpo.pipeline_utils import optional_threshold, parse_batch_sizes, validation_metrics
+
+        original = _path("original", self.original, must_exist=True)
+        optimized = _path("optimized", self.optimized, must_exist=True)
+        data = _path("data", self.data, must_exist=True)
+        report_dir = _opt(self.report_dir)
+        max_rows = _opt(self.max_rows)
+        max_rows = _int("max_rows", max_rows, minimum=0) or None if max_rows is not None else None
+        try:
+            report = lpo.validate(
+                original, optimized, data, max_auc_drop=optional_threshold(self.max_auc_drop),
+                max_abs_diff=optional_threshold(self.max_abs_diff),
+                max_latency_ratio=optional_threshold(self.max_latency_ratio),
+                min_size_reduction=optional_threshold(self.min_size_reduction),
+                iters=_int("iters", self.iters), batch_sizes=parse_batch_sizes(self.batch_sizes),
+                max_rows=max_rows, report_dir=report_dir, raise_on_fail=False)
+        except lpo.LpoError as e:
+            raise _lpo_error(e) from e
+        out = {"passed": bool(report.passed), "summary": report.summary(),
+               "metrics": validation_metrics(report.to_dict()),
+               "report_files": dict(report.report_files or {})}
+        if not report.passed:
+            ti = context.get("ti") if hasattr(context, "get") else None
+            if ti is not None:
+                ti.xcom_push(key="report", value=out)
+            raise AirflowFailException(f"validation gate failed: {report.summary()}")
+        return out
+
+
+class LpoRefreshOperator(BaseOperator):
+    """Rebuild an optimized model with a new FP32 checkpoint (``lpo.refresh``).
+
+    Args:
+        opt_model_path: optimized SavedModel (has the plan).
+        ckpt_prefix: new FP32 checkpoint prefix.
+        save_path: output SavedModel directory.
+        fp32_model_path: optional FP32 SavedModel; with ``reference_path``, also writes
+            the FP32 reference (its graph + ``ckpt_prefix``) to validate against.
+        reference_path: where to write that reference.
+        overwrite: replace a non-empty ``save_path`` (default True).
+    """
+
+    template_fields: Sequence[str] = ("opt_model_path", "ckpt_prefix", "save_path", "fp32_model_path",
+                                      "reference_path", "overwrite")
+    ui_color = "#ece4f7"
+
+    def __init__(self, *, opt_model_path: str, ckpt_prefix: str, save_path: str,
+                 fp32_model_path: Optional[str] = None, reference_path: Optional[str] = None,
+                 overwrite: Any = True, **kwargs):
+        super().__init__(**kwargs)
+        self.opt_model_path = opt_model_path
+        self.ckpt_prefix = ckpt_prefix
+        self.save_path = save_path
+        self.fp32_model_path = fp32_model_path
+        self.reference_path = reference_path
+        self.overwrite = overwrite
+
+    def execute(self, context) -> dict:
+        import shutil
+
+        import lpo
+        from lpo.pipeline_utils import fp32_model_with_checkpoint
+
+        opt_model = _path("opt_model_path", self.opt_model_path, must_exist=True)
+        ckpt = _path("ckpt_prefix", self.ckpt_prefix)
+        if not os.path.exists(ckpt + ".index"):
+            raise FileNotFoundError(f"checkpoint not found: {ckpt}.index")
+        save = _path("save_path", self.save_path)
+        fp32, ref = _opt(self.fp32_model_path), _opt(self.reference_path)
+        if (fp32 is None) != (ref is None):
+            raise ValueError("fp32_model_path and reference_path go together")
+        os.makedirs(os.path.dirname(os.path.abspath(save)), exist_ok=True)
+        try:
+            result = lpo.refresh(opt_model, ckpt, save, overwrite=_bool(self.overwrite), quiet=True)
+        except lpo.LpoError as e:
+            raise _lpo_error(e) from e
+        out = json.loads(json.dumps(result.to_dict(), default=str))
+        if fp32 is not None:
+            if os.path.exists(ref):
+                shutil.rmtree(ref)
+            out["reference_path"] = fp32_model_with_checkpoint(_path("fp32_model_path", fp32, must_exist=True),
+                                                               ckpt, ref)
+        return out
+
+
+class LpoPublishOperator(BaseOperator):
+    """Publish a validated model to a serving directory atomically.
+
+    Copies ``model_path`` to ``serving_dir/versions/<version>`` and swaps the
+    ``serving_dir/current`` symlink to it (:func:`lpo.pipeline_utils.publish_model`).
+    Put it downstream of the validate task: with the default trigger rule it runs
+    only when validation passed.
+    """
+
+    template_fields: Sequence[str] = ("model_path", "serving_dir", "version")
+    ui_color = "#e4f7ef"
+
+    def __init__(self, *, model_path: str, serving_dir: str, version: str = "{{ ts_nodash }}", **kwargs):
+        super().__init__(**kwargs)
+        self.model_path = model_path
+        self.serving_dir = serving_dir
+        self.version = version
+
+    def execute(self, context) -> dict:
+        from lpo.pipeline_utils import publish_model
+
+        model = _path("model_path", self.model_path, must_exist=True)
+        serving = _path("serving_dir", self.serving_dir)
+        if not str(self.version).strip():
+            raise ValueError("version must be non-empty")
+        return publish_model(model, serving, str(self.version))
