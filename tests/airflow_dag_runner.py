@@ -35,12 +35,12 @@ def main(argv: list[str]) -> int:
     if render:
         # Render one task's template fields outside a run, with a hand-made context.
         task = dag.get_task(argv[3])
-        params = {k: v for k, v in dag.params.items()}
+        params = {k: dag.params[k] for k in dag.params}  # resolved values, not Param objects
         params.update(conf)
         ts_nodash = logical.strftime("%Y%m%dT%H%M%S")
         ctx = {"ds": logical.strftime("%Y-%m-%d"), "ds_nodash": logical.strftime("%Y%m%d"),
                "ts_nodash": ts_nodash, "run_id": f"manual__{logical.isoformat()}", "params": params,
-               "var": {"value": _Vars()}, "ti": None, "dag": dag, "task": task}
+               "var": {"value": _Vars()}, "ti": _TI(), "dag": dag, "task": task}
         task.render_template_fields(ctx)
         print(json.dumps({f: getattr(task, f) for f in task.template_fields}, default=str))
         return 0
@@ -55,6 +55,21 @@ def main(argv: list[str]) -> int:
     print(json.dumps({"dag": dag.dag_id, "state": str(run.state), "tasks": tis, "xcom": xcoms},
                      default=str))
     return 0
+
+
+class _TI:
+    """Stands in for the task instance: ``xcom_pull`` returns ``xcom:<task>.<key>`` strings."""
+
+    def xcom_pull(self, task_ids=None, key="return_value", **_):
+        return _XCom(task_ids)
+
+
+class _XCom:
+    def __init__(self, task_ids):
+        self.task_ids = task_ids
+
+    def __getitem__(self, key):
+        return f"xcom:{self.task_ids}.{key}"
 
 
 class _Vars:
