@@ -1,5 +1,6 @@
 # Convenience targets; the scripts are the source of truth.
-IMAGE ?= lpo:0.1.0
+# The one pinned image (components/image.py: LPO_IMAGE), used by every component.
+IMAGE ?= $(shell sed -n 's/^LPO_IMAGE = "\(.*\)"/\1/p' components/image.py)
 PYTHON ?= .venv/bin/python
 
 .PHONY: help setup test demo image pipelines
@@ -19,6 +20,6 @@ demo:
 image:
 	docker build -t $(IMAGE) .
 
-# Compiles the Kubeflow pipeline definitions (pipelines/kfp).
-pipelines: setup
-	$(PYTHON) -m pipelines.kfp.compile
+# Compiles the Kubeflow pipelines (pipelines/kfp) to IR YAML in build/pipelines/.
+pipelines:
+	$(PYTHON) -m pipelines.kfp.compile --out-dir build/pipelines
