@@ -283,7 +283,11 @@ def atomic_output_dir(dest: PathLike, *, overwrite: bool = False) -> Iterator[Pa
     if not overwrite and _is_nonempty(dest):
         raise OutputExistsError(_exists_message(dest, "directory"))
     tmp = _new_temp_name(dest)
-    os.mkdir(tmp, 0o777)
+    try:
+        os.mkdir(tmp, 0o777)
+    except OSError as e:  # e.g. a read-only or pseudo file system (/proc) that access() calls writable
+        raise ConfigError(f"cannot create a directory in {dest.parent} for output {dest} "
+                          f"({e.strerror or e}); choose a writable output path") from e
     logger.debug("building %s in %s", dest, tmp)
     committed = False
     try:
