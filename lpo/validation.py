@@ -111,6 +111,23 @@ def _check_threshold(name, value, *, lo=0.0, hi=None, hi_open=False, lo_open=Fal
     return v
 
 
+def _check_report_dir(report_dir, models):
+    """Refuse a report_dir equal to or inside a model (lpo never writes inside its inputs)."""
+    from pathlib import Path
+
+    r = Path(report_dir).resolve(strict=False)
+    for m in models:
+        mp = Path(m).resolve(strict=False)
+        if r == mp or mp in r.parents:
+            raise ConfigError(f"report_dir {report_dir} is inside the model {m}; lpo never writes inside "
+                              "its inputs: choose a directory outside it")
+    for p in (r, *r.parents):
+        if os.path.exists(p):
+            if not os.path.isdir(p):
+                raise ConfigError(f"report_dir {report_dir}: {p} is not a directory; choose another path")
+            break
+
+
 def _positive_int(name, value, minimum=1):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -347,6 +364,8 @@ def validate(original, optimized, data, *, batch_sizes=(1, 64, 512), label_key="
     if isinstance(tags, tuple) and len(tags) == 1 and "," in tags[0]:
         tags = tuple(t for t in tags[0].split(",") if t)
     original, optimized, data = os.fspath(original), os.fspath(optimized), os.fspath(data)
+    if report_dir is not None:
+        _check_report_dir(os.fspath(report_dir), (original, optimized))
 
     specs = load_signature_specs(original, tags=tags, signature=signature)
     opt_specs = load_signature_specs(optimized, tags=tags, signature=signature)
