@@ -256,7 +256,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         report = lpo.validate(
             args.original, args.optimized, args.data, max_auc_drop=args.max_auc_drop,
             max_abs_diff=args.max_abs_diff, max_latency_ratio=args.max_latency_ratio,
-            min_size_reduction=args.min_size_reduction, report_dir=args.report_dir)
+            min_size_reduction=args.min_size_reduction, report_dir=args.report_dir,
+            batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")), iters=args.iters,
+            warmup=args.warmup, max_rows=args.max_rows)
     except ValidationFailed as e:
         if e.report is not None:
             _emit(e.report, args.json)
@@ -416,6 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", metavar="DATA",
                    help="held-out data: .npz with one array per serving input (+ 'label')")
     p.add_argument("--report-dir", default=None, help="write report.md/report.html/report.json here")
+    p.add_argument("--batch-sizes", default="1,64,512", metavar="B,B,..",
+                   help="batch sizes for latency (default: %(default)s)")
+    p.add_argument("--iters", type=int, default=50, help="timed runs per model and batch size (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default: %(default)s)")
+    p.add_argument("--max-rows", type=int, default=None, help="use at most this many rows of DATA for accuracy")
     p.add_argument("--max-auc-drop", type=_float, default=VALIDATE_DEFAULTS["max_auc_drop"],
                    metavar="X", help="largest allowed AUC drop, absolute, when DATA has labels "
                         "(default: %(default)s)")

@@ -273,7 +273,7 @@ def _verify_written(prefix: str, targets: list[VarSpec]) -> None:
 def optimize(model_path, save_path, opt_config=None, data_type="BF16", calib_file=None, *, overwrite=False,
              allow_pickle=False, tags=None, embedding_scheme="per_dim", dense_mode="weight_only",
              int8_dense="static", calib_method="l2", calib_batch_size=256, calib_max_batches=None,
-             quiet=False) -> OptimizeResult:
+             dequantize_at_load=True, quiet=False) -> OptimizeResult:
     """Write at ``save_path`` a SavedModel whose embeddings and dense layers run in low precision.
 
     Args:
@@ -290,6 +290,9 @@ def optimize(model_path, save_path, opt_config=None, data_type="BF16", calib_fil
             (the seed's low-precision MatMul/BiasAdd/Relu, for AMX/AVX512-BF16 servers).
         int8_dense: INT8 dense layers: ``static`` (calibrated activations) or ``weight_only``.
         calib_method: activation range search: ``l2`` (default), ``minmax`` or ``percentile``.
+        dequantize_at_load: for ``weight_only``/``static`` dense layers, dequantize the (small)
+            dense weights once when the model loads into a float32 local variable, instead
+            of on every call. The file keeps only low-precision weights.
 
     Returns:
         OptimizeResult with the optimized nodes and the bytes before and after.
@@ -314,7 +317,7 @@ def optimize(model_path, save_path, opt_config=None, data_type="BF16", calib_fil
         if c.kind == "embedding":
             convs.append(embedding.plan(c, dt, embedding_scheme))
         else:
-            convs.append(dense.plan(c, dt, int8_dense if dt == "INT8" else dense_mode))
+            convs.append(dense.plan(c, dt, int8_dense if dt == "INT8" else dense_mode, dequantize_at_load))
     static = [c for c in convs if c.kind == "dense" and c.mode == "static"]
     if static:
         if calib_file is None:
@@ -328,7 +331,8 @@ def optimize(model_path, save_path, opt_config=None, data_type="BF16", calib_fil
                    method=calib_method, max_batches=calib_max_batches)
     plan = Plan(data_type=data_type, conversions=convs, lpo_version=__version__,
                 options={"embedding_scheme": embedding_scheme, "dense_mode": dense_mode, "int8_dense": int8_dense,
-                         "calib_method": calib_method, "opt_config": opt_config})
+                         "calib_method": calib_method, "opt_config": opt_config,
+                         "dequantize_at_load": dequantize_at_load})
     _rewrite_all(sm, plan)
     new_mg = select_meta_graph(sm, tags)
 

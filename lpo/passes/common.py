@@ -15,6 +15,8 @@ from lpo.savedmodel import VARIABLES_COLLECTION, saver_scopes, variable_defs
 
 READ_OPS = ("ReadVariableOp", "Identity")
 INIT_OPS = ("AssignVariableOp", "Assign")
+MAIN_OP_COLLECTIONS = ("saved_model_main_op", "legacy_init_op")
+LOCAL_VARIABLES = "local_variables"
 STATUS_OPS = ("VarIsInitializedOp", "IsVariableInitialized")
 _DTYPE_ATTR = {"ReadVariableOp": "dtype", "Identity": "T", "AssignVariableOp": "dtype", "Assign": "T",
                "IsVariableInitialized": "dtype", "VarHandleOp": "dtype", "VariableV2": "dtype"}
@@ -124,4 +126,42 @@ class Surgery:
         vd.initializer_name = f"{name}/Assign"
         vd.snapshot_name = tensor_ref(read.name) + ":0"
         self.vars.add(vd)
+        return read.name
+
+    def run_at_load(self, op: str) -> None:
+        """Make ``op`` run once when the SavedModel is loaded (after the restore).
+
+        Adds it as a control input of the MetaGraph's main op; creates a main op
+        (``saved_model_main_op`` collection) when the model has none.
+        """
+        idx = self.index
+        for key in MAIN_OP_COLLECTIONS:
+            col = self.mg.collection_def.get(key)
+            if col is not None and col.node_list.value:
+                main = col.node_list.value[0].split(":")[0]
+                node = idx.node(main)
+                node.input.append("^" + op)
+                idx.replace(node)
+                return
+        main = idx.unique_name("lpo_main_op")
+        idx.add(make_node("NoOp", main, ["^" + op]))
+        self.mg.collection_def["saved_model_main_op"].node_list.value.append(main)
+
+    def add_load_time_cache(self, name: str, value: str, shape: list[int], device: str = "") -> str:
+        """Add a float32 local variable ``name`` set to tensor ``value`` at load time; return its read.
+
+        Local variables are not saved: the model on disk keeps only its low-precision
+        weights, and serving reads the dequantized copy without recomputing it per call.
+        """
+        idx = self.index
+        f32 = dtype_attr(types_pb2.DT_FLOAT)
+        idx.add(make_node("VarHandleOp", name, device=device, dtype=f32, shape=shape_proto(shape),
+                          shared_name=name, container=""))
+        assign = idx.add(make_node("AssignVariableOp", f"{name}/Assign", [name, value], device=device, dtype=f32))
+        read = idx.add(make_node("ReadVariableOp", f"{name}/Read/ReadVariableOp", [name], device=device, dtype=f32))
+        vd = variable_pb2.VariableDef(variable_name=f"{name}:0", initializer_name=assign.name,
+                                      snapshot_name=f"{read.name}:0", is_resource=True, trainable=False,
+                                      initial_value_name=value if ":" in value else f"{value}:0")
+        self.mg.collection_def[LOCAL_VARIABLES].bytes_list.value.append(vd.SerializeToString(deterministic=True))
+        self.run_at_load(assign.name)
         return read.name

@@ -107,7 +107,7 @@ def find(s: Surgery, specs: dict[str, VarSpec]) -> list[DenseCandidate]:
     return out
 
 
-def plan(cand: DenseCandidate, dtype: str, mode: str) -> Conversion:
+def plan(cand: DenseCandidate, dtype: str, mode: str, dequantize_at_load: bool = True) -> Conversion:
     """Return the Conversion of dense layer ``cand`` to ``dtype`` in ``mode``."""
     w = cand.weight
     wv = VarConversion(key=w.key, slice="", shape=list(w.shape), role="weight", dtype=dtype)
@@ -121,7 +121,7 @@ def plan(cand: DenseCandidate, dtype: str, mode: str) -> Conversion:
                                        dtype=dtype))
     targets = {"matmul": cand.name, "weight": w.node, "weight_resource": w.resource,
                "bias": cand.bias.node if cand.bias else None, "bias_add": cand.bias_add, "relu": cand.relu,
-               "activation": cand.activation}
+               "activation": cand.activation, "dequantize_at_load": dequantize_at_load and mode != "compute"}
     return Conversion(kind="dense", node=cand.name, dtype=dtype,
                       scheme="per_channel" if dtype == "INT8" else "cast", mode=mode,
                       variables=variables, targets=targets)
@@ -166,6 +166,9 @@ def rewrite(s: Surgery, conv: Conversion) -> None:
         deq = idx.add(make_node("Mul", idx.unique_name(mm.name + "/lpo_dequant"), [w, scale], device=device,
                                 T=dtype_attr(types_pb2.DT_FLOAT)))
         w = deq.name
+    if conv.targets.get("dequantize_at_load"):
+        w = s.add_load_time_cache(idx.unique_name(t["weight"] + "/lpo_dequantized"), w, list(conv.variables[0].shape),
+                                  device)
     idx.set_input(mm.name, 1, w)
     if conv.mode == "static":
         lo, hi = conv.activation_range
