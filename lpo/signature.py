@@ -42,29 +42,9 @@ class InputSpec(NamedTuple):
 
 def load_saved_model_proto(model_path):
     """Parse ``<model_path>/saved_model.pb``; raise ModelFormatError when missing or corrupt."""
-    from google.protobuf.message import DecodeError
-    from tensorflow.core.protobuf import saved_model_pb2
+    from lpo.savedmodel import read_saved_model
 
-    model_path = os.fspath(model_path)
-    if not os.path.exists(model_path):
-        raise ModelFormatError(f"SavedModel path does not exist: {model_path}")
-    if not os.path.isdir(model_path):
-        raise ModelFormatError(f"SavedModel path is not a directory: {model_path}")
-    pb = os.path.join(model_path, "saved_model.pb")
-    if not os.path.isfile(pb):
-        hint = " (found saved_model.pbtxt: text protos are not supported)" if os.path.isfile(
-            pb + "txt") else ""
-        raise ModelFormatError(
-            f"{model_path} is not a SavedModel: no saved_model.pb in it{hint}")
-    sm = saved_model_pb2.SavedModel()
-    try:
-        with open(pb, "rb") as f:
-            sm.ParseFromString(f.read())
-    except (DecodeError, RuntimeWarning, ValueError) as e:
-        raise ModelFormatError(f"{pb} is not a valid SavedModel protobuf: {e}") from e
-    if not sm.meta_graphs:
-        raise ModelFormatError(f"{pb} holds no MetaGraph (empty or not a SavedModel)")
-    return sm
+    return read_saved_model(os.fspath(model_path))
 
 
 def _tags(tags) -> set:
