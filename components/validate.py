@@ -78,6 +78,8 @@ def validate_cli(
     report: Output[Artifact],
     max_auc_drop: float = 0.001,
     max_abs_diff: Optional[float] = None,
+    iters: int = 50,
+    batch_sizes: str = "1,64,512",
 ):
     """The validate step as ``lpo validate`` in :data:`LPO_IMAGE` (exit 3 fails the step).
 
@@ -87,5 +89,5 @@ def validate_cli(
         image=LPO_IMAGE,
         command=["lpo"],
         args=["validate", original.path, optimized.path, data, "--report-dir", report.path,
-              "--max-auc-drop", max_auc_drop,
+              "--max-auc-drop", max_auc_drop, "--iters", iters, "--batch-sizes", batch_sizes,
               dsl.IfPresentPlaceholder(input_name="max_abs_diff", then=["--max-abs-diff", max_abs_diff])])

@@ -59,7 +59,8 @@ class DemoResult:
                   f"(TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')})",
                   f"optimized models and HTML reports: {self.out_dir}"]
         if self.pipeline:
-            lines.append(f"pipeline run: {self.pipeline}")
+            lines.append("KFP pipelines (kfp.local, SubprocessRunner):")
+            lines += [f"  {k}: {v}" for k, v in self.pipeline.items() if isinstance(v, (str, int, float))]
         return "\n".join(lines)
 
 
@@ -95,5 +96,6 @@ def run_demo(out=None, keep=False, quiet=False, pipeline=None) -> DemoResult:
     if pipeline == "kfp":
         from lpo.demo_pipelines import run_kfp_demo
 
-        result.pipeline = run_kfp_demo(os.path.join(out_dir, "kfp"))
+        log.info("Running the KFP optimize and refresh pipelines locally (kfp.local) ...")
+        result.pipeline = run_kfp_demo(os.path.join(out_dir, "kfp")).to_dict()
     return result

@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/setup.sh
-exec .venv/bin/lpo demo "$@"
+exec .venv/bin/lpo demo --pipeline kfp "$@"

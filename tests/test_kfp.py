@@ -123,12 +123,14 @@ def test_cli_container_components_run(sample_resource, tmp_path):
     assert (opt / "saved_model.pb").exists()
 
     _run_cli_component(validate_cli, {"original": s.model_path, "optimized": opt, "data": s.heldout_path,
-                                      "report": report, "max_auc_drop": 0.01}, tmp_path)
+                                      "report": report, "max_auc_drop": 0.01, "iters": 3,
+                                      "batch_sizes": "64"}, tmp_path)
     assert (report / "report.html").exists()
     # The gate: exit status 3 fails the step.
     _run_cli_component(validate_cli, {"original": s.model_path, "optimized": opt, "data": s.heldout_path,
                                       "report": tmp_path / "report2", "max_auc_drop": 0.01,
-                                      "max_abs_diff": 0.0}, tmp_path, expect_rc=3)
+                                      "max_abs_diff": 0.0, "iters": 3, "batch_sizes": "64"}, tmp_path,
+                       expect_rc=3)
 
     ckpt = perturb_checkpoint(s.model_path, str(tmp_path / "ckpt"))
     proc = _run_cli_component(refresh_cli, {"opt_model": opt, "ckpt_prefix": ckpt,
