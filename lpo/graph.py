@@ -27,6 +27,11 @@ def parse_input(inp: str) -> tuple[str, int, bool]:
     if inp.startswith("^"):
         return inp[1:], -1, True
     name, _, port = inp.partition(":")
+    if port and not port.isdigit():
+        from lpo.errors import ModelFormatError
+
+        raise ModelFormatError(f"the graph has a malformed node input {inp!r} (expected 'node' or 'node:port'); "
+                               "the SavedModel is corrupt: re-export it")
     return name, int(port) if port else 0, False
 
 

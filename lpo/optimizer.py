@@ -246,10 +246,12 @@ def _rewrite_all(sm, plan: Plan):
     from lpo.passes.common import Surgery
 
     for mg in sm.meta_graphs:
+        source = type(mg)()
+        source.CopyFrom(mg)
         surgery = Surgery(mg)
         for conv in plan.conversions:
             passes.get(conv.kind).rewrite(surgery, conv)
-        mg.CopyFrom(rebuild_saver(surgery.finish()))
+        mg.CopyFrom(rebuild_saver(surgery.finish(), source=source))
 
 
 def _target_specs(mg) -> list[VarSpec]:

@@ -15,7 +15,7 @@ from google.protobuf import message as pb_message
 from tensorflow.core.framework import variable_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
-from lpo.errors import ModelFormatError
+from lpo.errors import InternalError, LpoError, ModelFormatError
 from lpo.graph import GraphIndex, shape_of
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,20 @@ def check_servable(mg: meta_graph_pb2.MetaGraphDef, path: str) -> None:
         raise ModelFormatError(
             f"{path} has no serving signature; export it with a signature_def_map (e.g. 'serving_default')"
         )
+    if is_tf2(mg):
+        return
+    nodes = {n.name for n in mg.graph_def.node}
+    for key in sorted(sigs):
+        sig = mg.signature_def[key]
+        for kind, infos in (("input", sig.inputs), ("output", sig.outputs)):
+            for name in sorted(infos):
+                info = infos[name]
+                coo = info.coo_sparse
+                for t in (info.name, coo.values_tensor_name, coo.indices_tensor_name, coo.dense_shape_tensor_name):
+                    if t and t.split(":")[0].lstrip("^") not in nodes:
+                        raise ModelFormatError(
+                            f"signature {key!r} {kind} {name!r} refers to tensor {t!r}, which is not in the "
+                            f"graph of {path}; the SavedModel is corrupt: re-export it")
 
 
 def variables_prefix(path: str) -> str:
@@ -124,7 +138,11 @@ def variable_defs(mg: meta_graph_pb2.MetaGraphDef) -> list[variable_pb2.Variable
         return out
     for raw in col.bytes_list.value:
         vd = variable_pb2.VariableDef()
-        vd.ParseFromString(raw)
+        try:
+            vd.ParseFromString(raw)
+        except (pb_message.DecodeError, RuntimeError, ValueError) as e:
+            raise ModelFormatError(f"the MetaGraph's '{VARIABLES_COLLECTION}' collection holds a corrupt "
+                                   f"VariableDef ({e}); re-export the model") from e
         out.append(vd)
     return out
 
@@ -182,25 +200,45 @@ def strip_saver(mg: meta_graph_pb2.MetaGraphDef) -> meta_graph_pb2.MetaGraphDef:
     return out
 
 
-def rebuild_saver(mg: meta_graph_pb2.MetaGraphDef) -> meta_graph_pb2.MetaGraphDef:
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:400]
+
+
+def rebuild_saver(mg: meta_graph_pb2.MetaGraphDef,
+                  source: meta_graph_pb2.MetaGraphDef | None = None) -> meta_graph_pb2.MetaGraphDef:
     """Return ``mg`` with a fresh V2 Saver over its (possibly retyped) variables.
 
     The old saver ops are removed; the MetaGraph is imported into a scratch graph
     where TensorFlow builds a default Saver from the variables collection
     (partitioned variables keep their slices). Signatures, assets, tags and every
     other collection are kept from ``mg``.
+
+    When TensorFlow cannot import ``mg``, ``source`` (the unedited input MetaGraph,
+    if given) decides the blame: if it cannot be imported either, the model is
+    corrupt (ModelFormatError); otherwise lpo's edit broke it (InternalError).
     """
     import tensorflow as tf
 
     stripped = strip_saver(mg)
     graph = tf.Graph()
-    with graph.as_default():
-        saver = tf.compat.v1.train.import_meta_graph(stripped, clear_devices=False)
-        if saver is None:
-            saver = tf.compat.v1.train.Saver(allow_empty=True)
-        exported = tf.compat.v1.train.export_meta_graph(
-            graph=graph, saver_def=saver.as_saver_def(), clear_devices=False, clear_extraneous_savers=True
-        )
+    try:
+        with graph.as_default():
+            saver = tf.compat.v1.train.import_meta_graph(stripped, clear_devices=False)
+            if saver is None:
+                saver = tf.compat.v1.train.Saver(allow_empty=True)
+            exported = tf.compat.v1.train.export_meta_graph(
+                graph=graph, saver_def=saver.as_saver_def(), clear_devices=False, clear_extraneous_savers=True
+            )
+    except LpoError:
+        raise
+    except Exception as e:  # noqa: BLE001 - TF raises ValueError, KeyError, TypeError, OpError, ...
+        if source is not None:
+            rebuild_saver(source)  # raises ModelFormatError when the input graph itself is broken
+            raise InternalError(f"lpo produced a graph TensorFlow cannot import ({_first_line(e)}); "
+                                "please report this bug with the --debug traceback") from e
+        raise ModelFormatError(f"TensorFlow cannot import the model's graph: {_first_line(e)}. The SavedModel "
+                               "is corrupt or was edited by hand: re-export it") from e
     out = meta_graph_pb2.MetaGraphDef()
     out.CopyFrom(mg)
     out.graph_def.CopyFrom(exported.graph_def)
