@@ -120,6 +120,9 @@ def load_opt_config(path: str) -> dict:
         raise ConfigError(f"config file {path} does not exist") from None
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({e.reason} at byte {e.start}); "
+                          "save it as UTF-8 JSON") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
