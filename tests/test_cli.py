@@ -241,7 +241,8 @@ def test_convert_refresh_calibrate_validate_wiring(fake_api, capsys):
         legacy_npy=True))
     assert got["validate"] == (("orig", "opt", "held.npz"), dict(
         max_auc_drop=0.001, max_abs_diff=0.05, max_latency_ratio=None,
-        min_size_reduction=None, report_dir="rep"))
+        min_size_reduction=None, report_dir="rep", batch_sizes=(1, 64, 512), iters=50, warmup=5,
+        max_rows=None))
 
 
 def test_validation_failed_exit_3_prints_report(fake_api, capsys):
@@ -283,7 +284,10 @@ def test_demo_wiring(monkeypatch, capsys):
 
     monkeypatch.setitem(vars(lpo), "demo", types.SimpleNamespace(run_demo=run_demo))
     assert cli.main(["demo", "--out", "d", "--keep"]) == 0
-    assert seen == {"out": "d", "keep": True, "quiet": False}
+    assert seen == {"out": "d", "keep": True, "quiet": False, "pipeline": None}
+    seen.clear()
+    assert cli.main(["demo", "--out", "d", "--pipeline", "kfp"]) == 0
+    assert seen["pipeline"] == "kfp"
     assert "output: demo-out" in capsys.readouterr().out
 
 
