@@ -283,22 +283,24 @@ def atomic_output_dir(dest: PathLike, *, overwrite: bool = False) -> Iterator[Pa
     if not overwrite and _is_nonempty(dest):
         raise OutputExistsError(_exists_message(dest, "directory"))
     tmp = _new_temp_name(dest)
-    try:
-        os.mkdir(tmp, 0o777)
-    except OSError as e:  # e.g. a read-only or pseudo file system (/proc) that access() calls writable
-        raise ConfigError(f"cannot create a directory in {dest.parent} for output {dest} "
-                          f"({e.strerror or e}); choose a writable output path") from e
-    logger.debug("building %s in %s", dest, tmp)
     committed = False
-    try:
-        with _sigterm_raises():
+    # The SIGTERM handler is in place before the temp dir exists and while it is removed,
+    # so a SIGTERM at any point leaves no temp behind.
+    with _sigterm_raises():
+        try:
+            try:
+                os.mkdir(tmp, 0o777)
+            except OSError as e:  # e.g. a read-only or pseudo file system (/proc) that access() calls writable
+                raise ConfigError(f"cannot create a directory in {dest.parent} for output {dest} "
+                                  f"({e.strerror or e}); choose a writable output path") from e
+            logger.debug("building %s in %s", dest, tmp)
             yield tmp
             _fsync_tree(tmp)
             _commit_dir(tmp, dest, overwrite)
             committed = True
-    finally:
-        if not committed:
-            _remove(tmp)
+        finally:
+            if not committed:
+                _remove(tmp)
 
 
 def _commit_dir(tmp: Path, dest: Path, overwrite: bool) -> None:
