@@ -185,3 +185,22 @@ def test_concurrent_processes(sample_resource, sample_ref, sandbox, tmp_path):
     for s, out in jobs[:2]:
         base = _predict(s.model_path, s)
         assert np.abs(_predict(out, s) - base).max() <= BF16_BOUND
+
+
+def test_sigterm_right_after_temp_dir_creation_leaves_no_temp(tmp_path):
+    """Deterministic version of the race the stage-signal test hit: SIGTERM just after mkdir(tmp)."""
+    code = (
+        "import os, signal, sys\n"
+        "import lpo.fsutil as fs\n"
+        "real = os.mkdir\n"
+        "def mkdir(p, *a, **k):\n"
+        "    real(p, *a, **k)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "fs.os.mkdir = mkdir\n"
+        "with fs.atomic_output_dir(sys.argv[1]) as t:\n"
+        "    (t / 'x').write_text('never')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out")], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, (proc.returncode, proc.stderr[-2000:])
+    assert os.listdir(tmp_path) == []
