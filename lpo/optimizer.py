@@ -422,19 +422,24 @@ def convert_ckpt(ckpt_prefix, save_prefix, opt_model_path, *, overwrite=False, q
 
         raise OutputExistsError(f"checkpoint {save_prefix} already exists ({existing[0]}); pass overwrite=True "
                                 "(CLI --overwrite) or choose another prefix")
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(save_prefix)}.lpo-tmp-", dir=parent)
-    try:
-        tmp_prefix = os.path.join(tmp, "ckpt")
-        work = os.path.join(tmp, "shards")
-        os.makedirs(work)
-        result = _convert_into(ckpt_prefix, tmp_prefix, sm, plan, work, quiet)
-        for f in existing:
-            os.remove(os.path.join(parent, f))
-        for f in sorted(os.listdir(tmp)):
-            if f.startswith("ckpt."):
-                os.replace(os.path.join(tmp, f), save_prefix + f[len("ckpt"):])
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    from lpo.fsutil import _sigterm_raises, cleanup_stale_temps
+
+    cleanup_stale_temps(save_prefix)  # temps of killed earlier runs (their pid is in the name)
+    with _sigterm_raises():  # SIGTERM removes the temp dir too
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(save_prefix)}.lpo-tmp-{os.getpid()}-", dir=parent)
+        try:
+            tmp_prefix = os.path.join(tmp, "ckpt")
+            work = os.path.join(tmp, "shards")
+            os.makedirs(work)
+            result = _convert_into(ckpt_prefix, tmp_prefix, sm, plan, work, quiet)
+            # the .index goes first and comes back last: a reader never sees an index with foreign data
+            for f in sorted(existing, key=lambda f: not f.endswith(".index")):
+                os.remove(os.path.join(parent, f))
+            for f in sorted(os.listdir(tmp), key=lambda f: f.endswith(".index")):
+                if f.startswith("ckpt."):
+                    os.replace(os.path.join(tmp, f), save_prefix + f[len("ckpt"):])
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     result.save_prefix = save_prefix
     log.info("Converted %d tensors, copied %d, into %s", result.tensors_converted, result.tensors_copied,
              save_prefix)
