@@ -890,3 +890,15 @@ def test_np_load_never_allows_pickle_silently():
             if not ok:
                 offenders.append(f"{py.relative_to(root)}:{node.lineno}")
     assert calls >= 3 and not offenders, offenders
+
+
+def test_convert_ckpt_cleans_stale_temps_and_overwrites(world, tmp_path):
+    """A temp left by a killed convert_ckpt (dead pid) is removed by the next run; overwrite replaces."""
+    stale = tmp_path / ".v.lpo-tmp-999999999-deadbeef"
+    stale.mkdir()
+    (stale / "ckpt.index").write_bytes(b"half written")
+    lpo.convert_ckpt(world.new_ckpt, str(tmp_path / "v"), world.opt, quiet=True)
+    assert sorted(os.listdir(tmp_path)) == ["v.data-00000-of-00001", "v.index"]
+    before = tree_checksum(tmp_path)
+    lpo.convert_ckpt(world.new_ckpt, str(tmp_path / "v"), world.opt, overwrite=True, quiet=True)
+    assert tree_checksum(tmp_path) == before  # same inputs, same bytes
