@@ -356,10 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding-scheme", type=_choice(EMBEDDING_SCHEMES), default="per_dim",
                    metavar="{per_dim,per_row}",
                    help="INT8 embedding scale granularity (default: per_dim)")
-    p.add_argument("--dense-mode", type=_choice(DENSE_MODES), default="compute",
-                   metavar="{compute,weight_only}",
-                   help="compute dense layers in low precision, or only store their weights in it "
-                        "(default: compute)")
+    p.add_argument("--dense-mode", type=_choice(DENSE_MODES), default="weight_only",
+                   metavar="{weight_only,compute}",
+                   help="BF16/FP16 dense layers: store only the weights in low precision (float32 "
+                        "MatMul), or compute in it as the parent tool did, for AMX/AVX512-BF16 "
+                        "servers (default: weight_only)")
     p.add_argument("--int8-dense", type=_choice(INT8_DENSE), default="static",
                    metavar="{static,weight_only}",
                    help="INT8 dense form: static activation ranges (needs --calib) or weight only "

@@ -365,3 +365,15 @@ def test_core_missing_model_is_user_error(tmp_path):
     assert r.returncode == 2, r.stderr
     assert len(error_lines(r.stderr)) == 1 and "Traceback" not in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_optimize_defaults_match_the_library():
+    """`lpo optimize` with no options builds the same model as lpo.optimize() with none."""
+    import inspect
+
+    from lpo.optimizer import optimize
+
+    defaults = {k: p.default for k, p in inspect.signature(optimize).parameters.items()}
+    args = cli.build_parser().parse_args(["optimize", "m", "o"])
+    for opt in ("embedding_scheme", "dense_mode", "int8_dense", "calib_method"):
+        assert getattr(args, opt) == defaults[opt], opt
