@@ -227,6 +227,11 @@ def _check_source(reader, src_prefix: str, targets: list[VarSpec], plan: Plan) -
     return dtypes
 
 
+def check_checkpoint(prefix: str, targets: list[VarSpec], plan: Plan | None = None) -> None:
+    """Raise CheckpointError unless checkpoint ``prefix`` holds ``targets`` (keys, shapes, dtypes)."""
+    _check_source(open_reader(prefix), prefix, targets, plan or Plan(data_type=""))
+
+
 def convert_checkpoint(src_prefix: str, dst_prefix: str, plan: Plan, targets: list[VarSpec], *,
                        work_dir: str, quiet: bool = False) -> ConvertStats:
     """Write at ``dst_prefix`` the checkpoint of the optimized model from FP32 ``src_prefix``.

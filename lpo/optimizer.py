@@ -308,6 +308,9 @@ def optimize(model_path, save_path, opt_config=None, data_type="BF16", calib_fil
     sm, mg = _load_model(model_path, tags)
     _surgery, found = _find(mg)
     assigned = _assign(found, opt_config, data_type)
+    from lpo.checkpoint import check_checkpoint
+
+    check_checkpoint(variables_prefix(model_path), _target_specs(mg))  # fail fast, before any work
 
     from lpo.passes import dense, embedding
 
