@@ -565,3 +565,20 @@ def save_calibration_npz(batches_or_arrays, path) -> str:
 __all__ = ["make_observer", "OBSERVER_METHODS", "DEFAULT_METHOD", "load_calibration",
            "save_calibration_npz", "iter_batches", "MinMaxObserver", "PercentileObserver",
            "L2Observer"]
+
+
+def activation_error(x: np.ndarray, lo: float, hi: float) -> dict:
+    """Return how 8-bit fake quantization over ``[lo, hi]`` treats activations ``x``.
+
+    ``clipped``: fraction of values outside the range; ``rel_rmse``: RMS error of
+    the quantized values relative to the RMS of ``x`` (0 for an all-zero ``x``).
+    """
+    from lpo.quant import fake_quant
+
+    x = np.asarray(x, dtype=np.float32).reshape(-1)
+    if x.size == 0:
+        return {"clipped": 0.0, "rel_rmse": 0.0}
+    err = fake_quant(x, lo, hi) - x
+    ref = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+    rmse = float(np.sqrt(np.mean(np.square(err, dtype=np.float64))))
+    return {"clipped": float(np.mean((x < lo) | (x > hi))), "rel_rmse": rmse / ref if ref > 0 else 0.0}

@@ -10,6 +10,8 @@ import json
 import logging
 import os
 import shutil
+
+import numpy as np
 from dataclasses import asdict, dataclass, field
 
 from lpo import __version__
@@ -26,6 +28,8 @@ EMBEDDING_SCHEMES = ("per_dim", "per_row")
 DENSE_MODES = ("compute", "weight_only")
 INT8_DENSE_MODES = ("static", "weight_only")
 KEEP = "FP32"
+ERROR_SAMPLE_BATCHES = 4
+WARN_REL_RMSE = 0.05
 
 
 @dataclass
@@ -204,7 +208,7 @@ def _assign(found, opt_config, data_type) -> dict[str, str]:
 def _calibrate(model_path, tags, convs: list[Conversion], calib_file, *, allow_pickle, batch_size, method,
                max_batches) -> None:
     """Fill ``activation_range`` of static INT8 dense conversions from calibration data."""
-    from lpo.calibration import load_calibration, make_observer
+    from lpo.calibration import activation_error, load_calibration, make_observer
     from lpo.runner import SignatureRunner
     from lpo.signature import load_signature_specs
 
@@ -215,15 +219,24 @@ def _calibrate(model_path, tags, convs: list[Conversion], calib_file, *, allow_p
     observers = [make_observer(method) for _ in convs]
     tensors = [c.targets["activation"] for c in convs]
     tensors = [t if ":" in t else t + ":0" for t in tensors]
+    kept = [[] for _ in convs]  # the first few batches, to report each layer's quantization error
     with SignatureRunner(model_path, tags=tuple(tags or ("serve",))) as runner:
-        for batch in batches:
-            for obs, value in zip(observers, runner.fetch(batch, tensors)):
+        for i, batch in enumerate(batches):
+            for obs, keep, value in zip(observers, kept, runner.fetch(batch, tensors)):
                 obs.update(value)
-    for c, obs in zip(convs, observers):
+                if i < ERROR_SAMPLE_BATCHES:
+                    keep.append(value)
+    log.info("Calibrated %d dense layers on %d batches (%s)", len(convs), len(batches), method)
+    for c, obs, keep in zip(convs, observers, kept):
         lo, hi = obs.range()
         c.activation_range = [float(lo), float(hi)]
         c.calib_method = method
-    log.info("Calibrated %d dense layers on %d batches (%s)", len(convs), len(batches), method)
+        c.calib_error = activation_error(np.concatenate([k.reshape(-1) for k in keep]), lo, hi)
+        level = logging.WARNING if c.calib_error["rel_rmse"] > WARN_REL_RMSE else logging.INFO
+        log.log(level, "  %s: input range [%.4g, %.4g], %.3f%% clipped, relative RMS error %.2f%%%s", c.node, lo, hi,
+                100 * c.calib_error["clipped"], 100 * c.calib_error["rel_rmse"],
+                " (consider keeping this layer FP32/BF16 in opt_config, or int8_dense='weight_only')"
+                if level == logging.WARNING else "")
 
 
 def _check_output(save_path, model_path, overwrite):

@@ -51,6 +51,7 @@ class Conversion:
     targets: dict = field(default_factory=dict)
     activation_range: list[float] | None = None
     calib_method: str | None = None
+    calib_error: dict | None = None
 
     def to_dict(self) -> dict:
         """Return a JSON-able dict."""

@@ -221,3 +221,14 @@ def test_legacy_pickle_accepted_with_opt_in(tmp_path):
     assert b[0]["x"].shape == (4, 3)
     with pytest.raises(CalibrationError, match=r"feed dict 0.*'missing'"):
         load_calibration(p, {**SPECS, "missing": SPECS["I1"]}, allow_pickle=True)
+
+
+def test_activation_error_reports_clipping_and_rmse():
+    from lpo.calibration import activation_error
+
+    x = np.linspace(-1, 1, 10001, dtype=np.float32)
+    exact = activation_error(x, -1.0, 1.0)
+    assert exact["clipped"] == 0.0 and 0 < exact["rel_rmse"] < 0.01
+    clipped = activation_error(x, -0.5, 0.5)
+    assert abs(clipped["clipped"] - 0.5) < 1e-3 and clipped["rel_rmse"] > 0.2
+    assert activation_error(np.zeros(10, np.float32), 0.0, 1.0) == {"clipped": 0.0, "rel_rmse": 0.0}
