@@ -15,7 +15,7 @@ import numpy as np
 from dataclasses import asdict, dataclass, field
 
 from lpo import __version__
-from lpo.errors import CalibrationError, CheckpointError, ConfigError, ModelFormatError, closest
+from lpo.errors import CalibrationError, CheckpointError, ConfigError, closest
 from lpo.plan import DTYPES, MANIFEST_DIR, MANIFEST_NAME, Conversion, Plan, read_manifest
 from lpo.savedmodel import (
     VarSpec, check_servable, check_variables, copy_model_files, dir_bytes, is_tf2, read_saved_model,
@@ -149,12 +149,12 @@ def _load_model(model_path, tags):
     sm = read_saved_model(model_path)
     mg = select_meta_graph(sm, tags)
     check_servable(mg, model_path)
-    if is_tf2(mg):
-        raise ModelFormatError(
-            f"{model_path} is a TF2 (object-graph) SavedModel; this lpo optimizes TF1-graph SavedModels "
-            "(tf.compat.v1 / Estimator exports)"
-        )
     check_variables(model_path)
+    if is_tf2(mg):  # lowered to a flat TF1-style graph with the tables kept as variables (lpo/tf2.py)
+        from lpo.tf2 import lower_tf2
+
+        sm = lower_tf2(sm, tags, model_path)
+        mg = select_meta_graph(sm, tags)
     return sm, mg
 
 
@@ -345,8 +345,11 @@ def optimize(model_path, save_path, opt_config=None, data_type="BF16", calib_fil
         from lpo.calibration import make_observer
 
         make_observer(calib_method)  # validate the method before any work
-        _calibrate(model_path, tags, static, calib_file, allow_pickle=allow_pickle, batch_size=calib_batch_size,
-                   method=calib_method, max_batches=calib_max_batches)
+        from lpo.tf2 import lowered_model_dir
+
+        with lowered_model_dir(model_path, sm) as calib_model:
+            _calibrate(calib_model, tags, static, calib_file, allow_pickle=allow_pickle, batch_size=calib_batch_size,
+                       method=calib_method, max_batches=calib_max_batches)
     plan = Plan(data_type=data_type, conversions=convs, lpo_version=__version__,
                 options={"embedding_scheme": embedding_scheme, "dense_mode": dense_mode, "int8_dense": int8_dense,
                          "calib_method": calib_method, "opt_config": opt_config,

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 SAVED_MODEL_PB = "saved_model.pb"
 VARIABLES_COLLECTION = "variables"
+#: ``node\tcheckpoint key`` lines for variables whose key is not their node name (lowered TF2 models)
+KEYS_COLLECTION = "lpo_checkpoint_keys"
 SKIP_COPY = {SAVED_MODEL_PB, "saved_model.pbtxt", "variables", "fingerprint.pb"}
 
 
@@ -147,17 +149,30 @@ def variable_defs(mg: meta_graph_pb2.MetaGraphDef) -> list[variable_pb2.Variable
     return out
 
 
+def checkpoint_keys(mg: meta_graph_pb2.MetaGraphDef) -> dict[str, str]:
+    """Return {variable node: checkpoint key} of the ``lpo_checkpoint_keys`` collection (TF1 models: empty)."""
+    col = mg.collection_def.get(KEYS_COLLECTION)
+    if col is None:
+        return {}
+    out = {}
+    for raw in col.bytes_list.value:
+        node, _, key = raw.decode().partition("\t")
+        out[node] = key
+    return out
+
+
 def variable_specs(mg: meta_graph_pb2.MetaGraphDef, index: GraphIndex | None = None) -> dict[str, VarSpec]:
     """Map each variable node of the MetaGraph to its checkpoint key and slice."""
     index = index or GraphIndex(mg.graph_def)
     specs: dict[str, VarSpec] = {}
+    keys = checkpoint_keys(mg)
     for vd in variable_defs(mg):
         node_name = vd.variable_name.split(":")[0]
         if node_name not in index:
             continue
         node = index.node(node_name)
         shape = shape_of(node) or []
-        key, spec, full = node_name, "", shape
+        key, spec, full = keys.get(node_name, node_name), "", shape
         if vd.HasField("save_slice_info_def"):
             si = vd.save_slice_info_def
             key = si.full_name
@@ -225,6 +240,10 @@ def rebuild_saver(mg: meta_graph_pb2.MetaGraphDef,
     try:
         with graph.as_default():
             saver = tf.compat.v1.train.import_meta_graph(stripped, clear_devices=False)
+            keys = checkpoint_keys(stripped)
+            if keys:  # lowered TF2 model: restore from the object-based keys
+                var_list = {keys.get(v.op.name, v.op.name): v for v in tf.compat.v1.global_variables()}
+                saver = tf.compat.v1.train.Saver(var_list=var_list, allow_empty=True)
             if saver is None:
                 saver = tf.compat.v1.train.Saver(allow_empty=True)
             exported = tf.compat.v1.train.export_meta_graph(

@@ -39,3 +39,11 @@ def sample_ref_gather():
     from lpo.samples import cached_sample
 
     return cached_sample("ref", cache_dir=SAMPLE_CACHE, lookup="gather")
+
+
+@pytest.fixture(scope="session")
+def sample_keras():
+    """Keras 3 DLRM-like model exported with ``model.export`` (a TF2 object-graph SavedModel)."""
+    from lpo.samples_keras import cached_keras_sample
+
+    return cached_keras_sample(cache_dir=SAMPLE_CACHE)

@@ -224,8 +224,9 @@ def _(w, d):
     return _opt(w, d, tags=["train"], match="serve")
 
 
-@case("optimize-tf2-savedmodel", ModelFormatError)
+@case("optimize-tf2-savedmodel-without-saver", ModelFormatError)
 def _(w, d):
+    """TF2 SavedModels are lowered (lpo/tf2.py); one whose saver is gone cannot map its variables."""
     import tensorflow as tf
 
     class M(tf.Module):
@@ -239,6 +240,10 @@ def _(w, d):
     m = str(d / "tf2")
     mod = M()
     tf.saved_model.save(mod, m, signatures=mod.__call__)
+    sm = _read_pb(m)
+    for mg in sm.meta_graphs:
+        mg.ClearField("saver_def")
+    _write_pb(m, sm)
     return _opt(w, d, model=m, match="TF2")
 
 

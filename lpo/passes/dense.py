@@ -2,7 +2,8 @@
 
 Pattern: ``MatMul(a, read(W))`` with ``W`` a float32 rank-2 variable read only by
 this MatMul, optionally followed by ``BiasAdd(., read(b))`` (``b`` a variable read
-only there) and ``Relu``, each intermediate node having a single consumer.
+only there; or ``AddV2(., read(b))`` with ``b`` rank 1, the Keras ``Dense`` form) and
+``Relu``, each intermediate node having a single consumer.
 
 Rewrites (the last node of the chain keeps its name and float32 output):
 
@@ -42,6 +43,7 @@ class DenseCandidate:
     relu: str | None = None
     transpose_b: bool = False
     kind: str = "dense"
+    matmul: str = ""  # the MatMul node when ``name`` is not it (lowered TF2 models)
 
     @property
     def nbytes(self) -> int:
@@ -93,12 +95,17 @@ def find(s: Surgery, specs: dict[str, VarSpec]) -> list[DenseCandidate]:
         w = _variable_behind(s, mm.input[1], specs)
         if w is None or w.dtype != "float32" or len(w.shape) != 2 or w.slice or not _sole_reader(s, w.node, mm.name):
             continue
-        cand = DenseCandidate(mm.name, list(w.shape), w, mm.input[0], transpose_b=mm.attr["transpose_b"].b)
+        # lowered TF2 models (checkpoint key != node): name the layer by its readable weight variable
+        name = w.node if w.key != w.node else mm.name
+        cand = DenseCandidate(name, list(w.shape), w, mm.input[0], transpose_b=mm.attr["transpose_b"].b,
+                              matmul=mm.name if name != mm.name else "")
         last = mm.name
-        bias_add = _single_consumer(s, last, "BiasAdd")
+        bias_add = _single_consumer(s, last, "BiasAdd") or _single_consumer(s, last, "AddV2")
         if bias_add is not None:
             b = _variable_behind(s, bias_add.input[1], specs)
-            if b is not None and b.dtype == "float32" and not b.slice and _sole_reader(s, b.node, bias_add.name):
+            rank1 = b is not None and len(b.shape) == 1  # AddV2 (Keras Dense) only with a [units] bias
+            if b is not None and (bias_add.op == "BiasAdd" or rank1) and b.dtype == "float32" and not b.slice \
+                    and _sole_reader(s, b.node, bias_add.name):
                 cand.bias, cand.bias_add, last = b, bias_add.name, bias_add.name
         relu = _single_consumer(s, last, "Relu")
         if relu is not None:
@@ -119,7 +126,7 @@ def plan(cand: DenseCandidate, dtype: str, mode: str, dequantize_at_load: bool =
     if mode == "compute" and cand.bias is not None:
         variables.append(VarConversion(key=cand.bias.key, slice="", shape=list(cand.bias.shape), role="bias",
                                        dtype=dtype))
-    targets = {"matmul": cand.name, "weight": w.node, "weight_resource": w.resource,
+    targets = {"matmul": cand.matmul or cand.name, "weight": w.node, "weight_resource": w.resource,
                "bias": cand.bias.node if cand.bias else None, "bias_add": cand.bias_add, "relu": cand.relu,
                "activation": cand.activation, "dequantize_at_load": dequantize_at_load and mode != "compute"}
     return Conversion(kind="dense", node=cand.name, dtype=dtype,

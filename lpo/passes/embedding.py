@@ -110,7 +110,9 @@ def find(s: Surgery, specs: dict[str, VarSpec]) -> list[EmbeddingCandidate]:
             lookups[p.node] = found
         else:
             parts = sorted(parts, key=lambda p: p.slice)
-            out.append(EmbeddingCandidate(key, list(parts[0].full_shape), parts, lookups))
+            # one unpartitioned part: its node name (== key for TF1; readable for lowered TF2 models)
+            name = parts[0].node if len(parts) == 1 and not parts[0].slice else key
+            out.append(EmbeddingCandidate(name, list(parts[0].full_shape), parts, lookups))
     return out
 
 

@@ -1,0 +1,205 @@
+"""A small Keras 3 DLRM-like model exported as a TF2 SavedModel (``model.export``).
+
+Used by the TF2 tests (lpo/tf2.py). Seeded synthetic data with a learnable label:
+
+* inputs ``C1..C8``: int32 ``[None]`` ids in ``[0, 1000)`` (Zipf-like), one
+  ``keras.layers.Embedding(1000, 16)`` each (layer ``emb_C<k>``);
+* input ``dense``: float32 ``[None, 8]``; bottom MLP ``Dense(32, relu) -> Dense(16, relu)``;
+* dot interaction: pairwise dot products of the 9 16-d vectors (36 values), concatenated
+  with the bottom output; top MLP ``Dense(64, relu) -> Dense(1)`` -> sigmoid.
+
+Exported with ``model.export(path)`` (Keras 3, TF backend): a TF2 object-graph SavedModel
+whose ``serving_default`` signature takes the 9 inputs above and returns ``output_0``.
+The builder writes ``model/``, ``heldout.npz`` (inputs + ``label``), ``calib.npz`` and
+``sample.json``; :func:`cached_keras_sample` caches it like :func:`lpo.samples.cached_sample`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+from lpo.metrics import auc as _auc
+
+KERAS_SAMPLE_VERSION = 1
+NUM_SPARSE = 8
+VOCAB = 1000
+EMBED_DIM = 16
+NUM_DENSE = 8
+SPARSE_NAMES = tuple(f"C{i}" for i in range(1, NUM_SPARSE + 1))
+DENSE_NAME = "dense"
+INPUT_NAMES = SPARSE_NAMES + (DENSE_NAME,)
+_META_FILE = "sample.json"
+
+
+@dataclasses.dataclass
+class KerasSample:
+    """A built Keras sample: paths and facts."""
+
+    root: str
+    model_path: str
+    heldout_path: str
+    calib_path: str
+    input_names: list[str]
+    output_name: str
+    embedding_variables: list[str]
+    dense_kernels: list[str]
+    auc: float
+    build_seconds: float
+    version: int = KERAS_SAMPLE_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-able dict."""
+        return dataclasses.asdict(self)
+
+
+def generate_data(num_rows: int, seed: int = 0, stream: int = 0) -> dict[str, np.ndarray]:
+    """Return ``num_rows`` rows: ``C1..C8`` int32, ``dense`` float32 [n, 8], ``label`` float32."""
+    truth = np.random.default_rng([seed, 31337])
+    effects = truth.normal(0.0, 0.6, size=(NUM_SPARSE, VOCAB))
+    w = truth.normal(0.0, 0.5, size=NUM_DENSE)
+    rng = np.random.default_rng([seed, 271828, stream])
+    out: dict[str, np.ndarray] = {}
+    logit = np.full(num_rows, -1.0)
+    p = 1.0 / np.arange(1, VOCAB + 1) ** 1.1
+    p /= p.sum()
+    for k, name in enumerate(SPARSE_NAMES):
+        ids = rng.choice(VOCAB, size=num_rows, p=p).astype(np.int32)
+        logit += effects[k][ids]
+        out[name] = ids
+    dense = rng.normal(0.0, 1.0, size=(num_rows, NUM_DENSE)).astype(np.float32)
+    logit += np.tanh(dense) @ w
+    out[DENSE_NAME] = dense
+    prob = 1.0 / (1.0 + np.exp(-logit))
+    out["label"] = (rng.random(num_rows) < prob).astype(np.float32)
+    return out
+
+
+def _build_model(seed: int):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    ins = {n: keras.Input(shape=(), dtype="int32", name=n) for n in SPARSE_NAMES}
+    ins[DENSE_NAME] = keras.Input(shape=(NUM_DENSE,), dtype="float32", name=DENSE_NAME)
+    x = keras.layers.Dense(32, activation="relu", name="bottom_0")(ins[DENSE_NAME])
+    x = keras.layers.Dense(EMBED_DIM, activation="relu", name="bottom_1")(x)
+    vecs = [x] + [keras.layers.Embedding(VOCAB, EMBED_DIM, name=f"emb_{n}")(ins[n]) for n in SPARSE_NAMES]
+    stack = keras.ops.stack(vecs, axis=1)  # [b, 9, 16]
+    inter = keras.ops.matmul(stack, keras.ops.transpose(stack, (0, 2, 1)))  # [b, 9, 9]
+    iu = np.triu_indices(len(vecs), k=1)
+    flat = keras.ops.reshape(inter, (-1, len(vecs) * len(vecs)))
+    pairs = keras.ops.take(flat, (iu[0] * len(vecs) + iu[1]).astype("int32"), axis=1)
+    z = keras.layers.Concatenate(name="interaction")([x, pairs])
+    z = keras.layers.Dense(64, activation="relu", name="top_0")(z)
+    z = keras.layers.Dense(1, name="top_1")(z)
+    out = keras.layers.Activation("sigmoid", name="prob")(keras.ops.squeeze(z, axis=-1))
+    return keras.Model([ins[n] for n in INPUT_NAMES], out, name="keras_dlrm")
+
+
+def _inputs(data):
+    return [data[n] for n in INPUT_NAMES]
+
+
+def serve(model_path: str, data: dict[str, np.ndarray], batch_size: int = 4096) -> np.ndarray:
+    """Run ``serving_default`` of a SavedModel through ``tf.saved_model.load`` (TF2 API)."""
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(model_path).signatures["serving_default"]
+    keys = list(fn.structured_input_signature[1])
+    n = len(data[keys[0]])
+    parts = []
+    for s in range(0, n, batch_size):
+        out = fn(**{k: tf.constant(data[k][s:s + batch_size]) for k in keys})
+        (v,) = out.values()
+        parts.append(v.numpy().reshape(-1))
+    return np.concatenate(parts)
+
+
+def build_keras_sample(out_dir: str, *, seed: int = 0, train_rows: int = 40_000, heldout_rows: int = 10_000,
+                       calib_rows: int = 1024, epochs: int = 2, batch_size: int = 512) -> KerasSample:
+    """Train the Keras DLRM-like model and write a sample into ``out_dir``."""
+    import keras
+
+    t0 = time.monotonic()
+    out_dir = os.path.abspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    train = generate_data(train_rows, seed, 0)
+    held = generate_data(heldout_rows, seed, 1)
+    calib = generate_data(calib_rows, seed, 2)
+    np.savez(os.path.join(out_dir, "heldout.npz"), **held)
+    np.savez(os.path.join(out_dir, "calib.npz"), **{n: calib[n] for n in INPUT_NAMES})
+    model = _build_model(seed)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="binary_crossentropy")
+    model.fit(_inputs(train), train["label"], epochs=epochs, batch_size=batch_size, verbose=0, shuffle=True)
+    model_path = os.path.join(out_dir, "model")
+    if os.path.exists(model_path):
+        shutil.rmtree(model_path)
+    model.export(model_path, verbose=False)
+    emb = [f"emb_{n}/embeddings" for n in SPARSE_NAMES]
+    kernels = [f"{n}/kernel" for n in ("bottom_0", "bottom_1", "top_0", "top_1")]
+    preds = serve(model_path, held)
+    sample = KerasSample(out_dir, model_path, os.path.join(out_dir, "heldout.npz"),
+                         os.path.join(out_dir, "calib.npz"), list(INPUT_NAMES), "output_0", emb, kernels,
+                         _auc(held["label"], preds), round(time.monotonic() - t0, 2))
+    with open(os.path.join(out_dir, _META_FILE), "w") as f:
+        json.dump(sample.to_dict(), f, indent=2)
+    return sample
+
+
+def _load_cached(path: str) -> KerasSample | None:
+    meta = os.path.join(path, _META_FILE)
+    if not os.path.isfile(meta):
+        return None
+    with open(meta) as f:
+        d = json.load(f)
+    if d.get("version") != KERAS_SAMPLE_VERSION:
+        return None
+    old, d["root"] = d["root"], path
+    for k in ("model_path", "heldout_path", "calib_path"):
+        d[k] = os.path.join(path, os.path.relpath(d[k], old))
+    return KerasSample(**d)
+
+
+def cached_keras_sample(cache_dir: str | None = None, *, seed: int = 0) -> KerasSample:
+    """Return the Keras sample, building it once into ``cache_dir`` (locked, atomic rename)."""
+    from lpo.samples import default_cache_dir
+
+    cache_dir = os.path.abspath(cache_dir or default_cache_dir())
+    os.makedirs(cache_dir, exist_ok=True)
+    key = f"keras-s{seed}-v{KERAS_SAMPLE_VERSION}"
+    final = os.path.join(cache_dir, key)
+    hit = _load_cached(final)
+    if hit is not None:
+        return hit
+    with open(os.path.join(cache_dir, f".{key}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            hit = _load_cached(final)
+            if hit is not None:
+                return hit
+            tmp = tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=cache_dir)
+            try:
+                build_keras_sample(tmp, seed=seed)
+                if os.path.exists(final):
+                    shutil.rmtree(final)
+                os.rename(tmp, final)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            sample = _load_cached(final)
+            assert sample is not None
+            with open(os.path.join(final, _META_FILE), "w") as f:
+                json.dump(sample.to_dict(), f, indent=2)
+            return sample
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+__all__ = ["KerasSample", "build_keras_sample", "cached_keras_sample", "generate_data", "serve"]

@@ -1,0 +1,154 @@
+"""TF2 SavedModels (Keras 3 ``model.export``, ``tf.saved_model.save``): lowering and optimize()."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import lpo
+from lpo.errors import ConfigError, ModelFormatError
+from lpo.metrics import auc
+from lpo.samples_keras import serve
+
+BOUNDS = {"FP16": 1e-3, "BF16": 1e-2}
+
+
+def heldout(sample):
+    data = dict(np.load(sample.heldout_path))
+    label = data.pop("label")
+    return data, label
+
+
+@pytest.fixture(scope="module")
+def keras_opt(sample_keras, tmp_path_factory):
+    cache = {}
+
+    def get(dtype, **kw):
+        key = (dtype, tuple(sorted(kw.items())))
+        if key not in cache:
+            out = str(tmp_path_factory.mktemp("tf2opt") / "model")
+            result = lpo.optimize(sample_keras.model_path, out, data_type=dtype, calib_file=sample_keras.calib_path,
+                                  quiet=True, **kw)
+            cache[key] = (out, result)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def keras_base(sample_keras):
+    data, label = heldout(sample_keras)
+    return serve(sample_keras.model_path, data), label
+
+
+def _served_fp32_bytes(model_path):
+    """Bytes of the float32 variables the serving signature reads (Keras also saves a duplicate of each)."""
+    from lpo.savedmodel import read_saved_model, variable_specs
+    from lpo.tf2 import lower_tf2
+
+    mg = lower_tf2(read_saved_model(model_path)).meta_graphs[0]
+    return sum(int(np.prod(s.shape)) * 4 for s in variable_specs(mg).values())
+
+
+def test_lowering_keeps_outputs_and_restores_object_keys(sample_keras, tmp_path, keras_base):
+    """The lowered graph + the original object-based checkpoint serve exactly the FP32 predictions."""
+    from lpo.savedmodel import read_saved_model, variable_specs
+    from lpo.tf2 import lower_tf2, lowered_model_dir
+
+    sm = lower_tf2(read_saved_model(sample_keras.model_path))
+    mg = sm.meta_graphs[0]
+    assert not mg.object_graph_def.nodes
+    assert not [n for n in mg.graph_def.node if n.op in ("StatefulPartitionedCall", "PartitionedCall")]
+    specs = variable_specs(mg)
+    assert sorted(specs) == sorted(sample_keras.embedding_variables + sample_keras.dense_kernels
+                                   + [k.replace("kernel", "bias") for k in sample_keras.dense_kernels])
+    assert all(s.key.endswith("/.ATTRIBUTES/VARIABLE_VALUE") and s.resource for s in specs.values())
+    data, _ = heldout(sample_keras)
+    with lowered_model_dir(sample_keras.model_path, sm) as d:
+        p = serve(d, {k: v[:2000] for k, v in data.items()})
+    np.testing.assert_array_equal(p, keras_base[0][:2000])
+
+
+def test_inspect_lists_keras_layers_by_readable_name(sample_keras):
+    cands = lpo.inspect_model(sample_keras.model_path).candidates
+    emb = sorted(c.name for c in cands if c.kind == "embedding")
+    dense = sorted(c.name for c in cands if c.kind == "dense")
+    assert emb == sorted(sample_keras.embedding_variables)
+    assert dense == sorted(sample_keras.dense_kernels)
+    assert all(c.shape == [1000, 16] for c in cands if c.kind == "embedding")
+    top1 = next(c for c in cands if c.name == "top_1/kernel")
+    assert top1.detail == "MatMul+BiasAdd"  # Keras Dense bias is AddV2 after MatMul: accepted as the bias
+
+
+@pytest.mark.parametrize("dtype", ["FP16", "BF16"])
+def test_keras_16bit(sample_keras, keras_opt, keras_base, dtype):
+    import tensorflow as tf
+
+    out, result = keras_opt(dtype)
+    assert {n.node for n in result.optimized} == set(sample_keras.embedding_variables + sample_keras.dense_kernels)
+    fn = tf.saved_model.load(out).signatures["serving_default"]
+    assert sorted(fn.structured_input_signature[1]) == sorted(sample_keras.input_names)
+    assert list(fn.structured_outputs) == [sample_keras.output_name]
+    data, _ = heldout(sample_keras)
+    p = serve(out, data)
+    assert np.abs(p - keras_base[0]).max() <= BOUNDS[dtype]
+    reader = tf.train.load_checkpoint(os.path.join(out, "variables", "variables"))
+    dtypes = {k: v.name for k, v in reader.get_variable_to_dtype_map().items()}
+    want = "float16" if dtype == "FP16" else "bfloat16"
+    assert sum(v == want for v in dtypes.values()) == 12  # 8 tables + 4 kernels, never frozen
+
+
+def test_keras_int8(sample_keras, keras_opt, keras_base):
+    import tensorflow as tf
+
+    out, result = keras_opt("INT8")
+    data, label = heldout(sample_keras)
+    p = serve(out, data)
+    assert auc(label, keras_base[0]) - auc(label, p) <= 0.002
+    from lpo.savedmodel import dir_bytes
+
+    var_bytes = dir_bytes(os.path.join(out, "variables"))
+    assert var_bytes / _served_fp32_bytes(sample_keras.model_path) <= 0.30
+    assert result.size_ratio <= 0.30
+    reader = tf.train.load_checkpoint(os.path.join(out, "variables", "variables"))
+    dtypes = {k: v.name for k, v in reader.get_variable_to_dtype_map().items()}
+    assert sum(v == "int8" for v in dtypes.values()) == 12
+    # every signature keeps its input/output keys
+    fns = tf.saved_model.load(out).signatures
+    assert set(fns) >= {"serving_default", "serve"}
+
+
+def test_keras_opt_config_and_saved_model_cli(sample_keras, tmp_path):
+    out = str(tmp_path / "m")
+    r = lpo.optimize(sample_keras.model_path, out, opt_config={"emb_C1/embeddings": "INT8", "top_0/kernel": "BF16"},
+                     data_type="FP16", calib_file=sample_keras.calib_path, quiet=True)
+    assert sorted((n.node, n.dtype) for n in r.optimized) == [("emb_C1/embeddings", "INT8"), ("top_0/kernel", "BF16")]
+    with pytest.raises(ConfigError, match="emb_C1/embeddings"):
+        lpo.optimize(sample_keras.model_path, str(tmp_path / "x"), opt_config={"emb_C1/embedding": "INT8"},
+                     quiet=True)
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    res = subprocess.run([cli, "show", "--dir", out, "--tag_set", "serve", "--signature_def", "serving_default"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "inputs['C1']" in res.stdout and "outputs['output_0']" in res.stdout
+
+
+def test_keras_validate(sample_keras, keras_opt):
+    out, _ = keras_opt("INT8")
+    report = lpo.validate(sample_keras.model_path, out, sample_keras.heldout_path, batch_sizes=(64,))
+    assert report.passed, report.to_dict()["breaches"]
+
+
+def test_tf2_without_saver_is_a_model_format_error(sample_keras, tmp_path):
+    import shutil
+
+    from lpo.savedmodel import read_saved_model, write_saved_model
+
+    m = str(tmp_path / "m")
+    shutil.copytree(sample_keras.model_path, m)
+    sm = read_saved_model(m)
+    sm.meta_graphs[0].ClearField("saver_def")
+    write_saved_model(sm, m)
+    with pytest.raises(ModelFormatError, match="TF2"):
+        lpo.inspect_model(m)
