@@ -153,6 +153,49 @@ def build_keras_sample(out_dir: str, *, seed: int = 0, train_rows: int = 40_000,
     return sample
 
 
+def build_module_sample(keras_model_path: str, out_dir: str, *, variable_names: bool = True) -> str:
+    """Export the weights of the Keras sample as a plain ``tf.Module`` with ``tf.saved_model.save``.
+
+    Same numbers as the Keras model, a different TF2 graph: ``ResourceGather`` lookups
+    (``tf.nn.embedding_lookup``), ``MatMul + BiasAdd`` bottom layers and ``MatMul + AddV2``
+    top layers. Variables are named like the Keras ones (``emb_C1/embeddings``) unless
+    ``variable_names=False`` (then lpo names them by object path, e.g. ``emb/0``).
+    Signature ``serving_default``: the Keras sample's inputs, output ``prob``. Returns the path.
+    """
+    import tensorflow as tf
+
+    src = {v.name.split(":")[0]: v.numpy() for v in tf.saved_model.load(keras_model_path).variables}
+
+    def var(name):
+        return tf.Variable(src[name], name=name if variable_names else None)
+
+    class DLRM(tf.Module):
+        def __init__(self):
+            super().__init__(name="dlrm")
+            self.emb = [var(f"emb_{n}/embeddings") for n in SPARSE_NAMES]
+            self.bottom = [(var(f"bottom_{i}/kernel"), var(f"bottom_{i}/bias")) for i in range(2)]
+            self.top = [(var(f"top_{i}/kernel"), var(f"top_{i}/bias")) for i in range(2)]
+
+        @tf.function(input_signature=[{n: tf.TensorSpec([None], tf.int32, name=n) for n in SPARSE_NAMES}
+                                      | {DENSE_NAME: tf.TensorSpec([None, NUM_DENSE], tf.float32, name=DENSE_NAME)}])
+        def serve(self, feats):
+            x = feats[DENSE_NAME]
+            for w, b in self.bottom:
+                x = tf.nn.relu(tf.nn.bias_add(tf.matmul(x, w), b))
+            vecs = [x] + [tf.nn.embedding_lookup(t, feats[n]) for t, n in zip(self.emb, SPARSE_NAMES)]
+            stack = tf.stack(vecs, axis=1)
+            inter = tf.reshape(tf.matmul(stack, stack, transpose_b=True), [-1, len(vecs) ** 2])
+            iu = np.triu_indices(len(vecs), k=1)
+            z = tf.concat([x, tf.gather(inter, (iu[0] * len(vecs) + iu[1]).astype(np.int32), axis=1)], axis=1)
+            z = tf.nn.relu(z @ self.top[0][0] + self.top[0][1])
+            z = z @ self.top[1][0] + self.top[1][1]
+            return {"prob": tf.sigmoid(tf.squeeze(z, -1))}
+
+    m = DLRM()
+    tf.saved_model.save(m, out_dir, signatures={"serving_default": m.serve})
+    return out_dir
+
+
 def _load_cached(path: str) -> KerasSample | None:
     meta = os.path.join(path, _META_FILE)
     if not os.path.isfile(meta):
@@ -202,4 +245,4 @@ def cached_keras_sample(cache_dir: str | None = None, *, seed: int = 0) -> Keras
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-__all__ = ["KerasSample", "build_keras_sample", "cached_keras_sample", "generate_data", "serve"]
+__all__ = ["KerasSample", "build_keras_sample", "build_module_sample", "cached_keras_sample", "generate_data", "serve"]

@@ -99,6 +99,19 @@ def test_keras_16bit(sample_keras, keras_opt, keras_base, dtype):
     assert sum(v == want for v in dtypes.values()) == 12  # 8 tables + 4 kernels, never frozen
 
 
+@pytest.mark.parametrize("dtype", ["FP16", "BF16"])
+def test_keras_16bit_compute_mode(sample_keras, keras_opt, keras_base, dtype):
+    """dense_mode='compute' runs MatMul -> AddV2 (the Keras bias) -> Relu in 16 bit."""
+    import tensorflow as tf
+
+    out, _ = keras_opt(dtype, dense_mode="compute")
+    data, _ = heldout(sample_keras)
+    assert np.abs(serve(out, data) - keras_base[0]).max() <= BOUNDS[dtype]
+    reader = tf.train.load_checkpoint(os.path.join(out, "variables", "variables"))
+    want = "float16" if dtype == "FP16" else "bfloat16"
+    assert sum(v.name == want for v in reader.get_variable_to_dtype_map().values()) == 16  # + 4 biases
+
+
 def test_keras_int8(sample_keras, keras_opt, keras_base):
     import tensorflow as tf
 
@@ -152,3 +165,70 @@ def test_tf2_without_saver_is_a_model_format_error(sample_keras, tmp_path):
     write_saved_model(sm, m)
     with pytest.raises(ModelFormatError, match="TF2"):
         lpo.inspect_model(m)
+
+
+def _perturbed_copy(model_path, dst, seed=5):
+    """Copy of a TF2 SavedModel whose float variables got noise (a "newly trained" checkpoint)."""
+    import shutil
+
+    import tensorflow as tf
+
+    shutil.copytree(model_path, dst)
+    prefix = os.path.join(model_path, "variables", "variables")
+    reader = tf.train.load_checkpoint(prefix)
+    keys, values = [], []
+    for key, dt in sorted(reader.get_variable_to_dtype_map().items()):
+        v = reader.get_tensor(key)
+        if dt == tf.float32:  # a function of the values: Keras' duplicate copies stay equal
+            v = (v + 0.02 * np.sin(np.arange(v.size).reshape(v.shape) * 0.7 + seed)).astype(np.float32)
+        keys.append(key)
+        values.append(tf.constant(v, dtype=dt))
+    shutil.rmtree(os.path.join(dst, "variables"))
+    tf.raw_ops.SaveV2(prefix=os.path.join(dst, "variables", "variables"), tensor_names=keys,
+                      shape_and_slices=[""] * len(keys), tensors=values)
+    return os.path.join(dst, "variables", "variables")
+
+
+def test_keras_refresh_equals_reoptimization(sample_keras, keras_opt, tmp_path):
+    """refresh() with a new object-based checkpoint == optimize() of the model with that checkpoint."""
+    from lpo.fsutil import tree_checksum
+
+    out, _ = keras_opt("BF16")
+    new_model = str(tmp_path / "new")
+    new_prefix = _perturbed_copy(sample_keras.model_path, new_model)
+    refreshed = str(tmp_path / "refreshed")
+    lpo.refresh(out, new_prefix, refreshed, quiet=True)
+    reopt = str(tmp_path / "reopt")
+    lpo.optimize(new_model, reopt, data_type="BF16", quiet=True)
+    assert tree_checksum(os.path.join(refreshed, "variables")) == tree_checksum(os.path.join(reopt, "variables"))
+    data, _ = heldout(sample_keras)
+    data = {k: v[:2000] for k, v in data.items()}
+    p_new = serve(refreshed, data)
+    assert np.abs(p_new - serve(out, data)).max() > 0  # the new weights are served
+    assert np.abs(p_new - serve(new_model, data)).max() <= BOUNDS["BF16"]
+
+
+@pytest.mark.parametrize("variable_names", [True, False])
+def test_tf_module_sample(sample_keras, keras_base, tmp_path, variable_names):
+    """A tf.Module saved with tf.saved_model.save: ResourceGather lookups, MatMul+BiasAdd / MatMul+AddV2."""
+    import tensorflow as tf
+
+    from lpo.samples_keras import build_module_sample
+
+    m = build_module_sample(sample_keras.model_path, str(tmp_path / "module"), variable_names=variable_names)
+    data, label = heldout(sample_keras)
+    base = serve(m, data)
+    np.testing.assert_allclose(base, keras_base[0], atol=1e-5)
+    cands = lpo.inspect_model(m).candidates
+    names = sorted(c.name for c in cands)
+    if variable_names:
+        assert names == sorted(sample_keras.embedding_variables + sample_keras.dense_kernels)
+    else:  # unnamed tf.Variables ("Variable_3"): named by their object path
+        assert names == sorted([f"emb/{i}" for i in range(8)] + [f"{s}/{i}/0" for s in ("bottom", "top")
+                                                                  for i in range(2)])
+    out = str(tmp_path / "opt")
+    lpo.optimize(m, out, data_type="INT8", calib_file=sample_keras.calib_path, quiet=True)
+    fn = tf.saved_model.load(out).signatures["serving_default"]
+    assert list(fn.structured_outputs) == ["prob"]
+    p = serve(out, data)
+    assert auc(label, base) - auc(label, p) <= 0.002
