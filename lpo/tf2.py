@@ -89,7 +89,6 @@ class _Inliner:
 
     def __init__(self, graph_def):
         self.lib = {f.signature.name: f for f in graph_def.library.function}
-        self._port_cache: dict[tuple[str, str], dict[str, int]] = {}
 
     def out_ports(self, node: node_def_pb2.NodeDef) -> dict[str, int]:
         """Map each output arg name of ``node`` to its first flat output port."""
@@ -128,7 +127,7 @@ class _Inliner:
                 if parts[0] in args:
                     return args[parts[0]]
                 return prefix + parts[0]
-            if len(parts) == 2:  # "arg:idx" never happens for args; treat as node:port
+            if len(parts) == 2:  # not FunctionDef syntax; read it as GraphDef "node:port"
                 return f"{prefix}{parts[0]}:{parts[1]}" if parts[1] != "0" else prefix + parts[0]
             node, out_arg, idx = parts[0], parts[1], int(parts[2])
             if node not in body:
