@@ -219,6 +219,11 @@ def test_tf_module_sample(sample_keras, keras_base, tmp_path, variable_names):
     data, label = heldout(sample_keras)
     base = serve(m, data)
     np.testing.assert_allclose(base, keras_base[0], atol=1e-5)
+    from lpo.savedmodel import read_saved_model
+    from lpo.tf2 import lower_tf2
+
+    ops = {n.op for n in lower_tf2(read_saved_model(m)).meta_graphs[0].graph_def.node}
+    assert {"ResourceGather", "BiasAdd", "AddV2", "MatMul"} <= ops and "GatherV2" in ops
     cands = lpo.inspect_model(m).candidates
     names = sorted(c.name for c in cands)
     if variable_names:
@@ -232,3 +237,15 @@ def test_tf_module_sample(sample_keras, keras_base, tmp_path, variable_names):
     assert list(fn.structured_outputs) == ["prob"]
     p = serve(out, data)
     assert auc(label, base) - auc(label, p) <= 0.002
+
+
+def test_keras_optimize_is_deterministic(sample_keras, keras_opt, tmp_path):
+    from pathlib import Path
+
+    from lpo.fsutil import tree_checksum
+
+    out, _ = keras_opt("BF16")
+    again = str(tmp_path / "again")
+    lpo.optimize(sample_keras.model_path, again, data_type="BF16", calib_file=sample_keras.calib_path, quiet=True)
+    assert Path(out, "saved_model.pb").read_bytes() == Path(again, "saved_model.pb").read_bytes()
+    assert tree_checksum(os.path.join(out, "variables")) == tree_checksum(os.path.join(again, "variables"))
