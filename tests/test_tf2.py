@@ -249,3 +249,23 @@ def test_keras_optimize_is_deterministic(sample_keras, keras_opt, tmp_path):
     lpo.optimize(sample_keras.model_path, again, data_type="BF16", calib_file=sample_keras.calib_path, quiet=True)
     assert Path(out, "saved_model.pb").read_bytes() == Path(again, "saved_model.pb").read_bytes()
     assert tree_checksum(os.path.join(out, "variables")) == tree_checksum(os.path.join(again, "variables"))
+
+
+def test_keras_cli_inspect_and_input_untouched(sample_keras, tmp_path):
+    import json
+
+    from lpo.fsutil import tree_checksum
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    before = tree_checksum(sample_keras.model_path)
+    r = subprocess.run([sys.executable, "-m", "lpo", "inspect", sample_keras.model_path, "--json"],
+                       capture_output=True, text=True, timeout=300, env=env, cwd=repo)
+    assert r.returncode == 0, r.stderr[-2000:]
+    names = {c["name"] for c in json.loads(r.stdout)["candidates"]}
+    assert names == set(sample_keras.embedding_variables + sample_keras.dense_kernels)
+    r = subprocess.run([sys.executable, "-m", "lpo", "optimize", sample_keras.model_path, str(tmp_path / "o"),
+                        "--data-type", "fp16", "--json"], capture_output=True, text=True, timeout=300, env=env,
+                       cwd=repo)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert tree_checksum(sample_keras.model_path) == before
