@@ -269,3 +269,32 @@ def test_keras_cli_inspect_and_input_untouched(sample_keras, tmp_path):
                        cwd=repo)
     assert r.returncode == 0, r.stderr[-2000:]
     assert tree_checksum(sample_keras.model_path) == before
+
+
+def test_tf_module_with_hash_table(tmp_path):
+    """Captured non-variable resources (a StaticHashTable, initialized by the init op) survive the lowering."""
+    import tensorflow as tf
+
+    class M(tf.Module):
+        def __init__(self):
+            init = tf.lookup.KeyValueTensorInitializer(tf.constant(["a", "b", "c"]), tf.constant([0, 1, 2], tf.int64))
+            self.table = tf.lookup.StaticHashTable(init, -1)
+            rng = np.random.default_rng(0)
+            self.emb = tf.Variable(rng.random((4, 8)).astype(np.float32), name="emb_s/embeddings")
+            self.w = tf.Variable(rng.random((8, 1)).astype(np.float32), name="out/kernel")
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def __call__(self, s):
+            ids = self.table.lookup(s) + 1
+            return {"y": tf.matmul(tf.nn.embedding_lookup(self.emb, ids), self.w)}
+
+    m, out = str(tmp_path / "m"), str(tmp_path / "o")
+    mod = M()
+    tf.saved_model.save(mod, m, signatures=mod.__call__)
+    assert sorted((c.kind, c.name) for c in lpo.inspect_model(m).candidates) == [
+        ("dense", "out/kernel"), ("embedding", "emb_s/embeddings")]
+    lpo.optimize(m, out, data_type="FP16", quiet=True)
+    x = tf.constant(["a", "c", "zz"])
+    a = tf.saved_model.load(m).signatures["serving_default"](s=x)["y"].numpy()
+    b = tf.saved_model.load(out).signatures["serving_default"](s=x)["y"].numpy()
+    np.testing.assert_allclose(b, a, rtol=2e-3)
