@@ -78,7 +78,7 @@ def test_inspect_lists_keras_layers_by_readable_name(sample_keras):
     assert dense == sorted(sample_keras.dense_kernels)
     assert all(c.shape == [1000, 16] for c in cands if c.kind == "embedding")
     top1 = next(c for c in cands if c.name == "top_1/kernel")
-    assert top1.detail == "MatMul+BiasAdd"  # Keras Dense bias is AddV2 after MatMul: accepted as the bias
+    assert top1.detail == "MatMul+AddV2"  # Keras Dense bias is AddV2 after MatMul: accepted as the bias
 
 
 @pytest.mark.parametrize("dtype", ["FP16", "BF16"])

@@ -44,6 +44,7 @@ class DenseCandidate:
     transpose_b: bool = False
     kind: str = "dense"
     matmul: str = ""  # the MatMul node when ``name`` is not it (lowered TF2 models)
+    bias_op: str = "BiasAdd"  # or AddV2 (Keras Dense)
 
     @property
     def nbytes(self) -> int:
@@ -107,6 +108,7 @@ def find(s: Surgery, specs: dict[str, VarSpec]) -> list[DenseCandidate]:
             if b is not None and (bias_add.op == "BiasAdd" or rank1) and b.dtype == "float32" and not b.slice \
                     and _sole_reader(s, b.node, bias_add.name):
                 cand.bias, cand.bias_add, last = b, bias_add.name, bias_add.name
+                cand.bias_op = bias_add.op
         relu = _single_consumer(s, last, "Relu")
         if relu is not None:
             cand.relu = relu.name
