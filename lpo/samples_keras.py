@@ -12,6 +12,14 @@ Exported with ``model.export(path)`` (Keras 3, TF backend): a TF2 object-graph S
 whose ``serving_default`` signature takes the 9 inputs above and returns ``output_0``.
 The builder writes ``model/``, ``heldout.npz`` (inputs + ``label``), ``calib.npz`` and
 ``sample.json``; :func:`cached_keras_sample` caches it like :func:`lpo.samples.cached_sample`.
+
+:func:`build_dcn_sample` (cached: :func:`cached_dcn_sample`) is a DCN-v2-style model on the
+same data: the 8 embeddings and ``dense`` concatenated into ``x0`` (136 values), two
+low-rank cross layers written as keras-rs's ``FeatureCross(projection_dim=16)`` computes
+them, ``x_{l+1} = x0 * Dense_v(Dense_u(x_l)) + x_l`` (``cross_<l>_u``: ``Dense(16,
+use_bias=False)``, ``cross_<l>_v``: ``Dense(136)``; reproduced with plain Keras layers,
+keras-rs is not a dependency), i.e. ``MatMul -> MatMul -> AddV2`` chains, then a deep tower
+``Dense(64, relu) -> Dense(32, relu) -> Dense(1)`` -> sigmoid.
 """
 from __future__ import annotations
 
@@ -103,6 +111,36 @@ def _build_model(seed: int):
     return keras.Model([ins[n] for n in INPUT_NAMES], out, name="keras_dlrm")
 
 
+DCN_CROSS_LAYERS = 2
+DCN_PROJECTION = 16
+DCN_DEEP = (64, 32)
+
+
+def _build_dcn_model(seed: int):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    ins = {n: keras.Input(shape=(), dtype="int32", name=n) for n in SPARSE_NAMES}
+    ins[DENSE_NAME] = keras.Input(shape=(NUM_DENSE,), dtype="float32", name=DENSE_NAME)
+    vecs = [keras.layers.Embedding(VOCAB, EMBED_DIM, name=f"emb_{n}")(ins[n]) for n in SPARSE_NAMES]
+    x0 = keras.layers.Concatenate(name="x0")(vecs + [ins[DENSE_NAME]])
+    width = NUM_SPARSE * EMBED_DIM + NUM_DENSE
+    x = x0
+    for i in range(DCN_CROSS_LAYERS):  # keras_rs.layers.FeatureCross(projection_dim=16), unrolled
+        u = keras.layers.Dense(DCN_PROJECTION, use_bias=False, name=f"cross_{i}_u")(x)
+        v = keras.layers.Dense(width, name=f"cross_{i}_v")(u)
+        x = keras.layers.Add(name=f"cross_{i}")([keras.layers.Multiply(name=f"cross_{i}_mul")([x0, v]), x])
+    for i, units in enumerate(DCN_DEEP):
+        x = keras.layers.Dense(units, activation="relu", name=f"deep_{i}")(x)
+    z = keras.layers.Dense(1, name=f"deep_{len(DCN_DEEP)}")(x)
+    out = keras.layers.Activation("sigmoid", name="prob")(keras.ops.squeeze(z, axis=-1))
+    return keras.Model([ins[n] for n in INPUT_NAMES], out, name="keras_dcn")
+
+
+DCN_KERNELS = tuple([f"cross_{i}_{p}/kernel" for i in range(DCN_CROSS_LAYERS) for p in ("u", "v")]
+                    + [f"deep_{i}/kernel" for i in range(len(DCN_DEEP) + 1)])
+
+
 def _inputs(data):
     return [data[n] for n in INPUT_NAMES]
 
@@ -123,10 +161,13 @@ def serve(model_path: str, data: dict[str, np.ndarray], batch_size: int = 4096) 
 
 
 def build_keras_sample(out_dir: str, *, seed: int = 0, train_rows: int = 40_000, heldout_rows: int = 10_000,
-                       calib_rows: int = 1024, epochs: int = 2, batch_size: int = 512) -> KerasSample:
-    """Train the Keras DLRM-like model and write a sample into ``out_dir``."""
+                       calib_rows: int = 1024, epochs: int = 2, batch_size: int = 512,
+                       kind: str = "dlrm") -> KerasSample:
+    """Train the Keras DLRM-like (``kind="dcn"``: DCN-like) model and write a sample into ``out_dir``."""
     import keras
 
+    if kind not in ("dlrm", "dcn"):
+        raise ValueError(f"unknown Keras sample kind {kind!r}")
     t0 = time.monotonic()
     out_dir = os.path.abspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -135,7 +176,7 @@ def build_keras_sample(out_dir: str, *, seed: int = 0, train_rows: int = 40_000,
     calib = generate_data(calib_rows, seed, 2)
     np.savez(os.path.join(out_dir, "heldout.npz"), **held)
     np.savez(os.path.join(out_dir, "calib.npz"), **{n: calib[n] for n in INPUT_NAMES})
-    model = _build_model(seed)
+    model = _build_dcn_model(seed) if kind == "dcn" else _build_model(seed)
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="binary_crossentropy")
     model.fit(_inputs(train), train["label"], epochs=epochs, batch_size=batch_size, verbose=0, shuffle=True)
     model_path = os.path.join(out_dir, "model")
@@ -143,7 +184,8 @@ def build_keras_sample(out_dir: str, *, seed: int = 0, train_rows: int = 40_000,
         shutil.rmtree(model_path)
     model.export(model_path, verbose=False)
     emb = [f"emb_{n}/embeddings" for n in SPARSE_NAMES]
-    kernels = [f"{n}/kernel" for n in ("bottom_0", "bottom_1", "top_0", "top_1")]
+    kernels = list(DCN_KERNELS) if kind == "dcn" else [f"{n}/kernel" for n in ("bottom_0", "bottom_1", "top_0",
+                                                                                 "top_1")]
     preds = serve(model_path, held)
     sample = KerasSample(out_dir, model_path, os.path.join(out_dir, "heldout.npz"),
                          os.path.join(out_dir, "calib.npz"), list(INPUT_NAMES), "output_0", emb, kernels,
@@ -151,6 +193,11 @@ def build_keras_sample(out_dir: str, *, seed: int = 0, train_rows: int = 40_000,
     with open(os.path.join(out_dir, _META_FILE), "w") as f:
         json.dump(sample.to_dict(), f, indent=2)
     return sample
+
+
+def build_dcn_sample(out_dir: str, **kw) -> KerasSample:
+    """Train the DCN-like Keras model (cross layers + deep tower) and write a sample into ``out_dir``."""
+    return build_keras_sample(out_dir, kind="dcn", **kw)
 
 
 def build_module_sample(keras_model_path: str, out_dir: str, *, variable_names: bool = True) -> str:
@@ -210,13 +257,13 @@ def _load_cached(path: str) -> KerasSample | None:
     return KerasSample(**d)
 
 
-def cached_keras_sample(cache_dir: str | None = None, *, seed: int = 0) -> KerasSample:
-    """Return the Keras sample, building it once into ``cache_dir`` (locked, atomic rename)."""
+def cached_keras_sample(cache_dir: str | None = None, *, seed: int = 0, kind: str = "dlrm") -> KerasSample:
+    """Return the Keras sample (``kind``: ``dlrm`` or ``dcn``), built once into ``cache_dir`` (locked, atomic)."""
     from lpo.samples import default_cache_dir
 
     cache_dir = os.path.abspath(cache_dir or default_cache_dir())
     os.makedirs(cache_dir, exist_ok=True)
-    key = f"keras-s{seed}-v{KERAS_SAMPLE_VERSION}"
+    key = f"keras-{'dcn-' if kind == 'dcn' else ''}s{seed}-v{KERAS_SAMPLE_VERSION}"
     final = os.path.join(cache_dir, key)
     hit = _load_cached(final)
     if hit is not None:
@@ -229,7 +276,7 @@ def cached_keras_sample(cache_dir: str | None = None, *, seed: int = 0) -> Keras
                 return hit
             tmp = tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=cache_dir)
             try:
-                build_keras_sample(tmp, seed=seed)
+                build_keras_sample(tmp, seed=seed, kind=kind)
                 if os.path.exists(final):
                     shutil.rmtree(final)
                 os.rename(tmp, final)
@@ -245,4 +292,10 @@ def cached_keras_sample(cache_dir: str | None = None, *, seed: int = 0) -> Keras
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-__all__ = ["KerasSample", "build_keras_sample", "build_module_sample", "cached_keras_sample", "generate_data", "serve"]
+def cached_dcn_sample(cache_dir: str | None = None, *, seed: int = 0) -> KerasSample:
+    """Return the DCN-like Keras sample, built once into ``cache_dir``."""
+    return cached_keras_sample(cache_dir, seed=seed, kind="dcn")
+
+
+__all__ = ["KerasSample", "build_dcn_sample", "build_keras_sample", "build_module_sample", "cached_dcn_sample",
+           "cached_keras_sample", "generate_data", "serve"]

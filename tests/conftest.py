@@ -47,3 +47,11 @@ def sample_keras():
     from lpo.samples_keras import cached_keras_sample
 
     return cached_keras_sample(cache_dir=SAMPLE_CACHE)
+
+
+@pytest.fixture(scope="session")
+def sample_dcn():
+    """Keras 3 DCN-like model (low-rank cross layers: MatMul -> MatMul -> AddV2) exported with ``model.export``."""
+    from lpo.samples_keras import cached_dcn_sample
+
+    return cached_dcn_sample(cache_dir=SAMPLE_CACHE)

@@ -298,3 +298,41 @@ def test_tf_module_with_hash_table(tmp_path):
     a = tf.saved_model.load(m).signatures["serving_default"](s=x)["y"].numpy()
     b = tf.saved_model.load(out).signatures["serving_default"](s=x)["y"].numpy()
     np.testing.assert_allclose(b, a, rtol=2e-3)
+
+
+@pytest.fixture(scope="module")
+def dcn_base(sample_dcn):
+    data, label = heldout(sample_dcn)
+    return serve(sample_dcn.model_path, data), label
+
+
+def test_dcn_inspect_finds_cross_layer_chain(sample_dcn):
+    """Low-rank cross layer (keras-rs FeatureCross form): the MatMul fed by a MatMul is a candidate too."""
+    cands = {c.name: c for c in lpo.inspect_model(sample_dcn.model_path).candidates}
+    assert sorted(cands) == sorted(sample_dcn.embedding_variables + sample_dcn.dense_kernels)
+    assert cands["cross_0_u/kernel"].detail == "MatMul"  # Dense(use_bias=False): MatMul alone
+    assert cands["cross_0_v/kernel"].detail.startswith("MatMul+")  # MatMul(MatMul(x)) + bias
+    assert cands["cross_0_v/kernel"].shape == [16, 136]
+
+
+@pytest.mark.parametrize("dtype", ["FP16", "BF16", "INT8"])
+def test_dcn_optimize_and_serve(sample_dcn, dcn_base, tmp_path, dtype):
+    import tensorflow as tf
+
+    from lpo.savedmodel import dir_bytes
+
+    out = str(tmp_path / "m")
+    result = lpo.optimize(sample_dcn.model_path, out, data_type=dtype, calib_file=sample_dcn.calib_path, quiet=True)
+    assert {n.node for n in result.optimized} == set(sample_dcn.embedding_variables + sample_dcn.dense_kernels)
+    fn = tf.saved_model.load(out).signatures["serving_default"]
+    assert sorted(fn.structured_input_signature[1]) == sorted(sample_dcn.input_names)
+    data, label = heldout(sample_dcn)
+    p = serve(out, data)
+    if dtype == "INT8":
+        assert auc(label, dcn_base[0]) - auc(label, p) <= 0.002
+        assert dir_bytes(os.path.join(out, "variables")) / _served_fp32_bytes(sample_dcn.model_path) <= 0.30
+    else:
+        assert np.abs(p - dcn_base[0]).max() <= BOUNDS[dtype]
+    reader = tf.train.load_checkpoint(os.path.join(out, "variables", "variables"))
+    want = {"FP16": "float16", "BF16": "bfloat16", "INT8": "int8"}[dtype]
+    assert sum(v.name == want for v in reader.get_variable_to_dtype_map().values()) == 15  # 8 tables + 7 kernels
