@@ -223,3 +223,24 @@ def test_optimize_pipeline_gate_fails_the_run(kfp_local, sample_resource):
     with pytest.raises(RuntimeError, match="(?i)validate"):
         optimize_pipeline(model_uri=s.model_path, calib_source=s.train_csv_path, heldout_data=s.heldout_path,
                           data_type="BF16", calib_rows=128, max_abs_diff=0.0, **VALIDATE_FAST)
+
+
+@pytest.mark.slow
+def test_optimize_pipeline_on_a_keras_model(kfp_local, sample_keras):
+    """The same pipeline on a Keras 3 `model.export()` SavedModel (TF2, lowered by lpo)."""
+    import tensorflow as tf
+
+    from lpo.components.pipelines import optimize_pipeline
+
+    s = sample_keras
+    task = optimize_pipeline(model_uri=s.model_path, calib_source=s.calib_path, heldout_data=s.heldout_path,
+                             data_type="INT8", calib_rows=256, **VALIDATE_FAST)
+    model = task.outputs["optimized"]
+    assert model.metadata["data_type"] == "INT8" and model.metadata["optimized_nodes"] > 0
+    metrics = task.outputs["metrics"].metadata
+    assert metrics["passed"] == 1.0 and abs(metrics["auc_delta"]) < 0.002
+    fn = tf.saved_model.load(model.path).signatures["serving_default"]
+    with np.load(s.heldout_path) as z:
+        feeds = {k: tf.constant(z[k][:64]) for k in fn.structured_input_signature[1]}
+    (out,) = fn(**feeds).values()
+    assert out.shape[0] == 64 and np.all(np.isfinite(out.numpy()))
