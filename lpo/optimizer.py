@@ -174,7 +174,8 @@ def _as_candidate(c) -> Candidate:
     if c.kind == "embedding":
         detail = f"{len(c.parts)} parts" if len(c.parts) > 1 else ""
     else:
-        detail = "+".join(x for x in ("MatMul", c.bias_op if c.bias_add else "", "Relu" if c.relu else "") if x)
+        detail = "+".join(x for x in ("MatMul", "Reshape" if c.reshape else "", c.bias_op if c.bias_add else "",
+                                      "Relu" if c.relu else "") if x)
     return Candidate(c.kind, c.name, list(c.shape), "float32", c.nbytes, detail)
 
 

@@ -200,13 +200,17 @@ def build_dcn_sample(out_dir: str, **kw) -> KerasSample:
     return build_keras_sample(out_dir, kind="dcn", **kw)
 
 
-def build_module_sample(keras_model_path: str, out_dir: str, *, variable_names: bool = True) -> str:
+def build_module_sample(keras_model_path: str, out_dir: str, *, variable_names: bool = True,
+                        dense: str = "matmul") -> str:
     """Export the weights of the Keras sample as a plain ``tf.Module`` with ``tf.saved_model.save``.
 
     Same numbers as the Keras model, a different TF2 graph: ``ResourceGather`` lookups
     (``tf.nn.embedding_lookup``), ``MatMul + BiasAdd`` bottom layers and ``MatMul + AddV2``
     top layers. Variables are named like the Keras ones (``emb_C1/embeddings``) unless
     ``variable_names=False`` (then lpo names them by object path, e.g. ``emb/0``).
+    ``dense="tensordot"`` writes every dense layer the DeepCTR way instead,
+    ``tf.nn.bias_add(tf.tensordot(x, W, axes=(-1, 0)), b)`` on a rank-3 ``[batch, 1, in]`` input:
+    ``Reshape -> MatMul -> Reshape -> BiasAdd`` in the graph (same numbers).
     Signature ``serving_default``: the Keras sample's inputs, output ``prob``. Returns the path.
     """
     import tensorflow as tf
@@ -227,6 +231,8 @@ def build_module_sample(keras_model_path: str, out_dir: str, *, variable_names: 
                                       | {DENSE_NAME: tf.TensorSpec([None, NUM_DENSE], tf.float32, name=DENSE_NAME)}])
         def serve(self, feats):
             x = feats[DENSE_NAME]
+            if dense == "tensordot":
+                return self._serve_tensordot(feats, x)
             for w, b in self.bottom:
                 x = tf.nn.relu(tf.nn.bias_add(tf.matmul(x, w), b))
             vecs = [x] + [tf.nn.embedding_lookup(t, feats[n]) for t, n in zip(self.emb, SPARSE_NAMES)]
@@ -238,6 +244,25 @@ def build_module_sample(keras_model_path: str, out_dir: str, *, variable_names: 
             z = z @ self.top[1][0] + self.top[1][1]
             return {"prob": tf.sigmoid(tf.squeeze(z, -1))}
 
+        def _serve_tensordot(self, feats, x):
+            def layer(x, wb, relu=True):  # DeepCTR's DNN layer on a [batch, 1, in] tensor
+                y = tf.nn.bias_add(tf.tensordot(x, wb[0], axes=(-1, 0)), wb[1])
+                return tf.nn.relu(y) if relu else y
+
+            x = x[:, None, :]
+            for wb in self.bottom:
+                x = layer(x, wb)
+            x = x[:, 0, :]
+            vecs = [x] + [tf.nn.embedding_lookup(t, feats[n]) for t, n in zip(self.emb, SPARSE_NAMES)]
+            stack = tf.stack(vecs, axis=1)
+            inter = tf.reshape(tf.matmul(stack, stack, transpose_b=True), [-1, len(vecs) ** 2])
+            iu = np.triu_indices(len(vecs), k=1)
+            z = tf.concat([x, tf.gather(inter, (iu[0] * len(vecs) + iu[1]).astype(np.int32), axis=1)], axis=1)
+            z = layer(layer(z[:, None, :], self.top[0]), self.top[1], relu=False)
+            return {"prob": tf.sigmoid(tf.reshape(z, [-1]))}
+
+    if dense not in ("matmul", "tensordot"):
+        raise ValueError(f"dense must be 'matmul' or 'tensordot', not {dense!r}")
     m = DLRM()
     tf.saved_model.save(m, out_dir, signatures={"serving_default": m.serve})
     return out_dir

@@ -336,3 +336,35 @@ def test_dcn_optimize_and_serve(sample_dcn, dcn_base, tmp_path, dtype):
     reader = tf.train.load_checkpoint(os.path.join(out, "variables", "variables"))
     want = {"FP16": "float16", "BF16": "bfloat16", "INT8": "int8"}[dtype]
     assert sum(v.name == want for v in reader.get_variable_to_dtype_map().values()) == 15  # 8 tables + 7 kernels
+
+
+def test_tensordot_dense_layers(sample_keras, keras_base, tmp_path):
+    """DeepCTR-style tf.tensordot layers (Reshape -> MatMul -> Reshape -> BiasAdd): the bias is fused."""
+    import tensorflow as tf
+
+    from lpo.samples_keras import build_module_sample
+    from lpo.savedmodel import read_saved_model
+    from lpo.tf2 import lower_tf2
+
+    m = build_module_sample(sample_keras.model_path, str(tmp_path / "td"), dense="tensordot")
+    nodes = {n.name: n for n in lower_tf2(read_saved_model(m)).meta_graphs[0].graph_def.node}
+    mm = [n for n in nodes.values() if n.op == "MatMul" and "Tensordot" in n.name]
+    assert len(mm) == 4 and all(nodes[n.input[0].split(":")[0]].op == "Reshape" for n in mm)
+    data, label = heldout(sample_keras)
+    base = serve(m, data)
+    np.testing.assert_allclose(base, keras_base[0], atol=1e-5)
+    cands = {c.name: c.detail for c in lpo.inspect_model(m).candidates if c.kind == "dense"}
+    assert cands == {"bottom_0/kernel": "MatMul+Reshape+BiasAdd+Relu", "bottom_1/kernel": "MatMul+Reshape+BiasAdd+Relu",
+                     "top_0/kernel": "MatMul+Reshape+BiasAdd+Relu", "top_1/kernel": "MatMul+Reshape+BiasAdd"}
+    for dtype, kw in (("FP16", {"dense_mode": "compute"}), ("BF16", {"dense_mode": "compute"}), ("INT8", {})):
+        out = str(tmp_path / f"o_{dtype}")
+        r = lpo.optimize(m, out, data_type=dtype, calib_file=sample_keras.calib_path, quiet=True, **kw)
+        assert len(r.optimized) == 12
+        p = serve(out, data)
+        if dtype == "INT8":
+            assert auc(label, base) - auc(label, p) <= 0.002
+        else:  # compute mode: kernel and bias (after the Reshape) in 16 bit
+            assert np.abs(p - base).max() <= BOUNDS[dtype]
+            reader = tf.train.load_checkpoint(os.path.join(out, "variables", "variables"))
+            want = "float16" if dtype == "FP16" else "bfloat16"
+            assert sum(v.name == want for v in reader.get_variable_to_dtype_map().values()) == 16

@@ -5,6 +5,13 @@ this MatMul, optionally followed by ``BiasAdd(., read(b))`` (``b`` a variable re
 only there; or ``AddV2(., read(b))`` with ``b`` rank 1, the Keras ``Dense`` form) and
 ``Relu``, each intermediate node having a single consumer.
 
+``tf.tensordot(x, W, axes=(-1, 0))`` on a rank-3 input (DeepCTR-style layers) lowers to
+``Reshape -> MatMul -> Reshape -> BiasAdd``: a ``Reshape`` that is the MatMul's sole
+consumer and whose sole consumer is the bias op is taken into the chain (only when that
+bias is fused, and the bias has the layer's ``units`` values), so ``compute`` mode runs
+``MatMul16 -> Reshape16 -> BiasAdd16 [-> Relu16]`` and the bias is converted with the
+kernel; the other modes only touch the weight, as for any MatMul.
+
 Rewrites (the last node of the chain keeps its name and float32 output):
 
 * ``compute`` (BF16/FP16, the seed's form): ``Cast(a) -> MatMul16 -> BiasAdd16 -> Relu16 -> Cast``
@@ -45,6 +52,7 @@ class DenseCandidate:
     kind: str = "dense"
     matmul: str = ""  # the MatMul node when ``name`` is not it (lowered TF2 models)
     bias_op: str = "BiasAdd"  # or AddV2 (Keras Dense)
+    reshape: str | None = None  # Reshape between MatMul and bias (tf.tensordot)
 
     @property
     def nbytes(self) -> int:
@@ -101,14 +109,18 @@ def find(s: Surgery, specs: dict[str, VarSpec]) -> list[DenseCandidate]:
         cand = DenseCandidate(name, list(w.shape), w, mm.input[0], transpose_b=mm.attr["transpose_b"].b,
                               matmul=mm.name if name != mm.name else "")
         last = mm.name
-        bias_add = _single_consumer(s, last, "BiasAdd") or _single_consumer(s, last, "AddV2")
+        units = w.shape[0] if cand.transpose_b else w.shape[1]
+        reshape = _single_consumer(s, last, "Reshape")  # tf.tensordot: MatMul -> Reshape -> BiasAdd
+        before_bias = reshape.name if reshape is not None else last
+        bias_add = _single_consumer(s, before_bias, "BiasAdd") or _single_consumer(s, before_bias, "AddV2")
         if bias_add is not None:
             b = _variable_behind(s, bias_add.input[1], specs)
             rank1 = b is not None and len(b.shape) == 1  # AddV2 (Keras Dense) only with a [units] bias
             if b is not None and (bias_add.op == "BiasAdd" or rank1) and b.dtype == "float32" and not b.slice \
-                    and _sole_reader(s, b.node, bias_add.name):
+                    and (reshape is None or list(b.shape) == [units]) and _sole_reader(s, b.node, bias_add.name):
                 cand.bias, cand.bias_add, last = b, bias_add.name, bias_add.name
                 cand.bias_op = bias_add.op
+                cand.reshape = reshape.name if reshape is not None else None
         relu = _single_consumer(s, last, "Relu")
         if relu is not None:
             cand.relu = relu.name
@@ -131,6 +143,8 @@ def plan(cand: DenseCandidate, dtype: str, mode: str, dequantize_at_load: bool =
     targets = {"matmul": cand.matmul or cand.name, "weight": w.node, "weight_resource": w.resource,
                "bias": cand.bias.node if cand.bias else None, "bias_add": cand.bias_add, "relu": cand.relu,
                "activation": cand.activation, "dequantize_at_load": dequantize_at_load and mode != "compute"}
+    if cand.reshape:
+        targets["reshape"] = cand.reshape
     return Conversion(kind="dense", node=cand.name, dtype=dtype,
                       scheme="per_channel" if dtype == "INT8" else "cast", mode=mode,
                       variables=variables, targets=targets)
@@ -139,7 +153,7 @@ def plan(cand: DenseCandidate, dtype: str, mode: str, dequantize_at_load: bool =
 def _rewrite_compute(s: Surgery, conv: Conversion, dt: int) -> None:
     idx = s.index
     t = conv.targets
-    chain = [n for n in (t["matmul"], t["bias_add"], t["relu"]) if n]
+    chain = [n for n in (t["matmul"], t.get("reshape"), t["bias_add"], t["relu"]) if n]
     s.retype_variable(t["weight"], dt)
     if t["bias"]:
         s.retype_variable(t["bias"], dt)
