@@ -268,6 +268,61 @@ def build_module_sample(keras_model_path: str, out_dir: str, *, variable_names: 
     return out_dir
 
 
+def _save_tf_keras_model(out_dir: str, seed: int, train_rows: int) -> None:
+    """Train and ``model.save(..., save_format='tf')`` with tf-keras (run with ``TF_USE_LEGACY_KERAS=1``)."""
+    import tensorflow as tf
+
+    keras = tf.keras
+    keras.utils.set_random_seed(seed)
+    ins = {n: keras.Input(shape=(), dtype="int32", name=n) for n in SPARSE_NAMES}
+    ins[DENSE_NAME] = keras.Input(shape=(NUM_DENSE,), dtype="float32", name=DENSE_NAME)
+    x = keras.layers.Dense(32, activation="relu", name="bottom_0")(ins[DENSE_NAME])
+    x = keras.layers.Dense(EMBED_DIM, activation="relu", name="bottom_1")(x)
+    vecs = [x] + [keras.layers.Embedding(VOCAB, EMBED_DIM, name=f"emb_{n}")(ins[n]) for n in SPARSE_NAMES]
+    z = keras.layers.Concatenate(name="concat")(vecs)
+    z = keras.layers.Dense(64, activation="relu", name="top_0")(z)
+    z = keras.layers.Dense(1, activation="sigmoid", name="top_1")(z)
+    model = keras.Model([ins[n] for n in INPUT_NAMES], z, name="tf_keras_dlrm")
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="binary_crossentropy")
+    train = generate_data(train_rows, seed, 0)
+    model.fit(_inputs(train), train["label"], epochs=1, batch_size=512, verbose=0)
+    model.save(os.path.join(out_dir, "model"), save_format="tf")
+
+
+def build_tf_keras_sample(out_dir: str, *, seed: int = 0, train_rows: int = 20_000, heldout_rows: int = 5_000,
+                          calib_rows: int = 512) -> KerasSample:
+    """A Keras 2 (``tf-keras``) model saved with ``model.save(path, save_format='tf')``.
+
+    Embeddings + ``Dense`` layers (``MatMul + BiasAdd``) on the same data; built in a
+    subprocess with ``TF_USE_LEGACY_KERAS=1`` (``tf.keras`` is tf-keras there). Needs the
+    ``tf_keras`` package. Signature ``serving_default``: inputs ``C1..C8``, ``dense``;
+    output ``top_1`` (``[batch, 1]`` probabilities).
+    """
+    import subprocess
+    import sys
+
+    t0 = time.monotonic()
+    out_dir = os.path.abspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    held = generate_data(heldout_rows, seed, 1)
+    calib = generate_data(calib_rows, seed, 2)
+    np.savez(os.path.join(out_dir, "heldout.npz"), **held)
+    np.savez(os.path.join(out_dir, "calib.npz"), **{n: calib[n] for n in INPUT_NAMES})
+    code = ("import sys; from lpo.samples_keras import _save_tf_keras_model as f; "
+            "f(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))")
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    r = subprocess.run([sys.executable, "-c", code, out_dir, str(seed), str(train_rows)], env=env,
+                       capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError(f"tf-keras sample build failed:\n{r.stderr[-3000:]}")
+    model_path = os.path.join(out_dir, "model")
+    preds = serve(model_path, held)
+    return KerasSample(out_dir, model_path, os.path.join(out_dir, "heldout.npz"), os.path.join(out_dir, "calib.npz"),
+                       list(INPUT_NAMES), "top_1", [f"emb_{n}/embeddings" for n in SPARSE_NAMES],
+                       [f"{n}/kernel" for n in ("bottom_0", "bottom_1", "top_0", "top_1")],
+                       _auc(held["label"], preds), round(time.monotonic() - t0, 2))
+
+
 def _load_cached(path: str) -> KerasSample | None:
     meta = os.path.join(path, _META_FILE)
     if not os.path.isfile(meta):
@@ -322,5 +377,5 @@ def cached_dcn_sample(cache_dir: str | None = None, *, seed: int = 0) -> KerasSa
     return cached_keras_sample(cache_dir, seed=seed, kind="dcn")
 
 
-__all__ = ["KerasSample", "build_dcn_sample", "build_keras_sample", "build_module_sample", "cached_dcn_sample",
-           "cached_keras_sample", "generate_data", "serve"]
+__all__ = ["KerasSample", "build_dcn_sample", "build_keras_sample", "build_module_sample", "build_tf_keras_sample",
+           "cached_dcn_sample", "cached_keras_sample", "generate_data", "serve"]

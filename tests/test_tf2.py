@@ -368,3 +368,34 @@ def test_tensordot_dense_layers(sample_keras, keras_base, tmp_path):
             reader = tf.train.load_checkpoint(os.path.join(out, "variables", "variables"))
             want = "float16" if dtype == "FP16" else "bfloat16"
             assert sum(v.name == want for v in reader.get_variable_to_dtype_map().values()) == 16
+
+
+def test_tf_keras_model_save(tmp_path):
+    """Keras 2 (tf-keras) ``model.save(path, save_format='tf')``: lowered, optimized, served."""
+    pytest.importorskip("tf_keras")
+    import tensorflow as tf
+
+    from lpo.samples_keras import build_tf_keras_sample
+
+    s = build_tf_keras_sample(str(tmp_path / "tfk"))
+    assert os.path.isfile(os.path.join(s.model_path, "keras_metadata.pb"))
+    cands = {c.name: c.detail for c in lpo.inspect_model(s.model_path).candidates}
+    assert sorted(cands) == sorted(s.embedding_variables + s.dense_kernels)
+    assert cands["top_0/kernel"] == "MatMul+BiasAdd+Relu"
+    data, label = heldout(s)
+    base = serve(s.model_path, data)
+    for dtype in ("FP16", "BF16", "INT8"):
+        out = str(tmp_path / dtype)
+        r = lpo.optimize(s.model_path, out, data_type=dtype, calib_file=s.calib_path, quiet=True)
+        assert len(r.optimized) == 12
+        fn = tf.saved_model.load(out).signatures["serving_default"]
+        assert sorted(fn.structured_input_signature[1]) == sorted(s.input_names)
+        assert list(fn.structured_outputs) == [s.output_name]
+        p = serve(out, data)
+        if dtype == "INT8":
+            assert auc(label, base) - auc(label, p) <= 0.002
+            from lpo.savedmodel import dir_bytes  # tf-keras also saves the Adam slots: compare to what serving reads
+
+            assert dir_bytes(os.path.join(out, "variables")) / _served_fp32_bytes(s.model_path) <= 0.30
+        else:
+            assert np.abs(p - base).max() <= BOUNDS[dtype]
