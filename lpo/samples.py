@@ -546,27 +546,38 @@ def cached_sample(variant: str = "resource", cache_dir: str | None = None, *,
     cache_dir = os.path.abspath(cache_dir or default_cache_dir())
     os.makedirs(cache_dir, exist_ok=True)
     key = f"{variant}-{lookup}-s{seed}-v{SAMPLE_VERSION}"
+    return cached_build(cache_dir, key, _load_cached,
+                        lambda tmp: build_sample(tmp, variant=variant, seed=seed, lookup=lookup))
+
+
+def cached_build(cache_dir: str, key: str, load, build):
+    """Return ``load(<cache_dir>/<key>)``, building the entry first if it is missing.
+
+    ``build(tmp_dir)`` fills a temp sibling that is renamed into place under an
+    fcntl lock, so concurrent callers (pytest-xdist workers) build once and never
+    see a partial entry; ``load`` returns None for a missing or stale entry.
+    Finally the entry's metadata file is rewritten with its final paths.
+    """
     final = os.path.join(cache_dir, key)
-    hit = _load_cached(final)
+    hit = load(final)
     if hit is not None:
         return hit
     with open(os.path.join(cache_dir, f".{key}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            hit = _load_cached(final)
+            hit = load(final)
             if hit is not None:
                 return hit
             tmp = tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=cache_dir)
             try:
-                build_sample(tmp, variant=variant, seed=seed, lookup=lookup)
+                build(tmp)
                 if os.path.exists(final):  # stale/partial entry from an old crash
                     shutil.rmtree(final)
                 os.rename(tmp, final)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            # rewrite sample.json with the final paths
-            sample = _load_cached(final)
+            sample = load(final)
             assert sample is not None
             with open(os.path.join(final, _META_FILE), "w") as f:
                 json.dump(sample.to_dict(), f, indent=2)

@@ -24,11 +24,9 @@ keras-rs is not a dependency), i.e. ``MatMul -> MatMul -> AddV2`` chains, then a
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import os
 import shutil
-import tempfile
 import time
 from typing import Any
 
@@ -339,37 +337,12 @@ def _load_cached(path: str) -> KerasSample | None:
 
 def cached_keras_sample(cache_dir: str | None = None, *, seed: int = 0, kind: str = "dlrm") -> KerasSample:
     """Return the Keras sample (``kind``: ``dlrm`` or ``dcn``), built once into ``cache_dir`` (locked, atomic)."""
-    from lpo.samples import default_cache_dir
+    from lpo.samples import cached_build, default_cache_dir
 
     cache_dir = os.path.abspath(cache_dir or default_cache_dir())
     os.makedirs(cache_dir, exist_ok=True)
     key = f"keras-{'dcn-' if kind == 'dcn' else ''}s{seed}-v{KERAS_SAMPLE_VERSION}"
-    final = os.path.join(cache_dir, key)
-    hit = _load_cached(final)
-    if hit is not None:
-        return hit
-    with open(os.path.join(cache_dir, f".{key}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            hit = _load_cached(final)
-            if hit is not None:
-                return hit
-            tmp = tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=cache_dir)
-            try:
-                build_keras_sample(tmp, seed=seed, kind=kind)
-                if os.path.exists(final):
-                    shutil.rmtree(final)
-                os.rename(tmp, final)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            sample = _load_cached(final)
-            assert sample is not None
-            with open(os.path.join(final, _META_FILE), "w") as f:
-                json.dump(sample.to_dict(), f, indent=2)
-            return sample
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    return cached_build(cache_dir, key, _load_cached, lambda tmp: build_keras_sample(tmp, seed=seed, kind=kind))
 
 
 def cached_dcn_sample(cache_dir: str | None = None, *, seed: int = 0) -> KerasSample:
