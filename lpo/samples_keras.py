@@ -88,15 +88,25 @@ def generate_data(num_rows: int, seed: int = 0, stream: int = 0) -> dict[str, np
     return out
 
 
-def _build_model(seed: int):
-    import keras
+def _inputs_bottom_embeddings(keras, seed: int):
+    """The DLRM front shared by the Keras 3 and tf-keras samples: inputs, bottom MLP, embeddings.
 
+    ``keras`` is the Keras 3 module or tf-keras' ``tf.keras``; returns (inputs, bottom output,
+    [bottom output] + one embedding per sparse feature).
+    """
     keras.utils.set_random_seed(seed)
     ins = {n: keras.Input(shape=(), dtype="int32", name=n) for n in SPARSE_NAMES}
     ins[DENSE_NAME] = keras.Input(shape=(NUM_DENSE,), dtype="float32", name=DENSE_NAME)
     x = keras.layers.Dense(32, activation="relu", name="bottom_0")(ins[DENSE_NAME])
     x = keras.layers.Dense(EMBED_DIM, activation="relu", name="bottom_1")(x)
     vecs = [x] + [keras.layers.Embedding(VOCAB, EMBED_DIM, name=f"emb_{n}")(ins[n]) for n in SPARSE_NAMES]
+    return ins, x, vecs
+
+
+def _build_model(seed: int):
+    import keras
+
+    ins, x, vecs = _inputs_bottom_embeddings(keras, seed)
     stack = keras.ops.stack(vecs, axis=1)  # [b, 9, 16]
     inter = keras.ops.matmul(stack, keras.ops.transpose(stack, (0, 2, 1)))  # [b, 9, 9]
     iu = np.triu_indices(len(vecs), k=1)
@@ -271,12 +281,7 @@ def _save_tf_keras_model(out_dir: str, seed: int, train_rows: int) -> None:
     import tensorflow as tf
 
     keras = tf.keras
-    keras.utils.set_random_seed(seed)
-    ins = {n: keras.Input(shape=(), dtype="int32", name=n) for n in SPARSE_NAMES}
-    ins[DENSE_NAME] = keras.Input(shape=(NUM_DENSE,), dtype="float32", name=DENSE_NAME)
-    x = keras.layers.Dense(32, activation="relu", name="bottom_0")(ins[DENSE_NAME])
-    x = keras.layers.Dense(EMBED_DIM, activation="relu", name="bottom_1")(x)
-    vecs = [x] + [keras.layers.Embedding(VOCAB, EMBED_DIM, name=f"emb_{n}")(ins[n]) for n in SPARSE_NAMES]
+    ins, x, vecs = _inputs_bottom_embeddings(keras, seed)
     z = keras.layers.Concatenate(name="concat")(vecs)
     z = keras.layers.Dense(64, activation="relu", name="top_0")(z)
     z = keras.layers.Dense(1, activation="sigmoid", name="top_1")(z)
