@@ -158,7 +158,7 @@ def child_main(argv: list[str]) -> None:
     import tensorflow as tf
 
     tf.constant(1.0).numpy()  # eager context up: part of the TF baseline
-    import lpo.checkpoint  # noqa: F401 - lpo's imports too (numpy, ml_dtypes): every step pays them
+    import lpo.core.checkpoint  # noqa: F401 - lpo's imports too (numpy, ml_dtypes): every step pays them
     t0 = time.perf_counter()
     out = {}
     if step == "build":

@@ -35,10 +35,10 @@ def child(variant: str, iters: int, out_dir: str) -> list[dict]:
 
     logging.getLogger("lpo").setLevel(logging.WARNING)
     import lpo
-    from lpo.samples import cached_sample
+    from lpo.samples.tf1 import cached_sample
 
     if variant == "keras":
-        from lpo.samples_keras import cached_keras_sample
+        from lpo.samples.keras_models import cached_keras_sample
 
         sample = cached_keras_sample()
     else:

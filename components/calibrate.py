@@ -31,7 +31,7 @@ def calibrate(
     import os
 
     import lpo
-    from lpo.pipeline_utils import CALIB_FILE
+    from lpo.orchestration import CALIB_FILE
 
     os.makedirs(calibration.path, exist_ok=True)
     result = lpo.make_calibration(source, os.path.join(calibration.path, CALIB_FILE), model.path,

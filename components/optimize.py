@@ -34,10 +34,10 @@ def optimize(
         calib_method: ``l2``, ``minmax`` or ``percentile``.
     """
     import lpo
-    from lpo.pipeline_utils import calibration_file, parse_opt_config
+    from lpo.orchestration import calibration_file
 
     result = lpo.optimize(
-        model.path, optimized.path, opt_config=parse_opt_config(opt_config), data_type=data_type,
+        model.path, optimized.path, opt_config=opt_config or None, data_type=data_type,
         calib_file=calibration_file(calibration.path) if calibration is not None else None,
         embedding_scheme=embedding_scheme, dense_mode=dense_mode, int8_dense=int8_dense,
         calib_method=calib_method, quiet=True)

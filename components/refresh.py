@@ -27,7 +27,7 @@ def refresh(
         reference: output FP32 SavedModel: ``fp32_model``'s graph with ``ckpt_prefix``.
     """
     import lpo
-    from lpo.pipeline_utils import fp32_model_with_checkpoint
+    from lpo.orchestration import fp32_model_with_checkpoint
 
     result = lpo.refresh(opt_model.path, ckpt_prefix, refreshed.path, quiet=True)
     fp32_model_with_checkpoint(fp32_model.path, ckpt_prefix, reference.path)

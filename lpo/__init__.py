@@ -14,9 +14,9 @@ from lpo.errors import (  # noqa: E402
 )
 
 _LAZY = {
-    "optimize": "lpo.optimizer", "inspect_model": "lpo.optimizer", "convert_ckpt": "lpo.optimizer",
-    "refresh": "lpo.optimizer", "load_opt_config": "lpo.optimizer", "OptimizeResult": "lpo.optimizer",
-    "make_calibration": "lpo.datasources", "validate": "lpo.validation", "ValidationReport": "lpo.validation",
+    "optimize": "lpo.core.optimizer", "inspect_model": "lpo.core.optimizer", "convert_ckpt": "lpo.core.optimizer",
+    "refresh": "lpo.core.optimizer", "load_opt_config": "lpo.options", "OptimizeResult": "lpo.core.optimizer",
+    "make_calibration": "lpo.data.sources", "validate": "lpo.validation.validator", "ValidationReport": "lpo.validation.validator",
 }
 
 

@@ -24,24 +24,8 @@ import sys  # noqa: E402
 import traceback  # noqa: E402
 from typing import Any, Callable, Optional, Sequence  # noqa: E402
 
-from lpo.errors import ConfigError, LpoError, ValidationFailed, closest  # noqa: E402
-
-DATA_TYPES = ("BF16", "FP16", "INT8")
-EMBEDDING_SCHEMES = ("per_dim", "per_row")
-DENSE_MODES = ("compute", "weight_only")
-INT8_DENSE = ("static", "weight_only")
-CALIB_METHODS = ("l2", "minmax", "percentile")
-DATA_FORMATS = ("csv", "tsv", "tfrecord", "npz")
-
-# Validation thresholds used by `lpo validate` when a flag is not given (the
-# library's defaults; None = not checked).
-VALIDATE_DEFAULTS = {
-    "max_auc_drop": 0.001,
-    "max_abs_diff": None,
-    "max_latency_ratio": None,
-    "min_size_reduction": None,
-}
-
+from lpo import options as opts  # noqa: E402
+from lpo.errors import LpoError, ValidationFailed, closest  # noqa: E402
 
 # --------------------------------------------------------------------------- helpers
 
@@ -81,6 +65,13 @@ def _float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        return opts.normalize_batch_sizes(text)
+    except LpoError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _tags(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -97,41 +88,6 @@ def _mapping(text: str) -> tuple[str, str]:
     if not sep or not col.strip() or not name.strip():
         raise argparse.ArgumentTypeError(f"expected COLUMN=INPUT, got {text!r}")
     return col.strip(), name.strip()
-
-
-def _json_kind(value: Any) -> str:
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    return "null" if value is None else f"a {type(value).__name__}"
-
-
-def load_opt_config(path: str) -> dict:
-    """Read an opt_config JSON file: an object mapping node names to data types."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"config file {path} is not UTF-8 text ({e.reason} at byte {e.start}); "
-                          "save it as UTF-8 JSON") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid JSON: {e.msg} "
-                          f"(line {e.lineno}, column {e.colno})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must contain a JSON object mapping node names "
-                          f"to data types (e.g. {{\"emb/C1\": \"INT8\"}}), not {_json_kind(data)}")
-    return data
 
 
 def _to_dict(result: Any) -> Any:
@@ -202,7 +158,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_optimize(args: argparse.Namespace) -> int:
     """``lpo optimize``: write a low-precision copy of a SavedModel."""
-    opt_config = load_opt_config(args.config) if args.config else None
+    opt_config = opts.load_opt_config(args.config) if args.config else None
     lpo = _import_lpo()
     result = lpo.optimize(
         args.model, args.out, opt_config=opt_config, data_type=args.data_type,
@@ -260,7 +216,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             args.original, args.optimized, args.data, max_auc_drop=args.max_auc_drop,
             max_abs_diff=args.max_abs_diff, max_latency_ratio=args.max_latency_ratio,
             min_size_reduction=args.min_size_reduction, report_dir=args.report_dir,
-            batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")), iters=args.iters,
+            batch_sizes=args.batch_sizes, iters=args.iters,
             warmup=args.warmup, max_rows=args.max_rows)
     except ValidationFailed as e:
         if e.report is not None:
@@ -272,7 +228,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``lpo demo``: build the sample model, optimize, validate and report."""
-    from lpo import demo  # noqa: PLC0415
+    from lpo.samples import demo  # noqa: PLC0415
 
     result = demo.run_demo(out=args.out, keep=args.keep, quiet=args.quiet,
                            pipeline=None if args.pipeline == "none" else args.pipeline)
@@ -330,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     # inspect
     p = add("inspect", cmd_inspect, "list the embedding tables and dense layers lpo can optimize")
     p.add_argument("model", metavar="MODEL", help="SavedModel directory")
-    p.add_argument("--tags", type=_tags, default=["serve"], help="MetaGraph tags, comma-separated (default: serve)")
+    p.add_argument("--tags", type=_tags, default=list(opts.DEFAULT_TAGS),
+                   help="MetaGraph tags, comma-separated (default: serve)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     # optimize
@@ -339,9 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
             "not exist or be empty unless --overwrite is given, and is written atomically.")
     p.add_argument("model", metavar="MODEL", help="FP32 SavedModel directory (read only)")
     p.add_argument("out", metavar="OUT", help="output SavedModel directory")
-    p.add_argument("--data-type", type=_choice(DATA_TYPES, upper=True), default="BF16",
-                   metavar="{BF16,FP16,INT8}",
-                   help="target precision, case-insensitive (default: BF16)")
+    p.add_argument("--data-type", type=_choice(opts.DATA_TYPES, upper=True), default=opts.OPTIMIZE.data_type,
+                   metavar="{" + ",".join(opts.DATA_TYPES) + "}",
+                   help="target precision, case-insensitive (default: %(default)s)")
     p.add_argument("--config", metavar="OPT_JSON",
                    help='JSON object mapping node names to data types, e.g. {"emb/C1": "INT8"}')
     p.add_argument("--calib", metavar="FILE",
@@ -353,21 +310,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     p.add_argument("--tags", type=_tags, default=None, help="MetaGraph tags, comma-separated "
                    "(default: serve)")
-    p.add_argument("--embedding-scheme", type=_choice(EMBEDDING_SCHEMES), default="per_dim",
-                   metavar="{per_dim,per_row}",
-                   help="INT8 embedding scale granularity (default: per_dim)")
-    p.add_argument("--dense-mode", type=_choice(DENSE_MODES), default="weight_only",
-                   metavar="{weight_only,compute}",
+    p.add_argument("--embedding-scheme", type=_choice(opts.EMBEDDING_SCHEMES), default=opts.OPTIMIZE.embedding_scheme,
+                   metavar="{" + ",".join(opts.EMBEDDING_SCHEMES) + "}",
+                   help="INT8 embedding scale granularity (default: %(default)s)")
+    p.add_argument("--dense-mode", type=_choice(opts.DENSE_MODES), default=opts.OPTIMIZE.dense_mode,
+                   metavar="{" + ",".join(opts.DENSE_MODES) + "}",
                    help="BF16/FP16 dense layers: store only the weights in low precision (float32 "
                         "MatMul), or compute in it as the parent tool did, for AMX/AVX512-BF16 "
-                        "servers (default: weight_only)")
-    p.add_argument("--int8-dense", type=_choice(INT8_DENSE), default="static",
-                   metavar="{static,weight_only}",
+                        "servers (default: %(default)s)")
+    p.add_argument("--int8-dense", type=_choice(opts.INT8_DENSE_MODES), default=opts.OPTIMIZE.int8_dense,
+                   metavar="{" + ",".join(opts.INT8_DENSE_MODES) + "}",
                    help="INT8 dense form: static activation ranges (needs --calib) or weight only "
-                        "(default: static)")
-    p.add_argument("--calib-method", type=_choice(CALIB_METHODS), default="l2",
-                   metavar="{l2,minmax,percentile}",
-                   help="activation range method for static INT8 (default: l2)")
+                        "(default: %(default)s)")
+    p.add_argument("--calib-method", type=_choice(opts.CALIB_METHODS), default=opts.OPTIMIZE.calib_method,
+                   metavar="{" + ",".join(opts.CALIB_METHODS) + "}",
+                   help="activation range method for static INT8 (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
     # convert-ckpt
@@ -398,10 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", metavar="SOURCE", help="data file (or glob)")
     p.add_argument("out", metavar="OUT", help="output calibration file (.npz)")
     p.add_argument("--model", required=True, help="SavedModel whose serving inputs to match")
-    p.add_argument("--rows", type=_positive_int, default=1024, help="rows to sample (default: %(default)s)")
+    p.add_argument("--rows", type=_positive_int, default=opts.CALIBRATE.num_rows, help="rows to sample (default: %(default)s)")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: library's)")
-    p.add_argument("--format", type=_choice(DATA_FORMATS), default=None,
-                   metavar="{csv,tsv,tfrecord,npz}",
+    p.add_argument("--format", type=_choice(opts.DATA_FORMATS), default=None,
+                   metavar="{" + ",".join(opts.DATA_FORMATS) + "}",
                    help="data format (default: from the file extension)")
     p.add_argument("--columns", type=_columns, default=None,
                    help="column names for headerless CSV/TSV, comma-separated")
@@ -422,25 +379,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", metavar="DATA",
                    help="held-out data: .npz with one array per serving input (+ 'label')")
     p.add_argument("--report-dir", default=None, help="write report.md/report.html/report.json here")
-    p.add_argument("--batch-sizes", default="1,64,512", metavar="B,B,..",
-                   help="batch sizes for latency (default: %(default)s)")
-    p.add_argument("--iters", type=int, default=50, help="timed runs per model and batch size (default: %(default)s)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default: %(default)s)")
+    p.add_argument("--batch-sizes", type=_batch_sizes, default=opts.VALIDATE.batch_sizes, metavar="B,B,..",
+                   help="batch sizes for latency (default: 1,64,512)")
+    p.add_argument("--iters", type=_positive_int, default=opts.VALIDATE.iters, help="timed runs per model and batch size (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=opts.VALIDATE.warmup, help="untimed runs first (default: %(default)s)")
     p.add_argument("--max-rows", type=int, default=None, help="use at most this many rows of DATA for accuracy")
-    p.add_argument("--max-auc-drop", type=_float, default=VALIDATE_DEFAULTS["max_auc_drop"],
+    p.add_argument("--max-auc-drop", type=_float, default=opts.THRESHOLDS.max_auc_drop,
                    metavar="X", help="largest allowed AUC drop, absolute, when DATA has labels "
                         "(default: %(default)s)")
-    p.add_argument("--max-abs-diff", type=_float, default=VALIDATE_DEFAULTS["max_abs_diff"],
+    p.add_argument("--max-abs-diff", type=_float, default=opts.THRESHOLDS.max_abs_diff,
                    metavar="X",
                    help="largest allowed absolute difference of predictions "
                         "(default: not checked)")
     p.add_argument("--max-latency-ratio", type=_float,
-                   default=VALIDATE_DEFAULTS["max_latency_ratio"],
+                   default=opts.THRESHOLDS.max_latency_ratio,
                    metavar="X",
                    help="largest allowed optimized/original p50 latency ratio at the largest batch "
                         "(default: not checked)")
     p.add_argument("--min-size-reduction", type=_float,
-                   default=VALIDATE_DEFAULTS["min_size_reduction"],
+                   default=opts.THRESHOLDS.min_size_reduction,
                    metavar="X",
                    help="smallest required size reduction as a fraction, 0.5 = half the size "
                         "(default: not checked)")

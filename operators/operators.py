@@ -135,7 +135,6 @@ class LpoOptimizeOperator(BaseOperator):
 
     def execute(self, context) -> dict:
         import lpo
-        from lpo.pipeline_utils import parse_opt_config
 
         model = _path("model_path", self.model_path, must_exist=True)
         save = _path("save_path", self.save_path)
@@ -145,7 +144,7 @@ class LpoOptimizeOperator(BaseOperator):
         os.makedirs(os.path.dirname(os.path.abspath(save)), exist_ok=True)
         try:
             result = lpo.optimize(
-                model, save, opt_config=parse_opt_config(self.opt_config), data_type=self.data_type,
+                model, save, opt_config=self.opt_config or None, data_type=self.data_type,
                 calib_file=calib, overwrite=_bool(self.overwrite), embedding_scheme=self.embedding_scheme,
                 dense_mode=self.dense_mode, int8_dense=self.int8_dense, calib_method=self.calib_method,
                 quiet=True)
@@ -196,7 +195,8 @@ class LpoValidateOperator(BaseOperator):
 
     def execute(self, context) -> dict:
         import lpo
-        from lpo.pipeline_utils import optional_threshold, parse_batch_sizes, validation_metrics
+        from lpo.options import optional_threshold
+        from lpo.orchestration import validation_metrics
 
         original = _path("original", self.original, must_exist=True)
         optimized = _path("optimized", self.optimized, must_exist=True)
@@ -210,7 +210,7 @@ class LpoValidateOperator(BaseOperator):
                 max_abs_diff=optional_threshold(self.max_abs_diff),
                 max_latency_ratio=optional_threshold(self.max_latency_ratio),
                 min_size_reduction=optional_threshold(self.min_size_reduction),
-                iters=_int("iters", self.iters), batch_sizes=parse_batch_sizes(self.batch_sizes),
+                iters=_int("iters", self.iters), batch_sizes=self.batch_sizes,
                 max_rows=max_rows, report_dir=report_dir, raise_on_fail=False)
         except lpo.LpoError as e:
             raise _lpo_error(e) from e
@@ -257,7 +257,7 @@ class LpoRefreshOperator(BaseOperator):
         import shutil
 
         import lpo
-        from lpo.pipeline_utils import fp32_model_with_checkpoint
+        from lpo.orchestration import fp32_model_with_checkpoint
 
         opt_model = _path("opt_model_path", self.opt_model_path, must_exist=True)
         ckpt = _path("ckpt_prefix", self.ckpt_prefix)
@@ -285,7 +285,7 @@ class LpoPublishOperator(BaseOperator):
     """Publish a validated model to a serving directory atomically.
 
     Copies ``model_path`` to ``serving_dir/versions/<version>`` and swaps the
-    ``serving_dir/current`` symlink to it (:func:`lpo.pipeline_utils.publish_model`).
+    ``serving_dir/current`` symlink to it (:func:`lpo.orchestration.publish_model`).
     Put it downstream of the validate task: with the default trigger rule it runs
     only when validation passed.
     """
@@ -300,7 +300,7 @@ class LpoPublishOperator(BaseOperator):
         self.version = version
 
     def execute(self, context) -> dict:
-        from lpo.pipeline_utils import publish_model
+        from lpo.orchestration import publish_model
 
         model = _path("model_path", self.model_path, must_exist=True)
         serving = _path("serving_dir", self.serving_dir)

@@ -10,7 +10,7 @@ SAMPLE_CACHE = os.environ.get("LPO_CACHE_DIR") or os.path.join(REPO_ROOT, ".lpo-
 
 
 def _sample(variant):
-    from lpo.samples import cached_sample
+    from lpo.samples.tf1 import cached_sample
 
     return cached_sample(variant, cache_dir=SAMPLE_CACHE)
 
@@ -36,7 +36,7 @@ def sample_partitioned():
 @pytest.fixture(scope="session")
 def sample_ref_gather():
     """SampleModel with ref variables and the pre-TF-2.14 VariableV2 -> Identity -> GatherV2 lookup."""
-    from lpo.samples import cached_sample
+    from lpo.samples.tf1 import cached_sample
 
     return cached_sample("ref", cache_dir=SAMPLE_CACHE, lookup="gather")
 
@@ -44,7 +44,7 @@ def sample_ref_gather():
 @pytest.fixture(scope="session")
 def sample_keras():
     """Keras 3 DLRM-like model exported with ``model.export`` (a TF2 object-graph SavedModel)."""
-    from lpo.samples_keras import cached_keras_sample
+    from lpo.samples.keras_models import cached_keras_sample
 
     return cached_keras_sample(cache_dir=SAMPLE_CACHE)
 
@@ -52,6 +52,6 @@ def sample_keras():
 @pytest.fixture(scope="session")
 def sample_dcn():
     """Keras 3 DCN-like model (low-rank cross layers: MatMul -> MatMul -> AddV2) exported with ``model.export``."""
-    from lpo.samples_keras import cached_dcn_sample
+    from lpo.samples.keras_models import cached_dcn_sample
 
     return cached_dcn_sample(cache_dir=SAMPLE_CACHE)

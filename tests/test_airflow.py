@@ -128,7 +128,7 @@ def retrain_run(airflow_env, sample_resource, tmp_path_factory):
 
 @pytest.mark.slow
 def test_retrain_dag_publishes(retrain_run, sample_resource):
-    from lpo.samples import predict
+    from lpo.samples.tf1 import predict
 
     root, out = retrain_run
     assert out["state"] == "success", out
@@ -156,7 +156,7 @@ def test_retrain_dag_failed_gate_publishes_nothing(airflow_env, sample_resource,
 
 
 def _refresh_conf(s, root, served_from, **over):
-    from lpo.samples import perturb_checkpoint
+    from lpo.samples.tf1 import perturb_checkpoint
 
     serving = root / "serving"
     shutil.copytree(served_from, serving, symlinks=True)
@@ -171,7 +171,7 @@ def _refresh_conf(s, root, served_from, **over):
 
 @pytest.mark.slow
 def test_refresh_dag_publishes(airflow_env, retrain_run, sample_resource, tmp_path):
-    from lpo.samples import predict
+    from lpo.samples.tf1 import predict
 
     retrain_root, _ = retrain_run
     conf = _refresh_conf(sample_resource, tmp_path, retrain_root / "serving")

@@ -55,7 +55,7 @@ def _heldout(sample, rows=1000):
 
 
 def _predict(model, sample):
-    from lpo.samples import predict
+    from lpo.samples.tf1 import predict
 
     return np.asarray(predict(str(model), _heldout(sample))).reshape(-1)
 
@@ -117,7 +117,7 @@ SIGNAL_POINTS = [(1.0, signal.SIGKILL), (3.0, signal.SIGKILL), (6.0, signal.SIGK
 
 
 def test_signals_leave_nothing_or_a_complete_model_then_rerun_succeeds(sample_resource, sandbox, tmp_path):
-    from lpo.metrics import auc
+    from lpo.validation.metrics import auc
 
     cwd, tmpdir = sandbox
     env = _env(tmpdir)

@@ -56,7 +56,7 @@ def rewrite_checkpoint(model: str, edit: Callable[[str, np.ndarray], np.ndarray]
     """Rewrite ``model``'s variables checkpoint through ``edit(key, array)`` (same keys and slices)."""
     import tensorflow as tf
 
-    from lpo.samples import _saved_keys_and_slices
+    from lpo.samples.tf1 import _saved_keys_and_slices
 
     prefix = os.path.join(model, "variables", "variables")
     reader = tf.train.load_checkpoint(prefix)
@@ -110,7 +110,7 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(sample_resource, tmp_path_factory):
-    from lpo.samples import perturb_checkpoint
+    from lpo.samples.tf1 import perturb_checkpoint
 
     cache_checksum = tree_checksum(os.path.dirname(sample_resource.model_path))
     root = tmp_path_factory.mktemp("bad_inputs")
@@ -226,7 +226,7 @@ def _(w, d):
 
 @case("optimize-tf2-savedmodel-without-saver", ModelFormatError)
 def _(w, d):
-    """TF2 SavedModels are lowered (lpo/tf2.py); one whose saver is gone cannot map its variables."""
+    """TF2 SavedModels are lowered (lpo/core/tf2.py); one whose saver is gone cannot map its variables."""
     import tensorflow as tf
 
     class M(tf.Module):
@@ -845,7 +845,7 @@ def test_all_zero_embedding_table(world, tmp_path):
     """A table of zeros quantizes without a division by zero and contributes exactly nothing."""
     import tensorflow as tf
 
-    from lpo.samples import predict
+    from lpo.samples.tf1 import predict
 
     m = _copy_model(world.good, tmp_path / "model")
     table = world.sample.embedding_variables[0]  # C10 (sorted names)
@@ -888,7 +888,7 @@ def test_np_load_never_allows_pickle_silently():
             v = kw.get("allow_pickle")
             ok = (isinstance(v, ast.Constant) and v.value is False) or (isinstance(v, ast.Name) and v.id == "allow_pickle")
             if isinstance(v, ast.Constant) and v.value is True:
-                # only directly behind the explicit opt-in check (lpo.calibration._load_legacy)
+                # only directly behind the explicit opt-in check (lpo.data.calibration._load_legacy)
                 func = next(f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
                             and f.lineno <= node.lineno <= f.end_lineno)
                 ok = "if not allow_pickle" in ast.get_source_segment(py.read_text(encoding="utf-8"), func)

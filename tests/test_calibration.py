@@ -1,10 +1,10 @@
-"""Tests for lpo.calibration: range observers and calibration file I/O (numpy only)."""
+"""Tests for lpo.numerics.observers and lpo.data.calibration: range observers and calibration file I/O (numpy only)."""
 
 import numpy as np
 import pytest
 
-from lpo.calibration import (load_calibration, make_observer, save_calibration_npz,
-                             iter_batches)
+from lpo.data.calibration import iter_batches, load_calibration, save_calibration_npz
+from lpo.numerics.observers import make_observer
 from lpo.errors import CalibrationError, ConfigError
 
 SPECS = {
@@ -98,7 +98,7 @@ def test_npz_round_trip_and_batching(tmp_path, caplog):
     p = str(tmp_path / "calib.npz")
     arr = _arrays(10)
     np.savez(p, **arr)
-    with caplog.at_level("DEBUG", logger="lpo.calibration"):
+    with caplog.at_level("DEBUG", logger="lpo.data.calibration"):
         b = load_calibration(p, SPECS, batch_size=4)
     assert [len(x["I1"]) for x in b] == [4, 4, 2]
     assert set(b[0]) == {"I1", "C1", "ids"}
@@ -224,7 +224,7 @@ def test_legacy_pickle_accepted_with_opt_in(tmp_path):
 
 
 def test_activation_error_reports_clipping_and_rmse():
-    from lpo.calibration import activation_error
+    from lpo.numerics.observers import activation_error
 
     x = np.linspace(-1, 1, 10001, dtype=np.float32)
     exact = activation_error(x, -1.0, 1.0)

@@ -19,6 +19,7 @@ import pytest
 
 import lpo
 from lpo import cli
+from lpo import options as opts
 from lpo.errors import ConfigError, ValidationFailed
 from lpo.fsutil import tree_checksum
 
@@ -132,12 +133,12 @@ def test_config_invalid_json_and_missing(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{'single': 'quotes'}")
     with pytest.raises(ConfigError, match="not valid JSON"):
-        cli.load_opt_config(str(bad))
+        opts.load_opt_config(str(bad))
     with pytest.raises(ConfigError, match="does not exist"):
-        cli.load_opt_config(str(tmp_path / "missing.json"))
+        opts.load_opt_config(str(tmp_path / "missing.json"))
     good = tmp_path / "good.json"
     good.write_text('{"emb/C1": "INT8"}')
-    assert cli.load_opt_config(str(good)) == {"emb/C1": "INT8"}
+    assert opts.load_opt_config(str(good)) == {"emb/C1": "INT8"}
 
 
 @pytest.fixture
@@ -282,7 +283,9 @@ def test_demo_wiring(monkeypatch, capsys):
         seen.update(kwargs)
         return _Result(output="demo-out")
 
-    monkeypatch.setitem(vars(lpo), "demo", types.SimpleNamespace(run_demo=run_demo))
+    import lpo.samples
+
+    monkeypatch.setitem(vars(lpo.samples), "demo", types.SimpleNamespace(run_demo=run_demo))
     assert cli.main(["demo", "--out", "d", "--keep"]) == 0
     assert seen == {"out": "d", "keep": True, "quiet": False, "pipeline": None}
     seen.clear()
@@ -371,7 +374,7 @@ def test_optimize_defaults_match_the_library():
     """`lpo optimize` with no options builds the same model as lpo.optimize() with none."""
     import inspect
 
-    from lpo.optimizer import optimize
+    from lpo.core.optimizer import optimize
 
     defaults = {k: p.default for k, p in inspect.signature(optimize).parameters.items()}
     args = cli.build_parser().parse_args(["optimize", "m", "o"])

@@ -1,13 +1,13 @@
-"""Tests of lpo.signature and lpo.datasources (make_calibration, reservoir sampling)."""
+"""Tests of lpo.core.signature and lpo.data.sources (make_calibration, reservoir sampling)."""
 import csv
 import os
 
 import numpy as np
 import pytest
 
-from lpo.datasources import CRITEO_COLUMNS, make_calibration, reservoir_sample
+from lpo.data.sources import CRITEO_COLUMNS, make_calibration, reservoir_sample
 from lpo.errors import ConfigError, DataError, ModelFormatError, OutputExistsError
-from lpo.signature import load_output_specs, load_signature_specs
+from lpo.core.signature import load_output_specs, load_signature_specs
 
 
 def _csv_path(sample):
@@ -116,7 +116,7 @@ def _check_npz(path, sample, rows):
             assert a.shape == (rows,)
             assert a.dtype.kind == "S" if spec.dtype == object else a.dtype == spec.dtype
     try:
-        from lpo.calibration import load_calibration
+        from lpo.data.calibration import load_calibration
     except ImportError:
         return
     load_calibration(path, specs, batch_size=64, allow_pickle=False)
@@ -141,7 +141,7 @@ def test_csv_to_npz(sample_resource, tmp_path):
 
 
 def test_tfrecord_to_npz_takes_all_rows_in_order(sample_resource, tmp_path, caplog):
-    from lpo.samples import write_tfrecord
+    from lpo.samples.tf1 import write_tfrecord
 
     tfr = tmp_path / "data.tfrecord"
     write_tfrecord(sample_resource.heldout_path, str(tfr), max_rows=150)

@@ -73,7 +73,7 @@ def test_optimize_is_byte_identical_across_processes(runs, i):
 
 
 def test_refresh_and_convert_ckpt_are_byte_identical(runs, sample_partitioned, tmp_path):
-    from lpo.samples import perturb_checkpoint
+    from lpo.samples.tf1 import perturb_checkpoint
 
     _model, opt, _b, _kw = runs[1]  # partitioned INT8
     ckpt = perturb_checkpoint(sample_partitioned.model_path, str(tmp_path / "ckpt" / "model.ckpt-7"), seed=7)

@@ -9,7 +9,7 @@ import pytest
 
 import lpo
 from lpo.errors import ValidationFailed
-from lpo.samples import write_tfrecord
+from lpo.samples.tf1 import write_tfrecord
 
 
 @pytest.mark.parametrize("source", ["csv", "tfrecord"])

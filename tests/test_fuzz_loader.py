@@ -231,13 +231,13 @@ def test_fuzzed_opt_config_is_a_config_error(sample_resource, tmp_path, cfg):
     '[{"a": "INT8"}]', "{}" * 3,
 ])
 def test_fuzzed_opt_config_json_is_a_config_error(tmp_path, text):
-    from lpo.cli import load_opt_config as cli_load
+    import lpo
     from lpo.errors import ConfigError
-    from lpo.optimizer import load_opt_config as api_load
+    from lpo.options import normalize_opt_config
 
     p = tmp_path / "cfg.json"
     p.write_bytes(text.encode("utf-8", "surrogateescape") if text.isascii() else text.encode("latin-1"))
-    for load in (cli_load, api_load):
+    for load in (lpo.load_opt_config, normalize_opt_config):
         try:
             cfg = load(str(p))
         except ConfigError:

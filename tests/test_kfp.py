@@ -106,7 +106,7 @@ def test_cli_container_components_run(sample_resource, tmp_path):
     from lpo.components.optimize import optimize_cli
     from lpo.components.refresh import refresh_cli
     from lpo.components.validate import validate_cli
-    from lpo.samples import perturb_checkpoint
+    from lpo.samples.tf1 import perturb_checkpoint
 
     s = sample_resource
     calib, opt, report = tmp_path / "calibration", tmp_path / "optimized", tmp_path / "report"
@@ -144,7 +144,7 @@ def test_cli_container_components_run(sample_resource, tmp_path):
 
 @pytest.fixture(scope="module")
 def kfp_local(tmp_path_factory):
-    from lpo.demo_pipelines import init_local_kfp
+    from lpo.samples.demo_pipelines import init_local_kfp
 
     root = tmp_path_factory.mktemp("kfp-root")
     init_local_kfp(str(root))
@@ -169,7 +169,7 @@ def _heldout(s, n=2000):
 
 @pytest.mark.slow
 def test_optimize_pipeline_runs_locally(optimized_run, sample_resource):
-    from lpo.samples import predict
+    from lpo.samples.tf1 import predict
 
     model = optimized_run.outputs["optimized"]
     assert model.metadata["data_type"] == "INT8"
@@ -194,7 +194,7 @@ def test_optimize_pipeline_runs_locally(optimized_run, sample_resource):
 @pytest.mark.slow
 def test_refresh_pipeline_runs_locally(optimized_run, sample_resource, tmp_path):
     from lpo.components.pipelines import refresh_pipeline
-    from lpo.samples import perturb_checkpoint, predict
+    from lpo.samples.tf1 import perturb_checkpoint, predict
 
     s = sample_resource
     ckpt = perturb_checkpoint(s.model_path, str(tmp_path / "ckpt"))
@@ -209,7 +209,7 @@ def test_refresh_pipeline_runs_locally(optimized_run, sample_resource, tmp_path)
     before, after = predict(opt_path, data), predict(refreshed.path, data)
     assert not np.allclose(before, after)  # the new weights are in
     # ...and close to the FP32 model with the same new checkpoint
-    from lpo.pipeline_utils import fp32_model_with_checkpoint
+    from lpo.orchestration import fp32_model_with_checkpoint
 
     ref = fp32_model_with_checkpoint(s.model_path, ckpt, str(tmp_path / "fp32_ref"))
     assert np.mean(np.abs(predict(ref, data) - after)) < 0.02

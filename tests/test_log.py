@@ -26,7 +26,7 @@ def restore_lpo_logger():
 
 
 def test_get_logger_names():
-    assert lpolog.get_logger("lpo.quant").name == "lpo.quant"
+    assert lpolog.get_logger("lpo.numerics.quant").name == "lpo.numerics.quant"
     assert lpolog.get_logger("lpo").name == "lpo"
     assert lpolog.get_logger("tools").name == "lpo.tools"
 

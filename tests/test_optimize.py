@@ -10,8 +10,8 @@ import pytest
 
 import lpo
 from lpo.errors import CalibrationError, ConfigError, OutputExistsError
-from lpo.metrics import auc
-from lpo.samples import predict
+from lpo.validation.metrics import auc
+from lpo.samples.tf1 import predict
 
 BOUNDS = {"FP16": 5e-4, "BF16": 5e-3}
 
@@ -191,7 +191,7 @@ def test_int8_per_row_scheme(sample_resource, optimized, baseline):
 
 
 def test_dense_compute_mode_runs_low_precision_matmul(sample_resource, optimized, baseline):
-    from lpo.savedmodel import read_saved_model
+    from lpo.core.savedmodel import read_saved_model
 
     out, _ = optimized(sample_resource, data_type="BF16", dense_mode="compute")
     mg = read_saved_model(out).meta_graphs[0]
@@ -212,7 +212,7 @@ def test_int8_weight_only_dense_needs_no_calibration(sample_resource, tmp_path, 
 
 
 def test_everything_else_is_preserved(sample_resource, optimized):
-    from lpo.savedmodel import read_saved_model
+    from lpo.core.savedmodel import read_saved_model
 
     out, _ = optimized(sample_resource, data_type="INT8")
     a, b = read_saved_model(sample_resource.model_path), read_saved_model(out)

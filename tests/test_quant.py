@@ -1,4 +1,4 @@
-"""Tests for lpo.quant (numpy numerics); TF only where comparing against TF ops."""
+"""Tests for lpo.numerics.quant (numpy numerics); TF only where comparing against TF ops."""
 import os
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from lpo import quant as Q
+from lpo.numerics import quant as Q
 from lpo.errors import ConfigError
 
 RNG = np.random.default_rng(1234)
@@ -186,7 +186,7 @@ def test_activation_params_reject_bad_range():
 def test_quant_module_does_not_import_tensorflow():
     import subprocess
     import sys
-    code = ("import sys; import lpo.quant as q; import numpy as np; "
+    code = ("import sys; import lpo.numerics.quant as q; import numpy as np; "
             "q.quantize_int8(np.ones((2, 2), np.float32), 1); "
             "assert 'tensorflow' not in sys.modules")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -21,7 +21,7 @@ import pytest
 
 import lpo
 from lpo.errors import CheckpointError, ConfigError, LpoError, OutputExistsError
-from lpo.samples import perturb_checkpoint, predict
+from lpo.samples.tf1 import perturb_checkpoint, predict
 
 ROWS = 512
 
@@ -89,7 +89,7 @@ def same_variables(a, b):
 
 
 def fake_quant_ranges(model_path):
-    from lpo.savedmodel import read_saved_model, select_meta_graph
+    from lpo.core.savedmodel import read_saved_model, select_meta_graph
 
     mg = select_meta_graph(read_saved_model(model_path))
     return {n.name: (n.attr["min"].f, n.attr["max"].f) for n in mg.graph_def.node

@@ -1,12 +1,12 @@
-"""Tests of lpo.samples: the sample SavedModels, their data and perturb_checkpoint."""
+"""Tests of lpo.samples.tf1: the sample SavedModels, their data and perturb_checkpoint."""
 import csv
 import os
 
 import numpy as np
 import pytest
 
-from lpo import samples
-from lpo.metrics import auc as rank_auc
+from lpo.samples import tf1 as samples
+from lpo.validation.metrics import auc as rank_auc
 
 # Expected op types on the path embedding table -> ... -> SparseSegmentMean.
 EXPECTED_LOOKUP_OPS = {

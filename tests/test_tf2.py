@@ -8,8 +8,8 @@ import pytest
 
 import lpo
 from lpo.errors import ConfigError, ModelFormatError
-from lpo.metrics import auc
-from lpo.samples_keras import serve
+from lpo.validation.metrics import auc
+from lpo.samples.keras_models import serve
 
 BOUNDS = {"FP16": 1e-3, "BF16": 1e-2}
 
@@ -44,8 +44,8 @@ def keras_base(sample_keras):
 
 def _served_fp32_bytes(model_path):
     """Bytes of the float32 variables the serving signature reads (Keras also saves a duplicate of each)."""
-    from lpo.savedmodel import read_saved_model, variable_specs
-    from lpo.tf2 import lower_tf2
+    from lpo.core.savedmodel import read_saved_model, variable_specs
+    from lpo.core.tf2 import lower_tf2
 
     mg = lower_tf2(read_saved_model(model_path)).meta_graphs[0]
     return sum(int(np.prod(s.shape)) * 4 for s in variable_specs(mg).values())
@@ -53,8 +53,8 @@ def _served_fp32_bytes(model_path):
 
 def test_lowering_keeps_outputs_and_restores_object_keys(sample_keras, tmp_path, keras_base):
     """The lowered graph + the original object-based checkpoint serve exactly the FP32 predictions."""
-    from lpo.savedmodel import read_saved_model, variable_specs
-    from lpo.tf2 import lower_tf2, lowered_model_dir
+    from lpo.core.savedmodel import read_saved_model, variable_specs
+    from lpo.core.tf2 import lower_tf2, lowered_model_dir
 
     sm = lower_tf2(read_saved_model(sample_keras.model_path))
     mg = sm.meta_graphs[0]
@@ -119,7 +119,7 @@ def test_keras_int8(sample_keras, keras_opt, keras_base):
     data, label = heldout(sample_keras)
     p = serve(out, data)
     assert auc(label, keras_base[0]) - auc(label, p) <= 0.002
-    from lpo.savedmodel import dir_bytes
+    from lpo.core.savedmodel import dir_bytes
 
     var_bytes = dir_bytes(os.path.join(out, "variables"))
     assert var_bytes / _served_fp32_bytes(sample_keras.model_path) <= 0.30
@@ -156,7 +156,7 @@ def test_keras_validate(sample_keras, keras_opt):
 def test_tf2_without_saver_is_a_model_format_error(sample_keras, tmp_path):
     import shutil
 
-    from lpo.savedmodel import read_saved_model, write_saved_model
+    from lpo.core.savedmodel import read_saved_model, write_saved_model
 
     m = str(tmp_path / "m")
     shutil.copytree(sample_keras.model_path, m)
@@ -213,14 +213,14 @@ def test_tf_module_sample(sample_keras, keras_base, tmp_path, variable_names):
     """A tf.Module saved with tf.saved_model.save: ResourceGather lookups, MatMul+BiasAdd / MatMul+AddV2."""
     import tensorflow as tf
 
-    from lpo.samples_keras import build_module_sample
+    from lpo.samples.keras_models import build_module_sample
 
     m = build_module_sample(sample_keras.model_path, str(tmp_path / "module"), variable_names=variable_names)
     data, label = heldout(sample_keras)
     base = serve(m, data)
     np.testing.assert_allclose(base, keras_base[0], atol=1e-5)
-    from lpo.savedmodel import read_saved_model
-    from lpo.tf2 import lower_tf2
+    from lpo.core.savedmodel import read_saved_model
+    from lpo.core.tf2 import lower_tf2
 
     ops = {n.op for n in lower_tf2(read_saved_model(m)).meta_graphs[0].graph_def.node}
     assert {"ResourceGather", "BiasAdd", "AddV2", "MatMul"} <= ops and "GatherV2" in ops
@@ -319,7 +319,7 @@ def test_dcn_inspect_finds_cross_layer_chain(sample_dcn):
 def test_dcn_optimize_and_serve(sample_dcn, dcn_base, tmp_path, dtype):
     import tensorflow as tf
 
-    from lpo.savedmodel import dir_bytes
+    from lpo.core.savedmodel import dir_bytes
 
     out = str(tmp_path / "m")
     result = lpo.optimize(sample_dcn.model_path, out, data_type=dtype, calib_file=sample_dcn.calib_path, quiet=True)
@@ -342,9 +342,9 @@ def test_tensordot_dense_layers(sample_keras, keras_base, tmp_path):
     """DeepCTR-style tf.tensordot layers (Reshape -> MatMul -> Reshape -> BiasAdd): the bias is fused."""
     import tensorflow as tf
 
-    from lpo.samples_keras import build_module_sample
-    from lpo.savedmodel import read_saved_model
-    from lpo.tf2 import lower_tf2
+    from lpo.samples.keras_models import build_module_sample
+    from lpo.core.savedmodel import read_saved_model
+    from lpo.core.tf2 import lower_tf2
 
     m = build_module_sample(sample_keras.model_path, str(tmp_path / "td"), dense="tensordot")
     nodes = {n.name: n for n in lower_tf2(read_saved_model(m)).meta_graphs[0].graph_def.node}
@@ -375,7 +375,7 @@ def test_tf_keras_model_save(tmp_path):
     pytest.importorskip("tf_keras")
     import tensorflow as tf
 
-    from lpo.samples_keras import build_tf_keras_sample
+    from lpo.samples.keras_models import build_tf_keras_sample
 
     s = build_tf_keras_sample(str(tmp_path / "tfk"))
     assert os.path.isfile(os.path.join(s.model_path, "keras_metadata.pb"))
@@ -394,7 +394,7 @@ def test_tf_keras_model_save(tmp_path):
         p = serve(out, data)
         if dtype == "INT8":
             assert auc(label, base) - auc(label, p) <= 0.002
-            from lpo.savedmodel import dir_bytes  # tf-keras also saves the Adam slots: compare to what serving reads
+            from lpo.core.savedmodel import dir_bytes  # tf-keras also saves the Adam slots: compare to what serving reads
 
             assert dir_bytes(os.path.join(out, "variables")) / _served_fp32_bytes(s.model_path) <= 0.30
         else:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import lpo
-from lpo.metrics import auc
-from lpo.samples_keras import DENSE_NAME, NUM_DENSE, VOCAB, generate_data, serve
+from lpo.validation.metrics import auc
+from lpo.samples.keras_models import DENSE_NAME, NUM_DENSE, VOCAB, generate_data, serve
 
 BOUNDS = {"FP16": 1e-3, "BF16": 1e-2}
 WANT_DTYPE = {"FP16": "float16", "BF16": "bfloat16", "INT8": "int8"}
@@ -100,7 +100,7 @@ requests.get = _offline  # deepctr checks PyPI for a newer version on import
 import tensorflow as tf
 from deepctr.feature_column import DenseFeat, SparseFeat
 from deepctr.models import DeepFM
-from lpo.samples_keras import VOCAB, generate_data
+from lpo.samples.keras_models import VOCAB, generate_data
 
 names = ("C1", "C2", "C3")
 cols = [SparseFeat(n, vocabulary_size=VOCAB, embedding_dim=8, dtype="int32") for n in names] + [DenseFeat("I1", 1)]

@@ -1,4 +1,4 @@
-"""Tests of lpo.validation and lpo.report (small iteration counts to stay fast)."""
+"""Tests of lpo.validation.validator and lpo.validation.report (small iteration counts to stay fast)."""
 import json
 import math
 import os
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from lpo.errors import ConfigError, DataError, ValidationFailed
-from lpo.report import write_report
-from lpo.validation import DEFAULT_THRESHOLDS, ValidationReport, validate
+from lpo.validation.report import write_report
+from lpo.validation.validator import DEFAULT_THRESHOLDS, ValidationReport, validate
 
 FAST = dict(batch_sizes=(1, 64), warmup=1, iters=3, max_rows=2000)
 
@@ -19,7 +19,7 @@ FAST = dict(batch_sizes=(1, 64), warmup=1, iters=3, max_rows=2000)
 @pytest.fixture(scope="module")
 def perturbed(sample_resource, tmp_path_factory):
     """A copy of the sample model with a perturbed checkpoint and a fake lpo manifest."""
-    from lpo.samples import perturb_checkpoint
+    from lpo.samples.tf1 import perturb_checkpoint
 
     dst = str(tmp_path_factory.mktemp("pert") / "model")
     shutil.copytree(sample_resource.model_path, dst)

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 
 from tensorflow.core.framework import types_pb2
 
-from lpo.graph import DT, dtype_attr, make_node, parse_input
-from lpo.passes.common import INIT_OPS, READ_OPS, STATUS_OPS, Surgery
+from lpo.core.graph import DT, dtype_attr, make_node, parse_input
+from lpo.passes.surgery import INIT_OPS, READ_OPS, STATUS_OPS, Surgery
 from lpo.passes.registry import register
-from lpo.plan import Conversion, VarConversion
-from lpo.savedmodel import VarSpec
+from lpo.core.plan import Conversion, VarConversion
+from lpo.core.savedmodel import VarSpec
 
 MODES_16 = ("compute", "weight_only")
 MODES_8 = ("static", "weight_only")
@@ -128,8 +128,19 @@ def find(s: Surgery, specs: dict[str, VarSpec]) -> list[DenseCandidate]:
     return out
 
 
-def plan(cand: DenseCandidate, dtype: str, mode: str, dequantize_at_load: bool = True) -> Conversion:
-    """Return the Conversion of dense layer ``cand`` to ``dtype`` in ``mode``."""
+def describe(cand: DenseCandidate) -> str:
+    """Return the ``lpo inspect`` detail of ``cand``: its fused chain, e.g. ``MatMul+BiasAdd+Relu``."""
+    return "+".join(x for x in ("MatMul", "Reshape" if cand.reshape else "", cand.bias_op if cand.bias_add else "",
+                                "Relu" if cand.relu else "") if x)
+
+
+def plan(cand: DenseCandidate, dtype: str, options) -> Conversion:
+    """Return the Conversion of dense layer ``cand`` to ``dtype``.
+
+    The mode is ``options.int8_dense`` for INT8 and ``options.dense_mode`` for BF16/FP16.
+    """
+    mode = options.int8_dense if dtype == "INT8" else options.dense_mode
+    dequantize_at_load = options.dequantize_at_load
     w = cand.weight
     wv = VarConversion(key=w.key, slice="", shape=list(w.shape), role="weight", dtype=dtype)
     variables = [wv]
@@ -201,4 +212,4 @@ def rewrite(s: Surgery, conv: Conversion) -> None:
         idx.set_input(mm.name, 0, fq.name)
 
 
-register("dense", find=find, rewrite=rewrite)
+register("dense", find=find, describe=describe, plan=plan, rewrite=rewrite)

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from tensorflow.core.framework import types_pb2
 
-from lpo.graph import DT, const_value, dtype_attr, make_const, make_node, parse_input
-from lpo.passes.common import INIT_OPS, READ_OPS, STATUS_OPS, Surgery
+from lpo.core.graph import DT, const_value, dtype_attr, make_const, make_node, parse_input
+from lpo.passes.surgery import INIT_OPS, READ_OPS, STATUS_OPS, Surgery
 from lpo.passes.registry import register
-from lpo.plan import Conversion, VarConversion
-from lpo.savedmodel import VarSpec
+from lpo.core.plan import Conversion, VarConversion
+from lpo.core.savedmodel import VarSpec
 
 GATHER_OPS = ("GatherV2", "Gather")
 SEGMENT_OPS = ("SparseSegmentSum", "SparseSegmentMean", "SparseSegmentSqrtN",
@@ -116,8 +116,14 @@ def find(s: Surgery, specs: dict[str, VarSpec]) -> list[EmbeddingCandidate]:
     return out
 
 
-def plan(cand: EmbeddingCandidate, dtype: str, scheme: str) -> Conversion:
-    """Return the Conversion of table ``cand`` to ``dtype``."""
+def describe(cand: EmbeddingCandidate) -> str:
+    """Return the ``lpo inspect`` detail of table ``cand`` (its part count when partitioned)."""
+    return f"{len(cand.parts)} parts" if len(cand.parts) > 1 else ""
+
+
+def plan(cand: EmbeddingCandidate, dtype: str, options) -> Conversion:
+    """Return the Conversion of table ``cand`` to ``dtype`` (INT8 scales by ``options.embedding_scheme``)."""
+    scheme = options.embedding_scheme
     variables = []
     for p in cand.parts:
         v = VarConversion(key=p.key, slice=p.slice, shape=list(p.shape), role="table", dtype=dtype)
@@ -208,4 +214,4 @@ def rewrite(s: Surgery, conv: Conversion) -> None:
                 idx.add(seg)
 
 
-register("embedding", find=find, rewrite=rewrite)
+register("embedding", find=find, describe=describe, plan=plan, rewrite=rewrite)

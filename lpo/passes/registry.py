@@ -1,4 +1,17 @@
-"""Registry of graph pass families by name (like tf2onnx's rewriters)."""
+"""Registry of graph pass families by name (like tf2onnx's rewriters).
+
+A family is a complete plug-in for one op family. The optimizer never branches on
+a family's kind; it calls, with one signature for every family:
+
+* ``find(surgery, specs) -> list[candidate]``: the optimizable nodes of a graph.
+  A candidate has ``kind`` (the family name), ``name`` (the opt_config key),
+  ``shape`` and ``nbytes``.
+* ``describe(candidate) -> str``: a short detail for ``lpo inspect``.
+* ``plan(candidate, dtype, options) -> Conversion``: what to do with it at ``dtype``
+  (``options`` is the resolved :class:`lpo.options.OptimizeOptions`). Raises
+  ``ConfigError`` for a dtype the family cannot take.
+* ``rewrite(surgery, conversion)``: the graph edit of one planned conversion.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,19 +20,21 @@ from typing import Callable
 
 @dataclass(frozen=True)
 class PassFamily:
-    """A family of rewrites: ``find`` candidates, ``rewrite`` one planned conversion."""
+    """One op family's find, describe, plan and rewrite."""
 
     name: str
     find: Callable
+    describe: Callable
+    plan: Callable
     rewrite: Callable
 
 
 _PASSES: dict[str, PassFamily] = {}
 
 
-def register(name: str, *, find: Callable, rewrite: Callable) -> None:
+def register(name: str, *, find: Callable, describe: Callable, plan: Callable, rewrite: Callable) -> None:
     """Register the pass family ``name`` (one module per op family)."""
-    _PASSES[name] = PassFamily(name, find, rewrite)
+    _PASSES[name] = PassFamily(name, find, describe, plan, rewrite)
 
 
 def get(name: str) -> PassFamily:

@@ -5,7 +5,6 @@ what an orchestrator needs (artifact layouts, flat metrics, an atomic publish).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -20,38 +19,6 @@ log = logging.getLogger(__name__)
 CALIB_FILE = "calibration.npz"
 
 
-def parse_opt_config(text: Optional[str]) -> Optional[dict]:
-    """Parse an ``opt_config`` given as a JSON string; ``''``/``None`` means "not given".
-
-    Raises:
-        ConfigError: when the text is not a JSON object.
-    """
-    if text is None or (isinstance(text, str) and not text.strip()):
-        return None
-    if isinstance(text, dict):
-        return text
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"opt_config is not valid JSON: {e.msg} (column {e.colno})") from None
-    if not isinstance(data, dict):
-        raise ConfigError('opt_config must be a JSON object mapping node names to data types, '
-                          'e.g. {"emb/C1": "INT8"}')
-    return data
-
-
-def optional_threshold(value: Optional[float]) -> Optional[float]:
-    """Map an orchestrator threshold to ``lpo.validate``'s: ``None`` or negative means "off".
-
-    Pipeline parameters cannot be ``None`` everywhere (KFP local runs reject a null
-    default), so the components and operators take ``-1`` for "not checked".
-    """
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    value = float(value)
-    return None if value < 0 else value
-
-
 def calibration_file(path: str) -> str:
     """Return the ``.npz`` of a calibration artifact: the file itself or ``<dir>/calibration.npz``."""
     if os.path.isdir(path):
@@ -60,23 +27,6 @@ def calibration_file(path: str) -> str:
             raise DataError(f"calibration artifact {path} has no {CALIB_FILE}")
         return inner
     return path
-
-
-def parse_batch_sizes(value: Any) -> tuple[int, ...]:
-    """Accept ``[1, 64]``, ``(1, 64)``, ``"1,64"`` or ``64``; return a tuple of positive ints."""
-    if isinstance(value, str):
-        items = [v for v in value.replace(" ", "").split(",") if v]
-    elif isinstance(value, (int, float)):
-        items = [value]
-    else:
-        items = list(value)
-    try:
-        sizes = tuple(int(v) for v in items)
-    except (TypeError, ValueError):
-        raise ConfigError(f"batch_sizes must be positive integers, got {value!r}") from None
-    if not sizes or any(s < 1 for s in sizes):
-        raise ConfigError(f"batch_sizes must be positive integers, got {value!r}")
-    return sizes
 
 
 def _finite(x: Any) -> Optional[float]:

@@ -29,13 +29,13 @@ with pure protobuf edits:
    (``Variable``) or taken. These names are the ``opt_config`` keys.
 5. Write a ``variables`` collection of VariableDefs (a ``Fill`` zeros initializer each,
    never run when restoring) and an ``lpo_checkpoint_keys`` collection (``node\\tkey``
-   lines) that :func:`lpo.savedmodel.variable_specs` and
-   :func:`lpo.savedmodel.rebuild_saver` use, so the rebuilt Saver restores the tables
+   lines) that :func:`lpo.core.savedmodel.variable_specs` and
+   :func:`lpo.core.savedmodel.rebuild_saver` use, so the rebuilt Saver restores the tables
    from the object-based keys of the original checkpoint: ``convert_checkpoint`` reads
    the original ``variables/`` unchanged, and the output stays loadable by
    ``tf.saved_model.load`` (TF1 path) and ``saved_model_cli``.
 6. Drop ``object_graph_def`` and the old saver_def, build a fresh V2 Saver over the
-   collection (:func:`lpo.savedmodel.rebuild_saver`); the usual TF1 passes then run.
+   collection (:func:`lpo.core.savedmodel.rebuild_saver`); the usual TF1 passes then run.
 
 Tables stay variables (nothing is frozen). What is not supported raises
 ModelFormatError (with "TF2" in the message): savers other than one ``SaveV2`` in the
@@ -55,8 +55,8 @@ from tensorflow.core.framework import attr_value_pb2, node_def_pb2, types_pb2, v
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from lpo.errors import ModelFormatError
-from lpo.graph import make_const, make_node, parse_input, shape_of
-from lpo.savedmodel import KEYS_COLLECTION, checkpoint_keys, rebuild_saver, select_meta_graph
+from lpo.core.graph import make_const, make_node, parse_input, shape_of
+from lpo.core.savedmodel import KEYS_COLLECTION, checkpoint_keys, rebuild_saver, select_meta_graph
 
 log = logging.getLogger(__name__)
 
@@ -471,7 +471,7 @@ def lowered_model_dir(model_path: str, sm: saved_model_pb2.SavedModel):
     if not any(KEYS_COLLECTION in mg.collection_def for mg in sm.meta_graphs):
         yield model_path
         return
-    from lpo.savedmodel import write_saved_model
+    from lpo.core.savedmodel import write_saved_model
 
     tmp = tempfile.mkdtemp(prefix="lpo-lowered-")
     try:

@@ -6,7 +6,6 @@ atomically. convert_ckpt/refresh replay the checkpoint half from the manifest.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -16,18 +15,15 @@ from dataclasses import asdict, dataclass, field
 
 from lpo import __version__
 from lpo.errors import CalibrationError, CheckpointError, ConfigError, closest
-from lpo.plan import DTYPES, MANIFEST_DIR, MANIFEST_NAME, Conversion, Plan, read_manifest
-from lpo.savedmodel import (
+from lpo import options as opts
+from lpo.core.plan import MANIFEST_DIR, MANIFEST_NAME, Conversion, Plan, read_manifest
+from lpo.core.savedmodel import (
     VarSpec, check_servable, check_variables, copy_model_files, dir_bytes, is_tf2, read_saved_model,
     rebuild_saver, select_meta_graph, variable_specs, variables_prefix, write_saved_model,
 )
 
 log = logging.getLogger("lpo")
 
-EMBEDDING_SCHEMES = ("per_dim", "per_row")
-DENSE_MODES = ("compute", "weight_only")
-INT8_DENSE_MODES = ("static", "weight_only")
-KEEP = "FP32"
 ERROR_SAMPLE_BATCHES = 4
 WARN_REL_RMSE = 0.05
 
@@ -129,29 +125,14 @@ class RefreshResult:
         return {"save_path": self.save_path, "checkpoint": self.checkpoint, "convert": self.convert.to_dict()}
 
 
-# --- argument checks ------------------------------------------------------------
-def normalize_dtype(value, what: str = "data_type", allow_keep: bool = False) -> str:
-    """Return ``value`` as one of BF16/FP16/INT8 (case-insensitive), else raise ConfigError."""
-    valid = DTYPES + ((KEEP,) if allow_keep else ())
-    if not isinstance(value, str) or value.strip().upper() not in valid:
-        raise ConfigError(f"{what} {value!r} is not one of {', '.join(valid)}")
-    return value.strip().upper()
-
-
-def _choice(value: str, valid: tuple, what: str) -> str:
-    if value not in valid:
-        raise ConfigError(f"{what} {value!r} is not one of {', '.join(valid)}")
-    return value
-
-
 def _load_model(model_path, tags):
     model_path = os.fspath(model_path)
     sm = read_saved_model(model_path)
     mg = select_meta_graph(sm, tags)
     check_servable(mg, model_path)
     check_variables(model_path)
-    if is_tf2(mg):  # lowered to a flat TF1-style graph with the tables kept as variables (lpo/tf2.py)
-        from lpo.tf2 import lower_tf2
+    if is_tf2(mg):  # lowered to a flat TF1-style graph with the tables kept as variables (lpo/core/tf2.py)
+        from lpo.core.tf2 import lower_tf2
 
         sm = lower_tf2(sm, tags, model_path)
         mg = select_meta_graph(sm, tags)
@@ -160,7 +141,7 @@ def _load_model(model_path, tags):
 
 def _find(mg):
     from lpo import passes
-    from lpo.passes.common import Surgery
+    from lpo.passes.surgery import Surgery
 
     surgery = Surgery(mg)
     specs = variable_specs(mg, surgery.index)
@@ -171,12 +152,9 @@ def _find(mg):
 
 
 def _as_candidate(c) -> Candidate:
-    if c.kind == "embedding":
-        detail = f"{len(c.parts)} parts" if len(c.parts) > 1 else ""
-    else:
-        detail = "+".join(x for x in ("MatMul", "Reshape" if c.reshape else "", c.bias_op if c.bias_add else "",
-                                      "Relu" if c.relu else "") if x)
-    return Candidate(c.kind, c.name, list(c.shape), "float32", c.nbytes, detail)
+    from lpo import passes
+
+    return Candidate(c.kind, c.name, list(c.shape), "float32", c.nbytes, passes.get(c.kind).describe(c))
 
 
 def inspect_model(model_path, tags=None) -> InspectResult:
@@ -200,8 +178,8 @@ def _assign(found, opt_config, data_type) -> dict[str, str]:
             hint = f"; closest: {', '.join(near)}" if near else ""
             raise ConfigError(f"opt_config key {key!r} matches no optimizable node{hint}. "
                               "Run `lpo inspect MODEL` for the valid names")
-        dt = normalize_dtype(value, f"opt_config[{key!r}]", allow_keep=True)
-        if dt != KEEP:
+        dt = opts.normalize_dtype(value, f"opt_config[{key!r}]", allow_keep=True)
+        if dt != opts.KEEP:
             out[key] = dt
     return out
 
@@ -209,11 +187,12 @@ def _assign(found, opt_config, data_type) -> dict[str, str]:
 def _calibrate(model_path, tags, convs: list[Conversion], calib_file, *, allow_pickle, batch_size, method,
                max_batches) -> None:
     """Fill ``activation_range`` of static INT8 dense conversions from calibration data."""
-    from lpo.calibration import activation_error, load_calibration, make_observer
-    from lpo.runner import SignatureRunner
-    from lpo.signature import load_signature_specs
+    from lpo.data.calibration import load_calibration
+    from lpo.numerics.observers import activation_error, make_observer
+    from lpo.validation.runner import SignatureRunner
+    from lpo.core.signature import load_signature_specs
 
-    specs = load_signature_specs(model_path, tags=tuple(tags or ("serve",)))
+    specs = load_signature_specs(model_path, tags=opts.normalize_tags(tags))
     input_specs = {k: (v.dtype, tuple(v.shape)) for k, v in specs.items()}
     batches = load_calibration(calib_file, input_specs, batch_size=batch_size, allow_pickle=allow_pickle,
                                max_batches=max_batches)
@@ -221,7 +200,7 @@ def _calibrate(model_path, tags, convs: list[Conversion], calib_file, *, allow_p
     tensors = [c.targets["activation"] for c in convs]
     tensors = [t if ":" in t else t + ":0" for t in tensors]
     kept = [[] for _ in convs]  # the first few batches, to report each layer's quantization error
-    with SignatureRunner(model_path, tags=tuple(tags or ("serve",))) as runner:
+    with SignatureRunner(model_path, tags=opts.normalize_tags(tags)) as runner:
         for i, batch in enumerate(batches):
             for obs, keep, value in zip(observers, kept, runner.fetch(batch, tensors)):
                 obs.update(value)
@@ -257,7 +236,7 @@ def _check_output(save_path, model_path, overwrite):
 def _rewrite_all(sm, plan: Plan):
     """Apply ``plan`` to every MetaGraph of ``sm`` and rebuild their savers (in place)."""
     from lpo import passes
-    from lpo.passes.common import Surgery
+    from lpo.passes.surgery import Surgery
 
     for mg in sm.meta_graphs:
         source = type(mg)()
@@ -274,7 +253,7 @@ def _target_specs(mg) -> list[VarSpec]:
 
 def _verify_written(prefix: str, targets: list[VarSpec]) -> None:
     """Check that the written checkpoint holds every variable the new graph restores."""
-    from lpo.checkpoint import open_reader
+    from lpo.core.checkpoint import open_reader
 
     reader = open_reader(prefix)
     dtypes = reader.get_variable_to_dtype_map()
@@ -286,10 +265,12 @@ def _verify_written(prefix: str, targets: list[VarSpec]) -> None:
             raise InternalError(f"written checkpoint has {t.key!r} as {got}, the graph restores {t.dtype}")
 
 
-def optimize(model_path, save_path, opt_config=None, data_type="BF16", calib_file=None, *, overwrite=False,
-             allow_pickle=False, tags=None, embedding_scheme="per_dim", dense_mode="weight_only",
-             int8_dense="static", calib_method="l2", calib_batch_size=256, calib_max_batches=None,
-             dequantize_at_load=True, quiet=False) -> OptimizeResult:
+def optimize(model_path, save_path, opt_config=None, data_type=opts.OPTIMIZE.data_type, calib_file=None, *,
+             overwrite=False, allow_pickle=False, tags=None, embedding_scheme=opts.OPTIMIZE.embedding_scheme,
+             dense_mode=opts.OPTIMIZE.dense_mode, int8_dense=opts.OPTIMIZE.int8_dense,
+             calib_method=opts.OPTIMIZE.calib_method, calib_batch_size=opts.OPTIMIZE.calib_batch_size,
+             calib_max_batches=None,
+             dequantize_at_load=opts.OPTIMIZE.dequantize_at_load, quiet=False) -> OptimizeResult:
     """Write at ``save_path`` a SavedModel whose embeddings and dense layers run in low precision.
 
     Args:
@@ -313,40 +294,36 @@ def optimize(model_path, save_path, opt_config=None, data_type="BF16", calib_fil
     Returns:
         OptimizeResult with the optimized nodes and the bytes before and after.
     """
-    data_type = normalize_dtype(data_type)
-    _choice(embedding_scheme, EMBEDDING_SCHEMES, "embedding_scheme")
-    _choice(dense_mode, DENSE_MODES, "dense_mode")
-    _choice(int8_dense, INT8_DENSE_MODES, "int8_dense")
+    data_type = opts.normalize_dtype(data_type)
+    embedding_scheme = opts.choice(embedding_scheme, opts.EMBEDDING_SCHEMES, "embedding_scheme")
+    dense_mode = opts.choice(dense_mode, opts.DENSE_MODES, "dense_mode")
+    int8_dense = opts.choice(int8_dense, opts.INT8_DENSE_MODES, "int8_dense")
+    opt_config = opts.normalize_opt_config(opt_config)
     model_path, save_path = os.path.abspath(os.fspath(model_path)), os.path.abspath(os.fspath(save_path))
     _check_output(save_path, model_path, overwrite)
     sm, mg = _load_model(model_path, tags)
     _surgery, found = _find(mg)
     assigned = _assign(found, opt_config, data_type)
-    from lpo.checkpoint import check_checkpoint
+    from lpo.core.checkpoint import check_checkpoint
 
     check_checkpoint(variables_prefix(model_path), _target_specs(mg))  # fail fast, before any work
 
-    from lpo.passes import dense, embedding
+    from lpo import passes
 
-    convs = []
-    for c in found:
-        dt = assigned.get(c.name)
-        if dt is None:
-            continue
-        if c.kind == "embedding":
-            convs.append(embedding.plan(c, dt, embedding_scheme))
-        else:
-            convs.append(dense.plan(c, dt, int8_dense if dt == "INT8" else dense_mode, dequantize_at_load))
+    options = opts.OptimizeOptions(data_type=data_type, embedding_scheme=embedding_scheme, dense_mode=dense_mode,
+                                   int8_dense=int8_dense, calib_method=calib_method,
+                                   calib_batch_size=calib_batch_size, dequantize_at_load=dequantize_at_load)
+    convs = [passes.get(c.kind).plan(c, assigned[c.name], options) for c in found if c.name in assigned]
     static = [c for c in convs if c.kind == "dense" and c.mode == "static"]
     if static:
         if calib_file is None:
             raise CalibrationError(
                 f"INT8 dense layers need calibration data ({len(static)} layers, e.g. {static[0].node}); "
                 "pass calib_file (CLI --calib, make one with `lpo calibrate`), or use int8_dense='weight_only'")
-        from lpo.calibration import make_observer
+        from lpo.numerics.observers import make_observer
 
         make_observer(calib_method)  # validate the method before any work
-        from lpo.tf2 import lowered_model_dir
+        from lpo.core.tf2 import lowered_model_dir
 
         with lowered_model_dir(model_path, sm) as calib_model:
             _calibrate(calib_model, tags, static, calib_file, allow_pickle=allow_pickle, batch_size=calib_batch_size,
@@ -358,7 +335,7 @@ def optimize(model_path, save_path, opt_config=None, data_type="BF16", calib_fil
     _rewrite_all(sm, plan)
     new_mg = select_meta_graph(sm, tags)
 
-    from lpo.checkpoint import convert_checkpoint
+    from lpo.core.checkpoint import convert_checkpoint
     from lpo.fsutil import atomic_output_dir
 
     targets = _target_specs(new_mg)
@@ -410,7 +387,7 @@ def _all_targets(sm) -> list[VarSpec]:
 
 
 def _convert_into(ckpt_prefix, dst_prefix, sm, plan, work_dir, quiet) -> ConvertResult:
-    from lpo.checkpoint import convert_checkpoint
+    from lpo.core.checkpoint import convert_checkpoint
 
     targets = _all_targets(sm)
     stats = convert_checkpoint(ckpt_prefix, dst_prefix, plan, targets, work_dir=work_dir, quiet=quiet)
@@ -486,20 +463,6 @@ def refresh(opt_model_path, ckpt_prefix, save_path, *, overwrite=False, quiet=Fa
     conv.save_prefix = variables_prefix(save_path)
     log.info("Refreshed %s from %s", save_path, ckpt_prefix)
     return RefreshResult(save_path, ckpt_prefix, conv)
-
-
-def load_opt_config(path) -> dict:
-    """Read an opt_config JSON file (an object mapping node names to dtypes)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            cfg = json.load(f)
-    except OSError as e:
-        raise ConfigError(f"cannot read opt_config file {path}: {e.strerror}") from e
-    except ValueError as e:
-        raise ConfigError(f"opt_config file {path} is not valid JSON: {e}") from e
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"opt_config file {path} must hold a JSON object, got {type(cfg).__name__}")
-    return cfg
 
 
 __all__ = ["optimize", "inspect_model", "convert_ckpt", "refresh", "OptimizeResult", "InspectResult",

@@ -73,9 +73,9 @@ def run_kfp_demo(out_dir: str, *, variant: str = "resource", data_type: str = "I
 
     Args:
         out_dir: working directory (created); pipeline artifacts go to ``<out_dir>/kfp-outputs``.
-        variant: sample model variant (see :data:`lpo.samples.VARIANTS`).
+        variant: sample model variant (see :data:`lpo.samples.tf1.VARIANTS`).
         data_type: target precision for the optimize pipeline.
-        cache_dir: sample model cache (default: :func:`lpo.samples.default_cache_dir`).
+        cache_dir: sample model cache (default: :func:`lpo.samples.tf1.default_cache_dir`).
         validate_iters: timed iterations per batch size in the validate steps.
         validate_batch_sizes: comma-separated latency batch sizes.
         calib_rows: calibration rows sampled from the sample's training CSV.
@@ -87,7 +87,7 @@ def run_kfp_demo(out_dir: str, *, variant: str = "resource", data_type: str = "I
         RuntimeError: when a pipeline task fails (e.g. the validation gate).
     """
     from lpo.components.pipelines import optimize_pipeline, refresh_pipeline
-    from lpo.samples import cached_sample, perturb_checkpoint
+    from lpo.samples.tf1 import cached_sample, perturb_checkpoint
 
     out_dir = os.path.abspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)

@@ -16,7 +16,7 @@ from tensorflow.core.framework import variable_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from lpo.errors import InternalError, LpoError, ModelFormatError
-from lpo.graph import GraphIndex, shape_of
+from lpo.core.graph import GraphIndex, shape_of
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Write a :class:`lpo.validation.ValidationReport` as JSON, Markdown and self-contained HTML.
+"""Write a :class:`lpo.validation.validator.ValidationReport` as JSON, Markdown and self-contained HTML.
 
 The HTML page has no external resources: CSS is inline and the plots (matplotlib,
 ``Agg`` backend, imported lazily) are embedded as base64 PNGs. Without matplotlib

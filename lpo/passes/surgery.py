@@ -1,6 +1,6 @@
 """Graph surgery shared by the pass families: retyping and adding variables.
 
-Everything is a protobuf edit through :class:`lpo.graph.GraphIndex`; the
+Everything is a protobuf edit through :class:`lpo.core.graph.GraphIndex`; the
 VariableDefs of the ``variables`` collection are kept in step so that the
 rebuilt Saver saves and restores exactly the variables the graph uses.
 """
@@ -10,8 +10,8 @@ import numpy as np
 from tensorflow.core.framework import types_pb2, variable_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from lpo.graph import GraphIndex, dtype_attr, make_const, make_node, parse_input, shape_proto, tensor_ref
-from lpo.savedmodel import VARIABLES_COLLECTION, saver_scopes, variable_defs
+from lpo.core.graph import GraphIndex, dtype_attr, make_const, make_node, parse_input, shape_proto, tensor_ref
+from lpo.core.savedmodel import VARIABLES_COLLECTION, saver_scopes, variable_defs
 
 READ_OPS = ("ReadVariableOp", "Identity")
 INIT_OPS = ("AssignVariableOp", "Assign")

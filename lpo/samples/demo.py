@@ -70,7 +70,7 @@ def run_demo(out=None, keep=False, quiet=False, pipeline=None) -> DemoResult:
     ``pipeline='kfp'`` also runs the KFP optimize and refresh pipelines locally.
     """
     import lpo
-    from lpo.samples import cached_sample
+    from lpo.samples.tf1 import cached_sample
 
     out_dir = os.path.abspath(out or tempfile.mkdtemp(prefix="lpo-demo-"))
     os.makedirs(out_dir, exist_ok=True)
@@ -94,7 +94,7 @@ def run_demo(out=None, keep=False, quiet=False, pipeline=None) -> DemoResult:
             auc=acc["auc_optimized"], auc_delta=acc["auc_delta"], max_abs_diff=d["outputs"][out_name]["max_abs_diff"],
             latency_ratio_b512=lat["p50_ratio"], report=os.path.join(report_dir, "report.html")))
     if pipeline == "kfp":
-        from lpo.demo_pipelines import run_kfp_demo
+        from lpo.samples.demo_pipelines import run_kfp_demo
 
         log.info("Running the KFP optimize and refresh pipelines locally (kfp.local) ...")
         result.pipeline = run_kfp_demo(os.path.join(out_dir, "kfp")).to_dict()

@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from lpo.metrics import auc as _auc, logloss as _logloss
+from lpo.validation.metrics import auc as _auc, logloss as _logloss
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Streaming checkpoint conversion: one tensor (or one slice) at a time.
 
 Reads with ``RestoreV2`` (a slice at a time for partitioned variables), converts
-with the numpy numerics of :mod:`lpo.quant`, writes shards with ``SaveV2`` and
+with the numpy numerics of :mod:`lpo.numerics.quant`, writes shards with ``SaveV2`` and
 merges them with ``MergeV2Checkpoints``. Peak memory is about one variable (its
 FP32 source plus its converted form) plus a bounded write buffer: tensors are
 read and handed to ``SaveV2`` without copies (``np.asarray`` of the restored
@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from lpo import quant
+from lpo.numerics import quant
 from lpo.errors import CheckpointError
 from lpo.log import progress
-from lpo.plan import Plan, VarConversion
-from lpo.savedmodel import VarSpec
+from lpo.core.plan import Plan, VarConversion
+from lpo.core.savedmodel import VarSpec
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from lpo.errors import ConfigError, DataError, OutputExistsError, closest
-from lpo.signature import InputSpec, load_signature_specs
+from lpo.core.signature import InputSpec, load_signature_specs
 
 log = logging.getLogger(__name__)
 

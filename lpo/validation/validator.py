@@ -18,20 +18,19 @@ from typing import Any
 
 import numpy as np
 
+from lpo import options as opts
 from lpo.errors import ConfigError, DataError, ModelFormatError, ValidationFailed, closest
-from lpo.signature import load_output_specs, load_signature_specs
+from lpo.core.signature import load_output_specs, load_signature_specs
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ValidationReport", "validate", "DEFAULT_THRESHOLDS"]
 
-#: Defaults of the thresholds (None = not checked).
-DEFAULT_THRESHOLDS = {
-    "max_auc_drop": 0.001,       # AUC(original) - AUC(optimized) must be <= this
-    "max_abs_diff": None,        # max |optimized - original| over every output
-    "max_latency_ratio": None,   # p50(optimized) / p50(original) at batch 512 (or largest)
-    "min_size_reduction": None,  # 1 - variables(optimized) / variables(original)
-}
+#: Defaults of the thresholds (None = not checked): max_auc_drop is AUC(original) -
+#: AUC(optimized); max_abs_diff is max |optimized - original| over every output;
+#: max_latency_ratio is p50(optimized) / p50(original) at batch 512 (or the largest);
+#: min_size_reduction is 1 - variables(optimized) / variables(original).
+DEFAULT_THRESHOLDS = opts.THRESHOLDS.to_dict()
 PREDICTION_NAMES = ("probabilities", "predictions", "prob")
 MANIFEST = os.path.join("assets.extra", "lpo_manifest.json")
 _PREDICT_CHUNK = 2048
@@ -240,7 +239,7 @@ def _environment() -> dict:
 
 # --------------------------------------------------------------------------- data
 def _load_data(path, specs, label_key, max_rows):
-    from lpo.datasources import cast_array
+    from lpo.data.sources import cast_array
 
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -329,16 +328,18 @@ def _latency(models, arrays, n, batch_sizes, warmup, iters) -> list:
 
 
 # --------------------------------------------------------------------------- API
-def validate(original, optimized, data, *, batch_sizes=(1, 64, 512), label_key="label",
-             max_rows=None, warmup=5, iters=50, max_auc_drop=0.001, max_abs_diff=None,
-             max_latency_ratio=None, min_size_reduction=None, report_dir=None, tags=None,
-             signature="serving_default", raise_on_fail=True,
+def validate(original, optimized, data, *, batch_sizes=opts.VALIDATE.batch_sizes,
+             label_key=opts.VALIDATE.label_key, max_rows=None, warmup=opts.VALIDATE.warmup,
+             iters=opts.VALIDATE.iters, max_auc_drop=opts.THRESHOLDS.max_auc_drop,
+             max_abs_diff=opts.THRESHOLDS.max_abs_diff, max_latency_ratio=opts.THRESHOLDS.max_latency_ratio,
+             min_size_reduction=opts.THRESHOLDS.min_size_reduction, report_dir=None, tags=None,
+             signature=opts.DEFAULT_SIGNATURE, raise_on_fail=True,
              session_config=None) -> ValidationReport:
     """Compare ``optimized`` with ``original`` on ``data`` (an npz of inputs + optional label).
 
     Measures per-output |diff| (max, mean, p99), AUC/logloss when labels exist,
     interleaved latency p50/p99 and throughput at each batch size, and sizes.
-    Thresholds (None = off): ``max_auc_drop`` (default 0.001), ``max_abs_diff``,
+    Thresholds (None = off; defaults in :mod:`lpo.options`): ``max_auc_drop``, ``max_abs_diff``,
     ``max_latency_ratio`` (p50 at batch 512, or the largest batch size) and
     ``min_size_reduction`` (fraction of variables bytes saved, < 1). With
     ``report_dir``, report.json/.md/.html are written there. On a breach,
@@ -353,16 +354,12 @@ def validate(original, optimized, data, *, batch_sizes=(1, 64, 512), label_key="
         "min_size_reduction": _check_threshold("min_size_reduction", min_size_reduction,
                                                hi=1.0, hi_open=True),
     }
-    if isinstance(batch_sizes, int):
-        batch_sizes = (batch_sizes,)
-    batch_sizes = [_positive_int("batch_sizes entry", b) for b in (batch_sizes or ())]
+    batch_sizes = list(opts.normalize_batch_sizes(batch_sizes))
     warmup = _positive_int("warmup", warmup, minimum=0)
     iters = _positive_int("iters", iters)
     if max_rows is not None:
         max_rows = _positive_int("max_rows", max_rows)
-    tags = tuple(tags) if tags is not None else ("serve",)
-    if isinstance(tags, tuple) and len(tags) == 1 and "," in tags[0]:
-        tags = tuple(t for t in tags[0].split(",") if t)
+    tags = opts.normalize_tags(tags)
     original, optimized, data = os.fspath(original), os.fspath(optimized), os.fspath(data)
     if report_dir is not None:
         _check_report_dir(os.fspath(report_dir), (original, optimized))
@@ -448,7 +445,7 @@ def validate(original, optimized, data, *, batch_sizes=(1, 64, 512), label_key="
         else:
             report.samples = {"original": pa, "optimized": pb}
         if labels is not None:
-            from lpo.metrics import auc, logloss
+            from lpo.validation.metrics import auc, logloss
 
             ao, an = auc(labels, pa), auc(labels, pb)
             lo, ln = logloss(labels, pa), logloss(labels, pb)
@@ -477,7 +474,7 @@ def validate(original, optimized, data, *, batch_sizes=(1, 64, 512), label_key="
              report.summary())
 
     if report_dir is not None:
-        from lpo.report import write_report
+        from lpo.validation.report import write_report
 
         report.report_files = write_report(report, report_dir)
     if not report.passed and raise_on_fail:

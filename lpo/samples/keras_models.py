@@ -1,6 +1,6 @@
 """A small Keras 3 DLRM-like model exported as a TF2 SavedModel (``model.export``).
 
-Used by the TF2 tests (lpo/tf2.py). Seeded synthetic data with a learnable label:
+Used by the TF2 tests (lpo/core/tf2.py). Seeded synthetic data with a learnable label:
 
 * inputs ``C1..C8``: int32 ``[None]`` ids in ``[0, 1000)`` (Zipf-like), one
   ``keras.layers.Embedding(1000, 16)`` each (layer ``emb_C<k>``);
@@ -11,7 +11,7 @@ Used by the TF2 tests (lpo/tf2.py). Seeded synthetic data with a learnable label
 Exported with ``model.export(path)`` (Keras 3, TF backend): a TF2 object-graph SavedModel
 whose ``serving_default`` signature takes the 9 inputs above and returns ``output_0``.
 The builder writes ``model/``, ``heldout.npz`` (inputs + ``label``), ``calib.npz`` and
-``sample.json``; :func:`cached_keras_sample` caches it like :func:`lpo.samples.cached_sample`.
+``sample.json``; :func:`cached_keras_sample` caches it like :func:`lpo.samples.tf1.cached_sample`.
 
 :func:`build_dcn_sample` (cached: :func:`cached_dcn_sample`) is a DCN-v2-style model on the
 same data: the 8 embeddings and ``dense`` concatenated into ``x0`` (136 values), two
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from lpo.metrics import auc as _auc
+from lpo.validation.metrics import auc as _auc
 
 KERAS_SAMPLE_VERSION = 1
 NUM_SPARSE = 8
@@ -311,7 +311,7 @@ def build_tf_keras_sample(out_dir: str, *, seed: int = 0, train_rows: int = 20_0
     calib = generate_data(calib_rows, seed, 2)
     np.savez(os.path.join(out_dir, "heldout.npz"), **held)
     np.savez(os.path.join(out_dir, "calib.npz"), **{n: calib[n] for n in INPUT_NAMES})
-    code = ("import sys; from lpo.samples_keras import _save_tf_keras_model as f; "
+    code = ("import sys; from lpo.samples.keras_models import _save_tf_keras_model as f; "
             "f(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))")
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
     r = subprocess.run([sys.executable, "-c", code, out_dir, str(seed), str(train_rows)], env=env,
@@ -342,7 +342,7 @@ def _load_cached(path: str) -> KerasSample | None:
 
 def cached_keras_sample(cache_dir: str | None = None, *, seed: int = 0, kind: str = "dlrm") -> KerasSample:
     """Return the Keras sample (``kind``: ``dlrm`` or ``dcn``), built once into ``cache_dir`` (locked, atomic)."""
-    from lpo.samples import cached_build, default_cache_dir
+    from lpo.samples.tf1 import cached_build, default_cache_dir
 
     cache_dir = os.path.abspath(cache_dir or default_cache_dir())
     os.makedirs(cache_dir, exist_ok=True)

@@ -27,7 +27,7 @@ DEFAULT_SIGNATURE = "serving_default"
 class InputSpec(NamedTuple):
     """One signature tensor: numpy dtype, shape (``None`` = unknown dim), graph tensor name.
 
-    A named tuple, so ``(dtype, shape)`` indexing (as ``lpo.calibration`` expects) works.
+    A named tuple, so ``(dtype, shape)`` indexing (as ``lpo.data.calibration`` expects) works.
     """
 
     dtype: np.dtype
@@ -42,7 +42,7 @@ class InputSpec(NamedTuple):
 
 def load_saved_model_proto(model_path):
     """Parse ``<model_path>/saved_model.pb``; raise ModelFormatError when missing or corrupt."""
-    from lpo.savedmodel import read_saved_model
+    from lpo.core.savedmodel import read_saved_model
 
     return read_saved_model(os.fspath(model_path))
 

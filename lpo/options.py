@@ -1,0 +1,250 @@
+"""Every option lpo takes, its valid values and its default, defined once.
+
+The library, the CLI, the Kubeflow components, the Airflow operators and the DAGs
+all read their choices and defaults from here, and normalize user input with the
+functions below (case-insensitive choices, tags, batch sizes, ``opt_config`` as a
+dict, a JSON string or a JSON file, and orchestrator thresholds where a negative
+value means "off").
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Optional
+
+from lpo.errors import ConfigError, closest
+
+# --------------------------------------------------------------------------- choices
+#: Data types a whole model can be optimized to (``data_type``).
+DATA_TYPES = ("BF16", "FP16", "INT8")
+#: The opt_config value that keeps a node in float32.
+KEEP = "FP32"
+#: Data types valid as ``opt_config`` values (per node).
+NODE_DTYPES = DATA_TYPES + (KEEP,)
+#: INT8 embedding table scales: one per column or one per row.
+EMBEDDING_SCHEMES = ("per_dim", "per_row")
+#: BF16/FP16 dense layers: 16-bit weights with a float32 MatMul, or 16-bit arithmetic.
+DENSE_MODES = ("weight_only", "compute")
+#: INT8 dense layers: calibrated int8 activations, or int8 weights with float activations.
+INT8_DENSE_MODES = ("static", "weight_only")
+#: Activation range search of static INT8 calibration.
+CALIB_METHODS = ("l2", "minmax", "percentile")
+#: Formats ``make_calibration`` reads.
+DATA_FORMATS = ("csv", "tsv", "tfrecord", "npz")
+#: The MetaGraph tags and signature lpo loads by default.
+DEFAULT_TAGS = ("serve",)
+DEFAULT_SIGNATURE = "serving_default"
+
+
+@dataclass(frozen=True)
+class OptimizeOptions:
+    """Defaults of :func:`lpo.optimize` (and of every wrapper around it)."""
+
+    data_type: str = "BF16"
+    embedding_scheme: str = "per_dim"
+    dense_mode: str = "weight_only"
+    int8_dense: str = "static"
+    calib_method: str = "l2"
+    calib_batch_size: int = 256
+    #: weight_only/static dense layers: dequantize the weights once at load into a float32 local variable
+    dequantize_at_load: bool = True
+
+    def to_dict(self) -> dict:
+        """Return a JSON-able dict."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CalibrateOptions:
+    """Defaults of :func:`lpo.make_calibration`."""
+
+    num_rows: int = 1024
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Validation gates; ``None`` is "not checked"."""
+
+    max_auc_drop: Optional[float] = 0.001
+    max_abs_diff: Optional[float] = None
+    max_latency_ratio: Optional[float] = None
+    min_size_reduction: Optional[float] = None
+
+    def to_dict(self) -> dict:
+        """Return a JSON-able dict."""
+        return asdict(self)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The threshold names, in order."""
+        return tuple(f.name for f in fields(cls))
+
+
+@dataclass(frozen=True)
+class ValidateOptions:
+    """Defaults of :func:`lpo.validate` other than the thresholds."""
+
+    batch_sizes: tuple = (1, 64, 512)
+    iters: int = 50
+    warmup: int = 5
+    label_key: str = "label"
+
+
+OPTIMIZE = OptimizeOptions()
+CALIBRATE = CalibrateOptions()
+THRESHOLDS = Thresholds()
+VALIDATE = ValidateOptions()
+#: Orchestrator parameters cannot always be null: a negative threshold there means "off".
+OFF = -1.0
+
+
+# --------------------------------------------------------------------------- normalizers
+def choice(value: Any, valid: tuple, what: str, *, upper: bool = False) -> str:
+    """Return ``value`` as the member of ``valid`` it names (case-insensitive, ``-`` = ``_``).
+
+    Raises ConfigError with the valid values and a did-you-mean hint.
+    """
+    if isinstance(value, str):
+        key = value.strip().replace("-", "_")
+        for v in valid:
+            if key.lower() == v.lower():
+                return v
+    near = closest(str(value).upper() if upper else str(value).lower(), list(valid), n=1)
+    hint = f"; did you mean {near[0]}?" if near else ""
+    raise ConfigError(f"{what} {value!r} is not one of {', '.join(valid)}{hint}")
+
+
+def normalize_dtype(value: Any, what: str = "data_type", *, allow_keep: bool = False) -> str:
+    """Return a data type (``BF16``/``FP16``/``INT8``, and ``FP32`` with ``allow_keep``)."""
+    return choice(value, NODE_DTYPES if allow_keep else DATA_TYPES, what, upper=True)
+
+
+def normalize_tags(tags: Any) -> tuple[str, ...]:
+    """Return MetaGraph tags as a tuple: ``None`` -> ``('serve',)``, ``"serve,gpu"`` -> ``('serve', 'gpu')``."""
+    if tags is None:
+        return DEFAULT_TAGS
+    if isinstance(tags, str):
+        items = [t.strip() for t in tags.split(",")]
+    else:
+        try:
+            items = [str(t).strip() for t in tags]
+        except TypeError:
+            raise ConfigError(f"tags must be a string or a list of strings, got {tags!r}") from None
+    items = [t for t in items if t]
+    if not items:
+        raise ConfigError(f"tags {tags!r} name no tag; pass e.g. 'serve'")
+    return tuple(items)
+
+
+def normalize_batch_sizes(value: Any) -> tuple[int, ...]:
+    """Accept ``[1, 64]``, ``(1, 64)``, ``"1,64"`` or ``64``; return a tuple of positive ints.
+
+    Raises ConfigError on anything else (``"1,x"``, ``""``, ``0``, ``1.5``).
+    """
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")]
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        items = [value]
+    else:
+        try:
+            items = list(value)
+        except TypeError:
+            items = [value]
+    sizes = []
+    for v in items:
+        try:
+            n = int(v) if not isinstance(v, float) or v.is_integer() else None
+        except (TypeError, ValueError):
+            n = None
+        if n is None or isinstance(v, bool) or n < 1:
+            raise ConfigError(f"batch sizes must be positive integers separated by commas (e.g. 1,64,512), "
+                              f"got {value!r}")
+        sizes.append(n)
+    if not sizes:
+        raise ConfigError(f"batch sizes must be positive integers separated by commas (e.g. 1,64,512), got {value!r}")
+    return tuple(sizes)
+
+
+def optional_threshold(value: Any, what: str = "threshold") -> Optional[float]:
+    """Map an orchestrator threshold to the library's: ``None``, ``""`` or negative means "off"."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a number (negative: off), got {value!r}") from None
+    if number != number:
+        raise ConfigError(f"{what} must be a number (negative: off), got NaN")
+    return None if number < 0 else number
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "null" if value is None else f"a {type(value).__name__}"
+
+
+def load_opt_config(path) -> dict:
+    """Read an ``opt_config`` JSON file: an object mapping node names to data types."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({e.reason} at byte {e.start}); "
+                          "save it as UTF-8 JSON") from None
+    return _opt_config_from_json(text, f"config file {path}")
+
+
+def _opt_config_from_json(text: str, where: str) -> dict:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{where} is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must contain a JSON object mapping node names to data types "
+                          f"(e.g. {{\"emb/C1\": \"INT8\"}}), not {_json_kind(data)}")
+    return data
+
+
+def normalize_opt_config(value: Any) -> Optional[dict]:
+    """Return ``opt_config`` as a dict, or None when not given.
+
+    Accepts a dict, a JSON object string, or the path of a JSON file; ``None`` and
+    ``""`` mean "not given" (every node gets ``data_type``).
+    """
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, os.PathLike):
+        return load_opt_config(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        if text.startswith("{") or text.startswith("["):
+            return _opt_config_from_json(text, "opt_config")
+        return load_opt_config(text)
+    raise ConfigError(f"opt_config must be a dict, a JSON object string or a JSON file path, "
+                      f"got {type(value).__name__}")
+
+
+__all__ = [
+    "DATA_TYPES", "KEEP", "NODE_DTYPES", "EMBEDDING_SCHEMES", "DENSE_MODES", "INT8_DENSE_MODES", "CALIB_METHODS",
+    "DATA_FORMATS", "DEFAULT_TAGS", "DEFAULT_SIGNATURE", "OptimizeOptions", "CalibrateOptions", "Thresholds",
+    "ValidateOptions", "OPTIMIZE", "CALIBRATE", "THRESHOLDS", "VALIDATE", "OFF", "choice", "normalize_dtype",
+    "normalize_tags", "normalize_batch_sizes", "optional_threshold", "load_opt_config", "normalize_opt_config",
+]

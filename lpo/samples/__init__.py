@@ -1,0 +1,1 @@
+"""Sample models (TF1 graph and Keras), their data, and the demo. Not needed by the core."""

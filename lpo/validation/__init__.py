@@ -1,0 +1,1 @@
+"""Running models and comparing them: the signature runner, metrics, ``validate`` and its report."""
