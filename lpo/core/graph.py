@@ -5,7 +5,7 @@ Pure protobuf: nothing here executes a graph or touches tensor values.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2, tensor_shape_pb2, types_pb2
@@ -160,6 +160,113 @@ class GraphIndex:
             if name in self.nodes:
                 out.node.add().CopyFrom(self.nodes[name])
         return out
+
+
+# --- declared patterns ----------------------------------------------------------
+@dataclass(frozen=True)
+class OpTypePattern:
+    """A declared subgraph, matched from its root node toward its inputs.
+
+    As TF graph_transforms' ``OpTypePattern`` and tf2onnx's ``GraphMatcher``:
+
+    * ``op``: an op type, alternatives as ``"A|B"`` or a tuple, or ``"*"`` for any op;
+    * ``name``: the label the matched node is captured under (``""``: not captured);
+    * ``inputs``: patterns for the node's first data inputs, in order (``()``: any inputs);
+    * ``optional``: the node may be absent; its first input pattern then matches in its place;
+    * ``sole_consumer``: the node above it in the match is the only reader of its output
+      (one data edge, no control edge);
+    * ``where``: a predicate on the NodeDef (attrs).
+    """
+
+    op: str | tuple[str, ...]
+    name: str = ""
+    inputs: tuple["OpTypePattern", ...] = ()
+    optional: bool = False
+    sole_consumer: bool = False
+    where: Callable | None = None
+
+    def __post_init__(self):
+        ops = tuple(self.op.split("|")) if isinstance(self.op, str) else tuple(self.op)
+        object.__setattr__(self, "op", ops)
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        if self.optional and not self.inputs:
+            raise ValueError(f"optional pattern {self.name or ops} needs an input pattern to stand in for it")
+
+    def accepts(self, node: node_def_pb2.NodeDef) -> bool:
+        """True when ``node`` has an allowed op type and passes ``where``."""
+        return ("*" in self.op or node.op in self.op) and (self.where is None or bool(self.where(node)))
+
+
+ANY = OpTypePattern("*")
+
+Match = dict  # label -> NodeDef
+
+
+class GraphMatcher:
+    """Finds the matches of declared :class:`OpTypePattern` s in a :class:`GraphIndex`."""
+
+    def __init__(self, index: GraphIndex, *patterns: OpTypePattern):
+        self.index = index
+        self.patterns = patterns
+
+    def match(self, node: node_def_pb2.NodeDef) -> Iterator[Match]:
+        """Yield every match rooted at ``node``, preferred first.
+
+        Patterns are tried in the order given; an optional node is tried present
+        before absent, so the first match is the longest one.
+        """
+        for pattern in self.patterns:
+            yield from self._match(node, pattern, None, {})
+
+    def match_all(self, anchor: str, accept: Callable[[Match], bool] | None = None) -> list[Match]:
+        """Return, in graph order of the ``anchor`` node, one match per anchor node.
+
+        Every node is tried as a root; a match counts when ``accept(match)`` is true
+        (cross-node checks the pattern cannot say). Of the accepted matches sharing an
+        anchor node the one capturing most nodes is kept, so a chain is taken whole.
+        """
+        best: dict[str, Match] = {}
+        position: dict[str, int] = {}
+        for i, name in enumerate(self.index.order):
+            if name not in self.index.nodes:
+                continue
+            position[name] = i
+            for m in self.match(self.index.nodes[name]):
+                if accept is None or accept(m):
+                    key = m[anchor].name
+                    if key not in best or len(m) > len(best[key]):
+                        best[key] = m
+                    break
+        return sorted(best.values(), key=lambda m: position.get(m[anchor].name, len(position)))
+
+    def _match(self, node, pattern: OpTypePattern, parent, captured: Match) -> Iterator[Match]:
+        if pattern.accepts(node) and (not pattern.sole_consumer or self._sole_consumer(node, parent)):
+            yield from self._match_inputs(node, pattern, 0, {**captured, **({pattern.name: node} if pattern.name
+                                                                             else {})})
+        if pattern.optional:
+            yield from self._match(node, pattern.inputs[0], parent, captured)
+
+    def _match_inputs(self, node, pattern: OpTypePattern, i: int, captured: Match) -> Iterator[Match]:
+        if i == len(pattern.inputs):
+            yield captured
+            return
+        data = [inp for inp in node.input if not inp.startswith("^")]
+        if i >= len(data):
+            return
+        src = parse_input(data[i])[0]
+        if src not in self.index:
+            return
+        for m in self._match(self.index.node(src), pattern.inputs[i], node, captured):
+            yield from self._match_inputs(node, pattern, i + 1, m)
+
+    def _sole_consumer(self, node, parent) -> bool:
+        if parent is None:
+            return True
+        consumers = self.index.consumers(node.name)
+        if len(consumers) != 1 or consumers[0].name != parent.name or self.index.control_uses.get(node.name):
+            return False
+        edges = [inp for inp in parent.input if not inp.startswith("^") and parse_input(inp)[0] == node.name]
+        return len(edges) == 1
 
 
 # --- NodeDef builders ---------------------------------------------------------

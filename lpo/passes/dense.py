@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 from tensorflow.core.framework import types_pb2
 
-from lpo.core.graph import DT, dtype_attr, make_node, parse_input
-from lpo.passes.surgery import INIT_OPS, READ_OPS, STATUS_OPS, Surgery
+from lpo.core.graph import ANY, DT, READ_OPS, VARIABLE_OPS, GraphMatcher, OpTypePattern, dtype_attr, make_node
+from lpo.passes.surgery import Surgery
 from lpo.passes.registry import register
 from lpo.core.plan import Conversion, VarConversion
 from lpo.core.savedmodel import VarSpec
@@ -60,70 +60,56 @@ class DenseCandidate:
         return n + (self.bias.shape[0] * 4 if self.bias else 0)
 
 
-def _variable_behind(s: Surgery, tensor: str, specs: dict[str, VarSpec]) -> VarSpec | None:
-    """Return the variable that ``tensor`` reads (directly or through one read op)."""
-    node = s.index.node(parse_input(tensor)[0])
-    if node.name in specs:
-        return specs[node.name]
-    if node.op in READ_OPS:
-        src = parse_input(node.input[0])[0]
-        return specs.get(src)
-    return None
+def _variable(label: str) -> OpTypePattern:
+    """A variable, read directly or through one snapshot read."""
+    return OpTypePattern(READ_OPS, optional=True, inputs=(OpTypePattern(VARIABLE_OPS, label),))
 
 
-def _sole_reader(s: Surgery, var: str, reader: str) -> bool:
-    """True when ``reader`` is the only non-saver, non-init reader of ``var``."""
-    idx = s.index
-    for c in idx.consumers(var):
-        if s.is_saver_node(c.name) or c.op in STATUS_OPS or c.name == reader:
-            continue
-        if c.op in INIT_OPS and parse_input(c.input[0])[0] == var:
-            continue
-        if c.op in READ_OPS:
-            if all(cc.name == reader or s.is_saver_node(cc.name) for cc in idx.consumers(c.name)):
-                continue
-        return False
-    return True
+# Relu?(BiasAdd|AddV2?(Reshape?(MatMul(x, W)), b)), each inner node read only by the next
+MATMUL = OpTypePattern("MatMul", "matmul", (ANY, _variable("weight")), sole_consumer=True,
+                       where=lambda n: n.attr["T"].type == types_pb2.DT_FLOAT)
+RESHAPE = OpTypePattern("Reshape", "reshape", (MATMUL,), optional=True, sole_consumer=True)
+BIAS_ADD = OpTypePattern("BiasAdd|AddV2", "bias_add", (RESHAPE, _variable("bias")), optional=True,
+                         sole_consumer=True)
+PATTERN = OpTypePattern("Relu", "relu", (BIAS_ADD,), optional=True)
 
 
-def _single_consumer(s: Surgery, name: str, op: str):
-    idx = s.index
-    cons = idx.consumers(name)
-    if len(cons) == 1 and cons[0].op == op and not idx.control_uses.get(name) and \
-            parse_input(cons[0].input[0])[0] == name and len(idx.uses[name]) == 1:
-        return cons[0]
-    return None
+def _acceptor(s: Surgery, specs: dict[str, VarSpec]):
+    """Return the checks a dense match must pass beyond its pattern."""
+    def sole_reader(var: VarSpec, reader) -> bool:
+        return all(r.name == reader.name for r in s.readers(var.node))
+
+    def accept(m) -> bool:
+        mm = m["matmul"]
+        w = specs.get(m["weight"].name)
+        if s.is_saver_node(mm.name) or w is None or w.dtype != "float32" or len(w.shape) != 2 or w.slice \
+                or not sole_reader(w, mm):
+            return False
+        if "bias_add" not in m:
+            return "reshape" not in m  # tf.tensordot's Reshape is taken only with its bias
+        b = specs.get(m["bias"].name)
+        units = w.shape[0] if mm.attr["transpose_b"].b else w.shape[1]
+        rank1 = b is not None and len(b.shape) == 1  # AddV2 (Keras Dense) only with a [units] bias
+        return b is not None and (m["bias_add"].op == "BiasAdd" or rank1) and b.dtype == "float32" \
+            and not b.slice and ("reshape" not in m or list(b.shape) == [units]) and sole_reader(b, m["bias_add"])
+
+    return accept
 
 
 def find(s: Surgery, specs: dict[str, VarSpec]) -> list[DenseCandidate]:
-    """Return the optimizable MatMul chains of the graph."""
+    """Return the optimizable MatMul chains of the graph (the longest accepted match per MatMul)."""
     out = []
-    for mm in s.index.by_op("MatMul"):
-        if mm.attr["T"].type != types_pb2.DT_FLOAT or s.is_saver_node(mm.name):
-            continue
-        w = _variable_behind(s, mm.input[1], specs)
-        if w is None or w.dtype != "float32" or len(w.shape) != 2 or w.slice or not _sole_reader(s, w.node, mm.name):
-            continue
+    for m in GraphMatcher(s.index, PATTERN).match_all("matmul", _acceptor(s, specs)):
+        mm, w = m["matmul"], specs[m["weight"].name]
         # lowered TF2 models (checkpoint key != node): name the layer by its readable weight variable
         name = w.node if w.key != w.node else mm.name
         cand = DenseCandidate(name, list(w.shape), w, mm.input[0], transpose_b=mm.attr["transpose_b"].b,
                               matmul=mm.name if name != mm.name else "")
-        last = mm.name
-        units = w.shape[0] if cand.transpose_b else w.shape[1]
-        reshape = _single_consumer(s, last, "Reshape")  # tf.tensordot: MatMul -> Reshape -> BiasAdd
-        before_bias = reshape.name if reshape is not None else last
-        bias_add = _single_consumer(s, before_bias, "BiasAdd") or _single_consumer(s, before_bias, "AddV2")
-        if bias_add is not None:
-            b = _variable_behind(s, bias_add.input[1], specs)
-            rank1 = b is not None and len(b.shape) == 1  # AddV2 (Keras Dense) only with a [units] bias
-            if b is not None and (bias_add.op == "BiasAdd" or rank1) and b.dtype == "float32" and not b.slice \
-                    and (reshape is None or list(b.shape) == [units]) and _sole_reader(s, b.node, bias_add.name):
-                cand.bias, cand.bias_add, last = b, bias_add.name, bias_add.name
-                cand.bias_op = bias_add.op
-                cand.reshape = reshape.name if reshape is not None else None
-        relu = _single_consumer(s, last, "Relu")
-        if relu is not None:
-            cand.relu = relu.name
+        if "bias_add" in m:
+            cand.bias, cand.bias_add, cand.bias_op = specs[m["bias"].name], m["bias_add"].name, m["bias_add"].op
+            cand.reshape = m["reshape"].name if "reshape" in m else None
+        if "relu" in m:
+            cand.relu = m["relu"].name
         out.append(cand)
     return out
 

@@ -22,8 +22,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from tensorflow.core.framework import types_pb2
 
-from lpo.core.graph import DT, const_value, dtype_attr, make_const, make_node, parse_input
-from lpo.passes.surgery import INIT_OPS, READ_OPS, STATUS_OPS, Surgery
+from lpo.core.graph import (
+    ANY, DT, READ_OPS, VARIABLE_OPS, GraphMatcher, OpTypePattern, const_value, dtype_attr, make_const, make_node,
+    parse_input,
+)
+from lpo.passes.surgery import Surgery
 from lpo.passes.registry import register
 from lpo.core.plan import Conversion, VarConversion
 from lpo.core.savedmodel import VarSpec
@@ -50,51 +53,33 @@ class EmbeddingCandidate:
         return int(np.prod(self.shape)) * 4
 
 
-def _axis_is_zero(s: Surgery, gather) -> bool:
-    if gather.op == "Gather":
-        return True
-    if gather.attr["batch_dims"].i != 0:
-        return False
-    axis = const_value(s.index.input_node(gather, 2))
-    return axis is not None and int(axis) == 0
+def _row_lookup(node) -> bool:
+    return node.attr["batch_dims"].i == 0
 
 
-def _lookups_of(s: Surgery, var: str) -> list[str] | None:
-    """Return the lookup nodes reading ``var``, or None if anything else reads it."""
-    idx = s.index
-    found: list[str] = []
+def _is_zero(node) -> bool:
+    value = const_value(node)
+    return value is not None and value.size == 1 and int(value.reshape(-1)[0]) == 0
 
-    def row_reader(node, src: str) -> bool:
-        if parse_input(node.input[0])[0] != src:
-            return False
-        if node.op == "ResourceGather":
-            return node.attr["batch_dims"].i == 0
-        if node.op in GATHER_OPS:
-            return _axis_is_zero(s, node)
-        return node.op in SEGMENT_OPS
 
-    for c in idx.consumers(var):
-        if s.is_saver_node(c.name) or c.op in STATUS_OPS:
-            continue
-        if c.op in INIT_OPS and parse_input(c.input[0])[0] == var:
-            continue
-        if row_reader(c, var):
-            found.append(c.name)
-            continue
-        if c.op in READ_OPS and parse_input(c.input[0])[0] == var:
-            for cc in idx.consumers(c.name):
-                if s.is_saver_node(cc.name):
-                    continue
-                if not row_reader(cc, c.name):
-                    return None
-                found.append(cc.name)
-            continue
-        return None
-    return found
+# a table variable, read directly or through one snapshot read, then looked up by rows
+_TABLE = OpTypePattern(READ_OPS, optional=True, inputs=(OpTypePattern(VARIABLE_OPS, "table"),))
+LOOKUPS = (
+    OpTypePattern("ResourceGather", "lookup", (_TABLE,), where=_row_lookup),
+    OpTypePattern("Gather", "lookup", (_TABLE,)),
+    OpTypePattern("GatherV2", "lookup", (_TABLE, ANY, OpTypePattern("Const", where=_is_zero)), where=_row_lookup),
+    OpTypePattern(SEGMENT_OPS, "lookup", (_TABLE,)),
+)
 
 
 def find(s: Surgery, specs: dict[str, VarSpec]) -> list[EmbeddingCandidate]:
-    """Return the embedding tables of the graph, grouped by checkpoint variable."""
+    """Return the embedding tables of the graph, grouped by checkpoint variable.
+
+    A table is a candidate when every reader of each of its parts is a row lookup.
+    """
+    lookups_of: dict[str, list[str]] = {}
+    for m in GraphMatcher(s.index, *LOOKUPS).match_all("lookup"):
+        lookups_of.setdefault(m["table"].name, []).append(m["lookup"].name)
     groups: dict[str, list[VarSpec]] = {}
     for spec in specs.values():
         groups.setdefault(spec.key, []).append(spec)
@@ -104,8 +89,8 @@ def find(s: Surgery, specs: dict[str, VarSpec]) -> list[EmbeddingCandidate]:
             continue
         lookups = {}
         for p in parts:
-            found = _lookups_of(s, p.node)
-            if not found:
+            found = lookups_of.get(p.node, [])
+            if not found or any(r.name not in found for r in s.readers(p.node)):
                 break
             lookups[p.node] = found
         else:

@@ -10,10 +10,11 @@ import numpy as np
 from tensorflow.core.framework import types_pb2, variable_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from lpo.core.graph import GraphIndex, dtype_attr, make_const, make_node, parse_input, shape_proto, tensor_ref
+from lpo.core.graph import (
+    READ_OPS, GraphIndex, dtype_attr, make_const, make_node, parse_input, shape_proto, tensor_ref,
+)
 from lpo.core.savedmodel import VARIABLES_COLLECTION, saver_scopes, variable_defs
 
-READ_OPS = ("ReadVariableOp", "Identity")
 INIT_OPS = ("AssignVariableOp", "Assign")
 MAIN_OP_COLLECTIONS = ("saved_model_main_op", "legacy_init_op")
 LOCAL_VARIABLES = "local_variables"
@@ -71,6 +72,29 @@ class Surgery:
     def reads_of(self, var: str) -> list:
         """Return the snapshot reads (ReadVariableOp / Identity) of variable ``var``."""
         return [c for c in self.index.consumers(var) if c.op in READ_OPS and parse_input(c.input[0])[0] == var]
+
+    def readers(self, var: str) -> list:
+        """Return the nodes that use variable ``var``'s value, looking through its snapshot reads.
+
+        Savers, the variable's initializer and initialization checks are left out: they
+        follow the variable whatever its dtype.
+        """
+        out, seen = [], set()
+        for c in self.index.consumers(var):
+            if self.is_saver_node(c.name) or c.op in STATUS_OPS:
+                continue
+            on_var = parse_input(c.input[0])[0] == var
+            if on_var and c.op in INIT_OPS:
+                continue
+            if on_var and c.op in READ_OPS:
+                found = [cc for cc in self.index.consumers(c.name) if not self.is_saver_node(cc.name)]
+            else:
+                found = [c]
+            for r in found:
+                if r.name not in seen:
+                    seen.add(r.name)
+                    out.append(r)
+        return out
 
     def cast_node(self, name: str, src: str, src_t: int, dst_t: int, device: str = ""):
         """Add a Cast node ``name`` reading tensor ``src`` and return its name."""
