@@ -248,8 +248,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    pass
+_FORMATTER = argparse.RawDescriptionHelpFormatter
 
 
 def _global_flags(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -263,42 +262,29 @@ def _global_flags(parser: argparse.ArgumentParser, suppress: bool) -> None:
                    help="more log output (-v: debug logs)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the ``lpo`` argument parser (all subcommands)."""
-    parser = _Parser(
-        prog="lpo", formatter_class=_Formatter,
-        description="Low-precision optimizer for TensorFlow recommendation SavedModels: "
-                    "stores (and where it pays, computes) embedding tables and dense layers "
-                    "in BF16, FP16 or INT8.",
-        epilog="Exit status: 0 ok, 1 internal error, 2 user error, 3 validation failed.")
-    parser.add_argument("--version", action="version", version=f"lpo {_version()}")
-    _global_flags(parser, suppress=False)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
+def _add_choice(p: argparse.ArgumentParser, flag: str, options: Sequence[str], default: Optional[str], help_: str,
+                upper: bool = False) -> None:
+    """Add a case-insensitive choice option (``help_`` may use ``%(default)s``)."""
+    p.add_argument(flag, type=_choice(options, upper=upper), default=default,
+                   metavar="{" + ",".join(options) + "}", help=help_)
 
-    def add(name: str, func, help_: str, description: str = "") -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=description or help_,
-                           formatter_class=_Formatter)
-        _global_flags(p, suppress=True)
-        p.set_defaults(func=func)
-        return p
 
-    # inspect
-    p = add("inspect", cmd_inspect, "list the embedding tables and dense layers lpo can optimize")
+def _add_json(p: argparse.ArgumentParser, what: str = "the result") -> None:
+    p.add_argument("--json", action="store_true", help=f"print {what} as JSON")
+
+
+def _inspect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="SavedModel directory")
     p.add_argument("--tags", type=_tags, default=list(opts.DEFAULT_TAGS),
                    help="MetaGraph tags, comma-separated (default: serve)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    # optimize
-    p = add("optimize", cmd_optimize, "write a BF16/FP16/INT8 copy of a SavedModel",
-            "Write a low-precision copy of MODEL to OUT. MODEL is never modified; OUT must "
-            "not exist or be empty unless --overwrite is given, and is written atomically.")
+
+def _optimize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="FP32 SavedModel directory (read only)")
     p.add_argument("out", metavar="OUT", help="output SavedModel directory")
-    p.add_argument("--data-type", type=_choice(opts.DATA_TYPES, upper=True), default=opts.OPTIMIZE.data_type,
-                   metavar="{" + ",".join(opts.DATA_TYPES) + "}",
-                   help="target precision, case-insensitive (default: %(default)s)")
+    _add_choice(p, "--data-type", opts.DATA_TYPES, opts.OPTIMIZE.data_type,
+                "target precision, case-insensitive (default: %(default)s)", upper=True)
     p.add_argument("--config", metavar="OPT_JSON",
                    help='JSON object mapping node names to data types, e.g. {"emb/C1": "INT8"}')
     p.add_argument("--calib", metavar="FILE",
@@ -310,56 +296,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     p.add_argument("--tags", type=_tags, default=None, help="MetaGraph tags, comma-separated "
                    "(default: serve)")
-    p.add_argument("--embedding-scheme", type=_choice(opts.EMBEDDING_SCHEMES), default=opts.OPTIMIZE.embedding_scheme,
-                   metavar="{" + ",".join(opts.EMBEDDING_SCHEMES) + "}",
-                   help="INT8 embedding scale granularity (default: %(default)s)")
-    p.add_argument("--dense-mode", type=_choice(opts.DENSE_MODES), default=opts.OPTIMIZE.dense_mode,
-                   metavar="{" + ",".join(opts.DENSE_MODES) + "}",
-                   help="BF16/FP16 dense layers: store only the weights in low precision (float32 "
-                        "MatMul), or compute in it as the parent tool did, for AMX/AVX512-BF16 "
-                        "servers (default: %(default)s)")
-    p.add_argument("--int8-dense", type=_choice(opts.INT8_DENSE_MODES), default=opts.OPTIMIZE.int8_dense,
-                   metavar="{" + ",".join(opts.INT8_DENSE_MODES) + "}",
-                   help="INT8 dense form: static activation ranges (needs --calib) or weight only "
-                        "(default: %(default)s)")
-    p.add_argument("--calib-method", type=_choice(opts.CALIB_METHODS), default=opts.OPTIMIZE.calib_method,
-                   metavar="{" + ",".join(opts.CALIB_METHODS) + "}",
-                   help="activation range method for static INT8 (default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_choice(p, "--embedding-scheme", opts.EMBEDDING_SCHEMES, opts.OPTIMIZE.embedding_scheme,
+                "INT8 embedding scale granularity (default: %(default)s)")
+    _add_choice(p, "--dense-mode", opts.DENSE_MODES, opts.OPTIMIZE.dense_mode,
+                "BF16/FP16 dense layers: store only the weights in low precision (float32 "
+                "MatMul), or compute in it as the parent tool did, for AMX/AVX512-BF16 "
+                "servers (default: %(default)s)")
+    _add_choice(p, "--int8-dense", opts.INT8_DENSE_MODES, opts.OPTIMIZE.int8_dense,
+                "INT8 dense form: static activation ranges (needs --calib) or weight only "
+                "(default: %(default)s)")
+    _add_choice(p, "--calib-method", opts.CALIB_METHODS, opts.OPTIMIZE.calib_method,
+                "activation range method for static INT8 (default: %(default)s)")
+    _add_json(p)
 
-    # convert-ckpt
-    p = add("convert-ckpt", cmd_convert_ckpt,
-            "convert a new FP32 checkpoint for an already optimized model",
-            "Replay the optimized model's plan on a new FP32 checkpoint (CKPT_PREFIX) and write "
-            "the converted checkpoint to SAVE_PREFIX.")
+
+def _convert_ckpt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("ckpt_prefix", metavar="CKPT_PREFIX", help="FP32 checkpoint prefix")
     p.add_argument("save_prefix", metavar="SAVE_PREFIX", help="output checkpoint prefix")
     p.add_argument("opt_model", metavar="OPT_MODEL", help="optimized SavedModel (has the plan)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing SAVE_PREFIX")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_json(p)
 
-    # refresh
-    p = add("refresh", cmd_refresh, "rebuild an optimized model with a new FP32 checkpoint",
-            "Write OUT: a copy of OPT_MODEL whose variables come from NEW_CKPT, converted "
-            "exactly as a fresh optimization would.")
+
+def _refresh_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("opt_model", metavar="OPT_MODEL", help="optimized SavedModel")
     p.add_argument("new_ckpt", metavar="NEW_CKPT", help="new FP32 checkpoint prefix")
     p.add_argument("out", metavar="OUT", help="output SavedModel directory")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_json(p)
 
-    # calibrate
-    p = add("calibrate", cmd_calibrate, "sample a calibration .npz from CSV/TSV/TFRecord/npz data",
-            "Reservoir-sample N rows from SOURCE and write them to OUT as one array per "
-            "serving input of --model.")
+
+def _calibrate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", metavar="SOURCE", help="data file (or glob)")
     p.add_argument("out", metavar="OUT", help="output calibration file (.npz)")
     p.add_argument("--model", required=True, help="SavedModel whose serving inputs to match")
-    p.add_argument("--rows", type=_positive_int, default=opts.CALIBRATE.num_rows, help="rows to sample (default: %(default)s)")
+    p.add_argument("--rows", type=_positive_int, default=opts.CALIBRATE.num_rows,
+                   help="rows to sample (default: %(default)s)")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: library's)")
-    p.add_argument("--format", type=_choice(opts.DATA_FORMATS), default=None,
-                   metavar="{" + ",".join(opts.DATA_FORMATS) + "}",
-                   help="data format (default: from the file extension)")
+    _add_choice(p, "--format", opts.DATA_FORMATS, None, "data format (default: from the file extension)")
     p.add_argument("--columns", type=_columns, default=None,
                    help="column names for headerless CSV/TSV, comma-separated")
     p.add_argument("--map", type=_mapping, action="append", default=[], metavar="COL=INPUT",
@@ -367,51 +341,88 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--legacy-npy", action="store_true",
                    help="also write the legacy pickled .npy list-of-feed-dicts format")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_json(p)
 
-    # validate
-    p = add("validate", cmd_validate, "compare an optimized model with its original",
-            "Run ORIGINAL and OPTIMIZED on DATA and check accuracy, latency and size. Exits 3 "
-            "if a threshold is breached. WARNING: a SavedModel is a program; validating an "
-            "untrusted SavedModel executes its graph.")
+
+_THRESHOLD_HELP = {
+    "max_auc_drop": "largest allowed AUC drop, absolute, when DATA has labels",
+    "max_abs_diff": "largest allowed absolute difference of predictions",
+    "max_latency_ratio": "largest allowed optimized/original p50 latency ratio at the largest batch",
+    "min_size_reduction": "smallest required size reduction as a fraction, 0.5 = half the size",
+}
+
+
+def _validate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("original", metavar="ORIGINAL", help="FP32 SavedModel")
     p.add_argument("optimized", metavar="OPTIMIZED", help="optimized SavedModel")
     p.add_argument("data", metavar="DATA",
                    help="held-out data: .npz with one array per serving input (+ 'label')")
     p.add_argument("--report-dir", default=None, help="write report.md/report.html/report.json here")
     p.add_argument("--batch-sizes", type=_batch_sizes, default=opts.VALIDATE.batch_sizes, metavar="B,B,..",
-                   help="batch sizes for latency (default: 1,64,512)")
-    p.add_argument("--iters", type=_positive_int, default=opts.VALIDATE.iters, help="timed runs per model and batch size (default: %(default)s)")
+                   help="batch sizes for latency (default: "
+                        f"{','.join(str(b) for b in opts.VALIDATE.batch_sizes)})")
+    p.add_argument("--iters", type=_positive_int, default=opts.VALIDATE.iters,
+                   help="timed runs per model and batch size (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=opts.VALIDATE.warmup, help="untimed runs first (default: %(default)s)")
     p.add_argument("--max-rows", type=int, default=None, help="use at most this many rows of DATA for accuracy")
-    p.add_argument("--max-auc-drop", type=_float, default=opts.THRESHOLDS.max_auc_drop,
-                   metavar="X", help="largest allowed AUC drop, absolute, when DATA has labels "
-                        "(default: %(default)s)")
-    p.add_argument("--max-abs-diff", type=_float, default=opts.THRESHOLDS.max_abs_diff,
-                   metavar="X",
-                   help="largest allowed absolute difference of predictions "
-                        "(default: not checked)")
-    p.add_argument("--max-latency-ratio", type=_float,
-                   default=opts.THRESHOLDS.max_latency_ratio,
-                   metavar="X",
-                   help="largest allowed optimized/original p50 latency ratio at the largest batch "
-                        "(default: not checked)")
-    p.add_argument("--min-size-reduction", type=_float,
-                   default=opts.THRESHOLDS.min_size_reduction,
-                   metavar="X",
-                   help="smallest required size reduction as a fraction, 0.5 = half the size "
-                        "(default: not checked)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    for name in opts.Thresholds.names():
+        default = getattr(opts.THRESHOLDS, name)
+        shown = "not checked" if default is None else "%(default)s"
+        p.add_argument("--" + name.replace("_", "-"), type=_float, default=default, metavar="X",
+                       help=f"{_THRESHOLD_HELP[name]} (default: {shown})")
+    _add_json(p, "the report")
 
-    # demo
-    p = add("demo", cmd_demo, "build the sample model, optimize it, validate it and report",
-            "End-to-end demo on the bundled sample recommendation model.")
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output directory for the optimized models and HTML reports "
                    "(default: a new directory under the system temp dir, printed at the end)")
     p.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--pipeline", choices=("none", "kfp"), default="none",
                    help="also run the KFP optimize and refresh pipelines locally (kfp.local)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_json(p)
+
+
+#: (name, handler, one-line help, description, argument builder) of each subcommand, in --help order
+_COMMANDS = (
+    ("inspect", cmd_inspect, "list the embedding tables and dense layers lpo can optimize", "", _inspect_args),
+    ("optimize", cmd_optimize, "write a BF16/FP16/INT8 copy of a SavedModel",
+     "Write a low-precision copy of MODEL to OUT. MODEL is never modified; OUT must "
+     "not exist or be empty unless --overwrite is given, and is written atomically.", _optimize_args),
+    ("convert-ckpt", cmd_convert_ckpt, "convert a new FP32 checkpoint for an already optimized model",
+     "Replay the optimized model's plan on a new FP32 checkpoint (CKPT_PREFIX) and write "
+     "the converted checkpoint to SAVE_PREFIX.", _convert_ckpt_args),
+    ("refresh", cmd_refresh, "rebuild an optimized model with a new FP32 checkpoint",
+     "Write OUT: a copy of OPT_MODEL whose variables come from NEW_CKPT, converted "
+     "exactly as a fresh optimization would.", _refresh_args),
+    ("calibrate", cmd_calibrate, "sample a calibration .npz from CSV/TSV/TFRecord/npz data",
+     "Reservoir-sample N rows from SOURCE and write them to OUT as one array per "
+     "serving input of --model.", _calibrate_args),
+    ("validate", cmd_validate, "compare an optimized model with its original",
+     "Run ORIGINAL and OPTIMIZED on DATA and check accuracy, latency and size. Exits 3 "
+     "if a threshold is breached. WARNING: a SavedModel is a program; validating an "
+     "untrusted SavedModel executes its graph.", _validate_args),
+    ("demo", cmd_demo, "build the sample model, optimize it, validate it and report",
+     "End-to-end demo on the bundled sample recommendation model.", _demo_args),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the ``lpo`` argument parser (all subcommands)."""
+    parser = _Parser(
+        prog="lpo", formatter_class=_FORMATTER,
+        description="Low-precision optimizer for TensorFlow recommendation SavedModels: "
+                    "stores (and where it pays, computes) embedding tables and dense layers "
+                    "in BF16, FP16 or INT8.",
+        epilog="Exit status: 0 ok, 1 internal error, 2 user error, 3 validation failed.")
+    parser.add_argument("--version", action="version", version=f"lpo {_version()}")
+    _global_flags(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name, func, help_, description, add_args in _COMMANDS:
+        p = sub.add_parser(name, help=help_, description=description or help_, formatter_class=_FORMATTER)
+        _global_flags(p, suppress=True)
+        p.set_defaults(func=func)
+        add_args(p)
     return parser
 
 

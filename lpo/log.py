@@ -95,7 +95,8 @@ def configure_logging(level: Union[int, str] = logging.INFO, quiet: bool = False
 NATIVE_NOISE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     r"|[IWE]\d{4} [\d:.]+ +\d+ (cudart_stub|cuda_platform|cuda_executor|cuda_diagnostics|cuda_dnn"
-    r"|cuda_fft|cuda_blas|dso_loader|cpu_feature_guard|cpu_utils)\.cc:\d+\] .*)$")
+    r"|cuda_fft|cuda_blas|dso_loader|cpu_feature_guard|cpu_utils)\.cc:\d+\] .*"
+    r"|[IWE]\d{4} [\d:.]+ +\d+ port\.cc:\d+\] oneDNN custom operations are on.*)$")
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Optional
 
 from lpo.errors import ConfigError, closest
@@ -53,6 +53,19 @@ class OptimizeOptions:
     def to_dict(self) -> dict:
         """Return a JSON-able dict."""
         return asdict(self)
+
+    def normalized(self) -> "OptimizeOptions":
+        """Return a copy with each choice checked and spelled canonically (ConfigError otherwise)."""
+        return replace(
+            self, data_type=normalize_dtype(self.data_type),
+            embedding_scheme=choice(self.embedding_scheme, EMBEDDING_SCHEMES, "embedding_scheme"),
+            dense_mode=choice(self.dense_mode, DENSE_MODES, "dense_mode"),
+            int8_dense=choice(self.int8_dense, INT8_DENSE_MODES, "int8_dense"),
+            calib_method=choice(self.calib_method, CALIB_METHODS, "calib_method"))
+
+    def plan_options(self) -> dict:
+        """The options recorded in a plan's manifest (``data_type`` is recorded on its own)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("data_type", "calib_batch_size")}
 
 
 @dataclass(frozen=True)

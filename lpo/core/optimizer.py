@@ -294,51 +294,59 @@ def optimize(model_path, save_path, opt_config=None, data_type=opts.OPTIMIZE.dat
     Returns:
         OptimizeResult with the optimized nodes and the bytes before and after.
     """
-    data_type = opts.normalize_dtype(data_type)
-    embedding_scheme = opts.choice(embedding_scheme, opts.EMBEDDING_SCHEMES, "embedding_scheme")
-    dense_mode = opts.choice(dense_mode, opts.DENSE_MODES, "dense_mode")
-    int8_dense = opts.choice(int8_dense, opts.INT8_DENSE_MODES, "int8_dense")
+    options = opts.OptimizeOptions(
+        data_type=data_type, embedding_scheme=embedding_scheme, dense_mode=dense_mode, int8_dense=int8_dense,
+        calib_method=calib_method, calib_batch_size=calib_batch_size,
+        dequantize_at_load=dequantize_at_load).normalized()
     opt_config = opts.normalize_opt_config(opt_config)
     model_path, save_path = os.path.abspath(os.fspath(model_path)), os.path.abspath(os.fspath(save_path))
     _check_output(save_path, model_path, overwrite)
     sm, mg = _load_model(model_path, tags)
-    _surgery, found = _find(mg)
-    assigned = _assign(found, opt_config, data_type)
+    found, convs = _plan_conversions(model_path, mg, opt_config, options)
+    _calibrate_static(model_path, sm, tags, convs, calib_file, options, allow_pickle=allow_pickle,
+                      max_batches=calib_max_batches)
+    plan = Plan(data_type=options.data_type, conversions=convs, lpo_version=__version__,
+                options={**options.plan_options(), "opt_config": opt_config})
+    _rewrite_all(sm, plan)
+    _write_optimized(model_path, save_path, sm, plan, tags, overwrite=overwrite, quiet=quiet)
+    return _optimize_result(model_path, save_path, found, plan)
+
+
+def _plan_conversions(model_path, mg, opt_config, options: opts.OptimizeOptions):
+    """Find the candidates of ``mg``, check the model's checkpoint, and plan each assigned one."""
+    from lpo import passes
     from lpo.core.checkpoint import check_checkpoint
 
+    _surgery, found = _find(mg)
+    assigned = _assign(found, opt_config, options.data_type)
     check_checkpoint(variables_prefix(model_path), _target_specs(mg))  # fail fast, before any work
-
-    from lpo import passes
-
-    options = opts.OptimizeOptions(data_type=data_type, embedding_scheme=embedding_scheme, dense_mode=dense_mode,
-                                   int8_dense=int8_dense, calib_method=calib_method,
-                                   calib_batch_size=calib_batch_size, dequantize_at_load=dequantize_at_load)
     convs = [passes.get(c.kind).plan(c, assigned[c.name], options) for c in found if c.name in assigned]
+    return found, convs
+
+
+def _calibrate_static(model_path, sm, tags, convs: list[Conversion], calib_file, options: opts.OptimizeOptions, *,
+                      allow_pickle, max_batches) -> None:
+    """Calibrate the static INT8 dense conversions of ``convs`` (no-op when there are none)."""
     static = [c for c in convs if c.kind == "dense" and c.mode == "static"]
-    if static:
-        if calib_file is None:
-            raise CalibrationError(
-                f"INT8 dense layers need calibration data ({len(static)} layers, e.g. {static[0].node}); "
-                "pass calib_file (CLI --calib, make one with `lpo calibrate`), or use int8_dense='weight_only'")
-        from lpo.numerics.observers import make_observer
+    if not static:
+        return
+    if calib_file is None:
+        raise CalibrationError(
+            f"INT8 dense layers need calibration data ({len(static)} layers, e.g. {static[0].node}); "
+            "pass calib_file (CLI --calib, make one with `lpo calibrate`), or use int8_dense='weight_only'")
+    from lpo.core.tf2 import lowered_model_dir
 
-        make_observer(calib_method)  # validate the method before any work
-        from lpo.core.tf2 import lowered_model_dir
+    with lowered_model_dir(model_path, sm) as calib_model:
+        _calibrate(calib_model, tags, static, calib_file, allow_pickle=allow_pickle,
+                   batch_size=options.calib_batch_size, method=options.calib_method, max_batches=max_batches)
 
-        with lowered_model_dir(model_path, sm) as calib_model:
-            _calibrate(calib_model, tags, static, calib_file, allow_pickle=allow_pickle, batch_size=calib_batch_size,
-                       method=calib_method, max_batches=calib_max_batches)
-    plan = Plan(data_type=data_type, conversions=convs, lpo_version=__version__,
-                options={"embedding_scheme": embedding_scheme, "dense_mode": dense_mode, "int8_dense": int8_dense,
-                         "calib_method": calib_method, "opt_config": opt_config,
-                         "dequantize_at_load": dequantize_at_load})
-    _rewrite_all(sm, plan)
-    new_mg = select_meta_graph(sm, tags)
 
+def _write_optimized(model_path, save_path, sm, plan: Plan, tags, *, overwrite, quiet) -> None:
+    """Write the rewritten ``sm``, the model's other files, the manifest and the converted checkpoint."""
     from lpo.core.checkpoint import convert_checkpoint
     from lpo.fsutil import atomic_output_dir
 
-    targets = _target_specs(new_mg)
+    targets = _target_specs(select_meta_graph(sm, tags))
     with atomic_output_dir(save_path, overwrite=overwrite) as tmp:
         tmp = os.fspath(tmp)
         write_saved_model(sm, tmp)
@@ -354,13 +362,17 @@ def optimize(model_path, save_path, opt_config=None, data_type=opts.OPTIMIZE.dat
         shutil.rmtree(work)
         _verify_written(variables_prefix(tmp), targets)
 
-    optimized = [NodeReport(c.kind, c.node, c.dtype) for c in convs]
+
+def _optimize_result(model_path, save_path, found, plan: Plan) -> OptimizeResult:
+    """Measure the written model and log the seed's report lines."""
+    optimized = [NodeReport(c.kind, c.node, c.dtype) for c in plan.conversions]
+    done = {c.node for c in plan.conversions}
     result = OptimizeResult(
-        save_path=save_path, data_type=data_type, optimized=optimized,
+        save_path=save_path, data_type=plan.data_type, optimized=optimized,
         variables_bytes_before=dir_bytes(os.path.join(model_path, "variables")),
         variables_bytes_after=dir_bytes(os.path.join(save_path, "variables")),
         total_bytes_before=dir_bytes(model_path), total_bytes_after=dir_bytes(save_path),
-        kept_fp32=[c.name for c in found if c.name not in assigned], requires=plan.requires)
+        kept_fp32=[c.name for c in found if c.name not in done], requires=plan.requires)
     log.info("Optimization Result:")
     for n in optimized:
         log.info("%s", n.line())
