@@ -16,6 +16,8 @@ from lpo.core.savedmodel import VARIABLES_COLLECTION
 F32 = types_pb2.DT_FLOAT
 I32 = types_pb2.DT_INT32
 I64 = types_pb2.DT_INT64
+TYPE_ATTRS = {"T", "dtype", "Tindices", "Tparams", "Taxis", "Tshape", "Tidx", "SrcT", "DstT", "out_type",
+              "Tsegmentids", "Tnumsegments"}
 
 
 class HandGraph:
@@ -31,7 +33,13 @@ class HandGraph:
         return node.name
 
     def op(self, op: str, name: str, inputs=(), **attrs) -> str:
-        """Append a node built by :func:`lpo.core.graph.make_node`; return its name."""
+        """Append a node built by :func:`lpo.core.graph.make_node`; return its name.
+
+        Type attrs (``T``, ``dtype``, ``Tindices``...) may be given as DataType enums (ints).
+        """
+        for k, v in attrs.items():
+            if k in TYPE_ATTRS and isinstance(v, int):
+                attrs[k] = dtype_attr(v)
         return self.add(make_node(op, name, inputs, **attrs))
 
     def const(self, name: str, value) -> str:
@@ -75,7 +83,7 @@ class HandGraph:
 
 
 def run(mg: meta_graph_pb2.MetaGraphDef, fetches, feeds: dict, values: dict[str, np.ndarray]):
-    """Run ``fetches`` of ``mg`` in a fresh TF1 session.
+    """Run ``fetches`` (tensor or node names) of ``mg`` in a fresh TF1 session.
 
     Each variable is set by running its initializer with the value fed (``values``: variable
     node -> array in the variable's dtype), then the main op runs (load-time caches).
@@ -92,6 +100,7 @@ def run(mg: meta_graph_pb2.MetaGraphDef, fetches, feeds: dict, values: dict[str,
         for key in ("saved_model_main_op", "legacy_init_op"):
             for main in mg.collection_def[key].node_list.value if key in mg.collection_def else ():
                 sess.run(graph.get_operation_by_name(main.split(":")[0]))
+        fetches = _tensor(fetches) if isinstance(fetches, str) else [_tensor(f) for f in fetches]
         return sess.run(fetches, {_tensor(k): v for k, v in feeds.items()})
 
 
