@@ -55,3 +55,16 @@ def sample_dcn():
     from lpo.samples.keras_models import cached_dcn_sample
 
     return cached_dcn_sample(cache_dir=SAMPLE_CACHE)
+
+
+#: Fixtures that load a trained sample model: a test using one (even indirectly) optimizes or
+#: serves a real SavedModel and takes seconds, so it is an integration test, marked slow.
+SAMPLE_FIXTURES = {"sample_resource", "sample_ref", "sample_partitioned", "sample_ref_gather", "sample_keras",
+                   "sample_dcn"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that uses a sample-model fixture ``slow`` (``-m "not slow"`` = the fast unit tests)."""
+    for item in items:
+        if SAMPLE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -96,6 +96,7 @@ def test_provider_info_and_operators():
         LpoOptimizeOperator("t", "m", "s")  # keyword-only
 
 
+@pytest.mark.slow
 def test_templated_fields_render(airflow_env, tmp_path):
     out = _run(airflow_env, "lpo_retrain_dag.py", {"training_root": "/train", "work_root": str(tmp_path)},
                "optimize", render=True)
@@ -107,6 +108,7 @@ def test_templated_fields_render(airflow_env, tmp_path):
     assert out["ckpt_prefix"] == "/ckpts/20250102T000000/ckpt"
 
 
+@pytest.mark.slow
 def test_kubernetes_dag_skips_without_provider(airflow_env):
     try:
         import airflow.providers.cncf.kubernetes  # noqa: F401

@@ -363,6 +363,7 @@ def test_core_optimize_int8_with_calib(sample_resource, tmp_path):
     assert manifest["data_type"] == "INT8" and manifest["conversions"]
 
 
+@pytest.mark.slow
 def test_core_missing_model_is_user_error(tmp_path):
     r = run_cli("optimize", str(tmp_path / "nope"), str(tmp_path / "out"))
     assert r.returncode == 2, r.stderr

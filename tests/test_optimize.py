@@ -243,6 +243,7 @@ def test_loads_with_tf2_loader_and_saved_model_cli(sample_resource, optimized):
     assert "signature_def['serving_default']" in proc.stdout and "FakeQuantWithMinMaxArgs" in proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["resource", "ref", "ref_gather"])
 def test_executed_graph_gathers_rows_not_whole_tables(request, variant, optimized):
     """Step stats of a real run: the low-precision gathers execute, no table is read whole."""

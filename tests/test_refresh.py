@@ -108,6 +108,7 @@ MATRIX = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant,opts", MATRIX, ids=lambda v: v if isinstance(v, str) else "-".join(v.values()))
 def test_refresh_equals_reoptimization_bit_for_bit(request, work, retrained, optimized, variant, opts):
     sample = request.getfixturevalue(f"sample_{variant}")

@@ -47,6 +47,7 @@ def _run_signatures(model_path, data, n=4096):
     return out
 
 
+@pytest.mark.slow
 def test_heldout_auc_and_signatures(sample):
     with np.load(sample.heldout_path) as z:
         data = {k: z[k] for k in z.files}
@@ -136,6 +137,7 @@ def test_cached_sample_reuses(sample_resource):
     assert again.to_dict() == sample_resource.to_dict()
 
 
+@pytest.mark.slow
 def test_ref_gather_lookup_small_build(tmp_path):
     """variant='ref', lookup='gather': VariableV2 -> Identity -> GatherV2 -> SparseSegmentMean."""
     s = samples.build_sample(str(tmp_path / "s"), variant="ref", lookup="gather",

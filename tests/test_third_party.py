@@ -15,6 +15,8 @@ import lpo
 from lpo.validation.metrics import auc
 from lpo.samples.keras_models import DENSE_NAME, NUM_DENSE, VOCAB, generate_data, serve
 
+pytestmark = pytest.mark.slow  # trains and exports real third-party models
+
 BOUNDS = {"FP16": 1e-3, "BF16": 1e-2}
 WANT_DTYPE = {"FP16": "float16", "BF16": "bfloat16", "INT8": "int8"}
 
