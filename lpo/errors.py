@@ -20,6 +20,14 @@ class ModelFormatError(LpoError):
     """The input is not a SavedModel lpo can read (missing, corrupt, wrong tags)."""
 
 
+class UnsupportedOpsError(ModelFormatError):
+    """The model uses ops this TensorFlow build does not have (e.g. DeepRec's Kv* ops)."""
+
+    def __init__(self, message: str, ops=()):
+        super().__init__(message)
+        self.ops = list(ops)
+
+
 class ConfigError(LpoError):
     """An option, opt_config entry, data type or threshold is invalid."""
 

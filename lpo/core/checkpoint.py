@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from lpo.numerics import quant
+from lpo.core.deeprec import EV_SUFFIXES
 from lpo.errors import CheckpointError
 from lpo.log import progress
 from lpo.core.plan import Plan, VarConversion
@@ -129,6 +130,25 @@ def convert_values(vc: VarConversion, x: np.ndarray, name: str) -> list[tuple[st
     raise CheckpointError(f"unknown target dtype {vc.dtype!r} for {name} in the lpo manifest")
 
 
+def convert_ev_values(vc: VarConversion, x: np.ndarray, name: str) -> list[tuple[str, str, np.ndarray]]:
+    """Convert the ``-values`` of a DeepRec EV by DeepRec's own formulas (lpo.numerics.quant ``ev_*``).
+
+    Returns ``(<dst>-values, "", array)`` and, for INT8, ``(scale_key, "", scale[dim])``.
+    """
+    _check_chunked(quant.check_finite, x, name)
+    dst = vc.dst_key + "-values"
+    if vc.dtype == "BF16":
+        return [(dst, "", _map_chunked(quant.ev_to_bf16, x, quant._bf16_dtype()))]
+    if vc.dtype == "FP16":
+        _check_chunked(quant.check_fp16_range, x, name)
+        return [(dst, "", _map_chunked(quant.to_fp16, x, np.float16))]
+    if vc.dtype == "INT8":
+        rows = max(1, _CHUNK_BYTES // max(1, x[:1].nbytes)) if x.ndim else None
+        q, scale = quant.ev_quantize_int8(x, name=name, chunk_rows=rows)
+        return [(dst, "", q), (vc.scale_key, "", scale.reshape(vc.scale_shape))]
+    raise CheckpointError(f"unknown target dtype {vc.dtype!r} for {name} in the lpo manifest")
+
+
 def _as_tensor(a):
     """Hand array ``a`` to TF without copying it when it is large (DLPack; bfloat16 via bitcast)."""
     tf = _tf()
@@ -197,14 +217,86 @@ def _nbytes(a) -> int:
     return a.nbytes if isinstance(a, np.ndarray) else int(np.prod(a.shape)) * a.dtype.size
 
 
+# --------------------------------------------------------------------------- DeepRec EVs
+def _ev_sources(plan: Plan) -> dict[str, VarConversion]:
+    """Map the new name of each planned EV to its conversion (``key`` is the source EV)."""
+    return {v.dst_key: v for c in plan.conversions for v in c.variables if v.role == "ev" and v.dst_key}
+
+
+def ev_group(shapes, name: str) -> list[str]:
+    """The checkpoint tensors of EV ``name`` present in ``shapes`` (DeepRec's suffixes, in order)."""
+    return [name + s for s in EV_SUFFIXES if name + s in shapes]
+
+
+def ev_rows(prefix: str, names: list[str]) -> int:
+    """Total rows of the EVs ``names`` (``<name>-values``) in checkpoint ``prefix``; -1 if any is missing."""
+    try:
+        shapes = open_reader(prefix).get_variable_to_shape_map()
+    except CheckpointError:
+        return -1
+    total = 0
+    for n in names:
+        shape = shapes.get(n + "-values")
+        if shape is None or len(shape) != 2:
+            return -1
+        total += int(shape[0])
+    return total
+
+
+def _ev_problems(shapes, dtypes, src: str, dim: int, want: str) -> list[str]:
+    values, keys = shapes.get(src + "-values"), shapes.get(src + "-keys")
+    hint = f"DeepRec saves an EmbeddingVariable as {src}-keys, {src}-values, {src}-freqs, ..."
+    if values is None:
+        return [f"EmbeddingVariable {src!r} has no {src + '-values'!r} tensor ({hint})"]
+    if keys is None:
+        return [f"EmbeddingVariable {src!r} has no {src + '-keys'!r} tensor ({hint})"]
+    if len(values) != 2 or int(values[1]) != dim:
+        return [f"{src + '-values'!r} has shape {list(values)}, the model's EmbeddingVariable has embedding dim {dim}"]
+    if len(keys) != 1 or int(keys[0]) != int(values[0]):
+        return [f"{src + '-keys'!r} holds {list(keys)} keys but {src + '-values'!r} has {int(values[0])} rows; "
+                "the EmbeddingVariable's tensors are inconsistent (a truncated or mixed checkpoint?)"]
+    got = dtypes[src + "-values"].name
+    if got != want:
+        return [f"{src + '-values'!r} is {got}, the model needs {want}"]
+    return []
+
+
+def tensor_groups(prefix: str, plan: Plan, targets: list[VarSpec]) -> list[list[str]]:
+    """The source tensors of ``prefix`` that one conversion unit reads, unit by unit.
+
+    A unit must be converted whole (e.g. by one shard): an ordinary variable is its key
+    (all its slices); a DeepRec EmbeddingVariable is its ``-keys``, ``-values``, ``-freqs``,
+    ``-versions``, ``-partition_offset``, ... (renamed together; an INT8 EV's scale is
+    computed from its ``-values``). Scale variables are produced with their tables.
+    """
+    shapes = open_reader(prefix).get_variable_to_shape_map()
+    ev_src = _ev_sources(plan)
+    scale_keys = {v.scale_key for v in plan.var_conversions().values() if v.scale_key}
+    groups, seen = [], set()
+    for t in targets:
+        if t.kind == "ev":
+            vc = ev_src.get(t.key)
+            groups.append(ev_group(shapes, vc.key if vc else t.key))
+        elif t.key not in scale_keys and t.key not in seen:
+            seen.add(t.key)
+            groups.append([t.key])
+    return groups
+
+
 def _check_source(reader, src_prefix: str, targets: list[VarSpec], plan: Plan) -> dict[str, object]:
     """Check that every tensor the converted model needs is in the source checkpoint."""
     shapes = reader.get_variable_to_shape_map()
     dtypes = reader.get_variable_to_dtype_map()
     convs = plan.var_conversions()
     scale_keys = {v.scale_key for v in convs.values() if v.scale_key}
+    ev_src = _ev_sources(plan)
     problems = []
     for t in targets:
+        if t.kind == "ev":
+            vc = ev_src.get(t.key)
+            problems.extend(_ev_problems(shapes, dtypes, vc.key if vc else t.key, t.shape[1],
+                                         "float32" if vc else t.dtype))
+            continue
         if t.key in scale_keys:
             continue
         if t.key not in shapes:
@@ -244,11 +336,16 @@ def convert_checkpoint(src_prefix: str, dst_prefix: str, plan: Plan, targets: li
     dtypes = _check_source(reader, src_prefix, targets, plan)
     convs = plan.var_conversions()
     scale_keys = {v.scale_key for v in convs.values() if v.scale_key}
-    order = sorted((t for t in targets if t.key not in scale_keys), key=lambda t: (t.key, t.slice))
+    order = sorted((t for t in targets if t.key not in scale_keys and t.kind != "ev"), key=lambda t: (t.key, t.slice))
+    ev_src = _ev_sources(plan)
+    shapes = reader.get_variable_to_shape_map()
+    evs = [(t, ev_src.get(t.key)) for t in sorted((t for t in targets if t.kind == "ev"), key=lambda t: t.key)]
+    ev_bytes = {k: int(np.prod(shapes[k])) * dtypes[k].size
+                for t, vc in evs for k in ev_group(shapes, vc.key if vc else t.key)}
     stats = ConvertStats()
     writer = _Writer(work_dir)
-    total = sum(int(np.prod(t.shape)) * dtypes[t.key].size for t in order)
-    bar = progress(len(order), desc="convert", total_bytes=total, quiet=quiet)
+    total = sum(int(np.prod(t.shape)) * dtypes[t.key].size for t in order) + sum(ev_bytes.values())
+    bar = progress(len(order) + len(evs), desc="convert", total_bytes=total, quiet=quiet)
     try:
         for t in order:
             vc = convs.get((t.key, t.slice))
@@ -268,8 +365,31 @@ def convert_checkpoint(src_prefix: str, dst_prefix: str, plan: Plan, targets: li
             stats.keys.append(t.key)
             bar.update(1, nbytes=int(np.prod(t.shape)) * dtypes[t.key].size)
             writer.flush_if_full()
+        for t, vc in evs:
+            _convert_ev(src_prefix, t, vc, shapes, dtypes, ev_bytes, writer, stats)
+            bar.update(1, nbytes=sum(ev_bytes[k] for k in ev_group(shapes, vc.key if vc else t.key)))
         writer.finish(dst_prefix)
     finally:
         bar.close()
     stats.bytes_written = writer.written
     return stats
+
+
+def _convert_ev(src_prefix: str, t: VarSpec, vc: VarConversion | None, shapes, dtypes, ev_bytes, writer: _Writer,
+                stats: ConvertStats) -> None:
+    """Write EV ``t``: its ``-values`` converted (when planned), its other tensors copied under its name."""
+    src = vc.key if vc else t.key
+    for key in ev_group(shapes, src):
+        suffix = key[len(src):]
+        writer.make_room(ev_bytes[key])
+        x = read_tensor(src_prefix, key, "", dtypes[key])
+        stats.bytes_read += _nbytes(x)
+        if vc is not None and suffix == "-values":
+            writer.add(convert_ev_values(vc, np.asarray(x), key))
+            stats.tensors_converted += 1
+        else:
+            writer.add([(t.key + suffix, "", x)])  # DeepRec's quantize_by_name copies these renamed
+            stats.tensors_copied += 1
+        del x
+        stats.keys.append(t.key + suffix)
+        writer.flush_if_full()

@@ -66,7 +66,7 @@ class NodeReport:
 
     def line(self) -> str:
         """The seed's report line, e.g. ``Optimize embedding to INT8: emb``."""
-        what = "embedding" if self.kind == "embedding" else "dense op"
+        what = {"embedding": "embedding", "ev": "embedding variable"}.get(self.kind, "dense op")
         return f"Optimize {what} to {self.dtype}: {self.node}"
 
 
@@ -139,11 +139,12 @@ def _load_model(model_path, tags):
     return sm, mg
 
 
-def _find(mg):
+def _find(mg, prefix=None):
     from lpo import passes
     from lpo.passes.surgery import Surgery
 
     surgery = Surgery(mg)
+    surgery.checkpoint_prefix = prefix  # lets a family read what only the checkpoint knows (EV row counts)
     specs = variable_specs(mg, surgery.index)
     found = []
     for family in passes.names():
@@ -160,7 +161,7 @@ def _as_candidate(c) -> Candidate:
 def inspect_model(model_path, tags=None) -> InspectResult:
     """List the optimizable nodes of a SavedModel (the valid opt_config keys)."""
     _sm, mg = _load_model(model_path, tags)
-    _s, found = _find(mg)
+    _s, found = _find(mg, variables_prefix(os.fspath(model_path)))
     return InspectResult(os.fspath(model_path), [_as_candidate(c) for c in found])
 
 
@@ -248,7 +249,9 @@ def _rewrite_all(sm, plan: Plan):
 
 
 def _target_specs(mg) -> list[VarSpec]:
-    return list(variable_specs(mg).values())
+    from lpo.core.deeprec import ev_var_specs
+
+    return list(variable_specs(mg).values()) + ev_var_specs(mg)
 
 
 def _verify_written(prefix: str, targets: list[VarSpec]) -> None:
@@ -258,7 +261,8 @@ def _verify_written(prefix: str, targets: list[VarSpec]) -> None:
     reader = open_reader(prefix)
     dtypes = reader.get_variable_to_dtype_map()
     for t in targets:
-        got = dtypes.get(t.key)
+        key = t.key + "-values" if t.kind == "ev" else t.key  # an EV: its converted values
+        got = dtypes.get(key)
         if got is None or got.name != t.dtype:
             from lpo.errors import InternalError
 
@@ -317,7 +321,7 @@ def _plan_conversions(model_path, mg, opt_config, options: opts.OptimizeOptions)
     from lpo import passes
     from lpo.core.checkpoint import check_checkpoint
 
-    _surgery, found = _find(mg)
+    _surgery, found = _find(mg, variables_prefix(model_path))
     assigned = _assign(found, opt_config, options.data_type)
     check_checkpoint(variables_prefix(model_path), _target_specs(mg))  # fail fast, before any work
     convs = [passes.get(c.kind).plan(c, assigned[c.name], options) for c in found if c.name in assigned]
@@ -330,6 +334,11 @@ def _calibrate_static(model_path, sm, tags, convs: list[Conversion], calib_file,
     static = [c for c in convs if c.kind == "dense" and c.mode == "static"]
     if not static:
         return
+    from lpo.core.deeprec import check_runnable
+
+    check_runnable(select_meta_graph(sm, tags), model_path, "INT8 dense calibration (int8_dense='static') runs the "
+                   "model", "Pass int8_dense='weight_only' (CLI --int8-dense weight_only), or keep its dense layers "
+                   "out of INT8 in opt_config, to optimize it here")
     if calib_file is None:
         raise CalibrationError(
             f"INT8 dense layers need calibration data ({len(static)} layers, e.g. {static[0].node}); "

@@ -24,8 +24,12 @@ class VarConversion:
     """How one checkpoint tensor (or one slice of it) is converted.
 
     ``key``/``slice`` name the FP32 source in the checkpoint; the converted values
-    keep the same key and slice. INT8 also writes ``scale_key`` (float32,
-    ``scale_shape``); ``axis`` is the axis whose entries keep their own scale.
+    keep the same key and slice unless ``dst_key`` renames them. INT8 also writes
+    ``scale_key`` (float32, ``scale_shape``); ``axis`` is the axis whose entries keep
+    their own scale. A DeepRec EmbeddingVariable (``role='ev'``) is a tensor group:
+    ``key``/``dst_key`` are the EV names before/after (``<name>-values`` is converted,
+    ``-keys``, ``-freqs``, ... are copied under the new name) and ``shape`` is
+    ``[-1, dim]`` (the row count is the checkpoint's).
     """
 
     key: str
@@ -36,6 +40,7 @@ class VarConversion:
     scale_key: str | None = None
     scale_shape: list[int] | None = None
     axis: int | None = None
+    dst_key: str | None = None
 
 
 @dataclass

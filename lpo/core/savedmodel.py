@@ -16,6 +16,7 @@ from tensorflow.core.framework import variable_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from lpo.errors import InternalError, LpoError, ModelFormatError
+from lpo.core.deeprec import EV_HANDLE, EV_SAVER_OPS
 from lpo.core.graph import GraphIndex, shape_of
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,9 @@ class VarSpec:
     dtype: str
     resource: bool
     full_shape: list[int]
+    #: ``"variable"``, or ``"ev"`` for a DeepRec EmbeddingVariable: a group of checkpoint
+    #: tensors ``key + suffix`` (lpo.core.deeprec.EV_SUFFIXES), ``shape`` = ``[-1, dim]``
+    kind: str = "variable"
 
 
 def _dtype_name(enum: int) -> str:
@@ -171,6 +175,8 @@ def variable_specs(mg: meta_graph_pb2.MetaGraphDef, index: GraphIndex | None = N
         if node_name not in index:
             continue
         node = index.node(node_name)
+        if node.op == EV_HANDLE:  # DeepRec EmbeddingVariables: lpo.core.deeprec.ev_specs
+            continue
         shape = shape_of(node) or []
         key, spec, full = keys.get(node_name, node_name), "", shape
         if vd.HasField("save_slice_info_def"):
@@ -184,7 +190,8 @@ def variable_specs(mg: meta_graph_pb2.MetaGraphDef, index: GraphIndex | None = N
     return specs
 
 
-SAVER_OPS = ("SaveV2", "RestoreV2", "MergeV2Checkpoints", "SaveSlices", "Save", "Restore", "RestoreSlice")
+SAVER_OPS = ("SaveV2", "RestoreV2", "MergeV2Checkpoints", "SaveSlices", "Save", "Restore",
+             "RestoreSlice") + EV_SAVER_OPS
 
 
 def saver_scopes(mg: meta_graph_pb2.MetaGraphDef) -> list[str]:
@@ -233,6 +240,12 @@ def rebuild_saver(mg: meta_graph_pb2.MetaGraphDef,
     if given) decides the blame: if it cannot be imported either, the model is
     corrupt (ModelFormatError); otherwise lpo's edit broke it (InternalError).
     """
+    from lpo.core.deeprec import unknown_ops
+
+    if unknown_ops(mg.graph_def):  # e.g. DeepRec's Kv* ops: TensorFlow cannot import it, edit the saver instead
+        from lpo.core.protosaver import patch_saver
+
+        return patch_saver(mg, source)
     import tensorflow as tf
 
     stripped = strip_saver(mg)

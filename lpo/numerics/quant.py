@@ -289,3 +289,61 @@ def fake_quant(x: np.ndarray, min_val: float, max_val: float, num_bits: int = 8,
     x = np.asarray(x, dtype=f)
     shifted = (np.maximum(np.minimum(x, nmax), nmin) - nmin).astype(f)
     return (np.floor(shifted * inv - quant_zero + f(0.5)) * scale).astype(f)
+
+
+# ----------------------------------------------------------------------------- DeepRec EVs
+# DeepRec's EmbeddingVariable checkpoint conversion, reproduced bit for bit from
+# DeepRec-AI/DeepRec tensorflow/c/quantize_embedding_variable.cc (the version with
+# ConvertToBF16Value/ConvertToHalfValue/ConvertToInt8Value and is_ev), which
+# tools/low_precision_optimize/low_precision_optimize.py (commit 20f292d) calls through
+# tensorflow/python/util/quantize_embedding_variable.py:
+#   BF16: FloatToBFloat16 (TF 1.x: keeps the high 16 bits, i.e. truncates; the MKL branch
+#         is behind the misspelt `#if TEL_MKL`, so it is never taken);
+#   FP16: static_cast<Eigen::half> (round to nearest even);
+#   INT8: per embedding dim (last axis) scale = max|x| / 127.0 (max starts at 0),
+#         q = static_cast<int8_t>(round(x / scale)) (float division, round half away
+#         from zero, no clipping: |x / scale| <= 127 by construction).
+def ev_to_bf16(x: np.ndarray) -> np.ndarray:
+    """DeepRec's EV bfloat16 conversion: the high 16 bits of each float32 (truncation)."""
+    f = np.ascontiguousarray(x, dtype=np.float32)
+    bits = (f.view(np.uint32) >> np.uint32(16)).astype(np.uint16)
+    return bits.view(_bf16_dtype()).reshape(f.shape)
+
+
+def _round_half_away(r: np.ndarray) -> np.ndarray:
+    """C ``round()`` on float32: nearest integer, halves away from zero (exact, no +0.5 trick)."""
+    t = np.trunc(r)
+    frac = r - t  # exact in float32
+    return t + np.where(np.abs(frac) >= np.float32(0.5), np.sign(r), np.float32(0)).astype(np.float32)
+
+
+def ev_quantize_int8(x: np.ndarray, *, chunk_rows: int | None = None,
+                     name: str = "tensor") -> tuple[np.ndarray, np.ndarray]:
+    """DeepRec's EV INT8 conversion: ``(q int8 of x.shape, scale float32 [x.shape[-1]])``.
+
+    One scale per embedding dim (last axis), ``float(max|x|) / 127.0`` rounded to float32;
+    ``q = round_half_away(x / scale)`` in float32. An all-zero dim has scale 0 and
+    q = 0 (what DeepRec's cast of NaN gives on x86). Raises ConfigError on NaN/Inf.
+    Works on row chunks; the result does not depend on ``chunk_rows``.
+    """
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        x = x.astype(np.float32)
+    if x.ndim < 1:
+        raise ConfigError(f"ev_quantize_int8: {name!r} must have at least one dimension")
+    flat = x.reshape(-1, x.shape[-1]) if x.ndim != 2 else x
+    rows = max(1, int(chunk_rows) if chunk_rows else _default_chunk_rows(flat))
+    m = np.zeros(flat.shape[1], np.float32)
+    for a in range(0, flat.shape[0], rows):
+        c = flat[a:a + rows]
+        if c.size:
+            np.maximum(m, np.max(np.abs(c), axis=0), out=m)
+    if not np.all(np.isfinite(m)):
+        check_finite(x, name)
+    scale = (m.astype(np.float64) / 127.0).astype(np.float32)
+    safe = np.where(scale > 0, scale, np.float32(1)).astype(np.float32)
+    q = np.empty(flat.shape, np.int8)
+    for a in range(0, flat.shape[0], rows):
+        r = _round_half_away((flat[a:a + rows] / safe).astype(np.float32))
+        q[a:a + rows] = np.where(scale > 0, r, np.float32(0)).astype(np.int8)
+    return q.reshape(x.shape), scale

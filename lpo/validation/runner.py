@@ -20,6 +20,10 @@ class SignatureRunner:
     def __init__(self, model_path: str, tags=("serve",), signature: str = "serving_default"):
         import tensorflow as tf
 
+        from lpo.core.deeprec import check_runnable
+        from lpo.core.savedmodel import read_saved_model, select_meta_graph
+
+        check_runnable(select_meta_graph(read_saved_model(model_path), tags), model_path, "running its signature")
         self.graph = tf.Graph()
         self.session = tf.compat.v1.Session(graph=self.graph)
         with self.graph.as_default():

@@ -363,6 +363,11 @@ def validate(original, optimized, data, *, batch_sizes=opts.VALIDATE.batch_sizes
     original, optimized, data = os.fspath(original), os.fspath(optimized), os.fspath(data)
     if report_dir is not None:
         _check_report_dir(os.fspath(report_dir), (original, optimized))
+    from lpo.core.deeprec import check_runnable
+    from lpo.core.savedmodel import read_saved_model, select_meta_graph
+
+    for path in (original, optimized):  # e.g. DeepRec models: say so before loading anything
+        check_runnable(select_meta_graph(read_saved_model(path), tags), path, "lpo validate runs both models")
 
     specs = load_signature_specs(original, tags=tags, signature=signature)
     opt_specs = load_signature_specs(optimized, tags=tags, signature=signature)
