@@ -6,7 +6,6 @@ run it, so serving is checked through tests/ev_emulation.py (Kv ops emulated by 
 ops), and the numbers against numpy references of DeepRec's C++ conversion.
 """
 import json
-import math
 import os
 import subprocess
 import sys
@@ -21,11 +20,12 @@ from lpo.core import deeprec
 from lpo.core.graph import const_value
 from lpo.core.savedmodel import read_saved_model, select_meta_graph
 from lpo.errors import CheckpointError, ConfigError, UnsupportedOpsError
-from lpo.numerics import quant
-from lpo.samples.deeprec import build_ev_graph, build_ev_model, deeprec_op_list, write_ev_checkpoint
+from lpo.samples.deeprec import build_ev_model, write_ev_checkpoint
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ev_emulation import EmulatedModel, run_emulated  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.join(HERE, "unit")]
+from deeprec_reference import comparable, reference_values  # noqa: E402
+from ev_emulation import run_emulated  # noqa: E402
 
 DTYPES = ("INT8", "BF16", "FP16")
 PARTS = ("user_emb", "item_emb/part_0", "item_emb/part_1")
@@ -33,49 +33,6 @@ SUFFIXES = [s for s in deeprec.EV_SUFFIXES if s != "-values"]
 KV_OPS = ["InitializeKvVariableOp", "KvResourceGather", "KvResourceImportV2", "KvVarHandleOp", "KvVarIsInitializedOp"]
 USER = "input_layer/user_embedding/embedding_lookup"
 ITEM = "input_layer/item_embedding/embedding_lookup"
-
-
-# --------------------------------------------------------------------------- numpy references of DeepRec's C++
-def deeprec_int8(x):
-    """ConvertToInt8Value, element by element (tensorflow/c/quantize_embedding_variable.cc)."""
-    x = np.asarray(x, np.float32)
-    d = x.shape[-1]
-    flat = x.reshape(-1)
-    maxv = [np.float32(0.0)] * d
-    for i in range(flat.size):
-        maxv[i % d] = max(maxv[i % d], np.float32(abs(flat[i])))
-    scale = np.array([float(m) / 127.0 for m in maxv], np.float32)  # float / 127.0 (double) -> float
-    q = np.empty(flat.size, np.int8)
-    for i in range(flat.size):
-        s = scale[i % d]
-        if s == 0:
-            q[i] = 0  # 0/0: static_cast<int8_t>(NaN) is 0 on x86
-            continue
-        v = float(np.float32(flat[i]) / s)  # float division
-        q[i] = int(math.copysign(math.floor(abs(v) + 0.5), v))  # C round(): halves away from zero
-    return q.reshape(x.shape), scale
-
-
-def deeprec_bf16_bits(x):
-    """FloatToBFloat16 of TF 1.x: the high 16 bits."""
-    return (np.asarray(x, np.float32).view(np.uint32) >> 16).astype(np.uint16)
-
-
-def reference_values(dtype, x):
-    """(converted values as comparable numpy, scale or None, dequantized float32)."""
-    if dtype == "INT8":
-        q, s = deeprec_int8(x)
-        return q, s, q.astype(np.float32) * s
-    if dtype == "BF16":
-        b = deeprec_bf16_bits(x)
-        return b, None, (b.astype(np.uint32) << 16).view(np.float32)
-    h = x.astype(np.float16)
-    return h, None, h.astype(np.float32)
-
-
-def comparable(a):
-    a = np.asarray(a)
-    return a.view(np.uint16) if a.dtype.name == "bfloat16" else a
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -112,116 +69,6 @@ def ckpt(prefix):
 
 def strings(node):
     return [v.decode() for v in np.asarray(const_value(node)).reshape(-1)]
-
-
-# --------------------------------------------------------------------------- numerics
-def test_ev_int8_is_deeprecs_formula():
-    rng = np.random.default_rng(3)
-    x = rng.normal(0, 1, [37, 6]).astype(np.float32)
-    x[:, 2] = 0  # an all-zero dim: scale 0, q 0
-    x[:11, 4] = (np.arange(-5, 6) + 0.5) * 2.0 ** -6  # exact halves of the scale 2^-6 ...
-    x[11, 4] = 127 * 2.0 ** -6
-    x[12:, 4] = 0
-    q, s = quant.ev_quantize_int8(x)
-    rq, rs = deeprec_int8(x)
-    np.testing.assert_array_equal(s, rs)
-    np.testing.assert_array_equal(q, rq)
-    assert s[4] == 2.0 ** -6 and s[2] == 0 and not q[:, 2].any()
-    assert list(q[:11, 4]) == [-5, -4, -3, -2, -1, 1, 2, 3, 4, 5, 6]  # ... round away from zero (not to even)
-    q3, s3 = quant.ev_quantize_int8(x, chunk_rows=3)
-    np.testing.assert_array_equal(q3, q)
-    np.testing.assert_array_equal(s3, s)
-    with pytest.raises(ConfigError, match="non-finite"):
-        quant.ev_quantize_int8(np.array([[1.0, np.nan]], np.float32), name="bad")
-
-
-def test_ev_bf16_truncates_like_deeprec():
-    x = np.array([1 + 2 ** -8 + 2 ** -9, -3.3, 0.1, 65504.0, -0.0], np.float32)
-    b = quant.ev_to_bf16(x)
-    np.testing.assert_array_equal(b.view(np.uint16), deeprec_bf16_bits(x))
-    assert b.view(np.uint16)[0] == 0x3F80  # truncated; round-to-nearest-even would give 0x3F81
-    assert quant.to_bf16(x).view(np.uint16)[0] == 0x3F81
-
-
-# --------------------------------------------------------------------------- proto helpers
-def test_unknown_ops_and_runnable_check():
-    mg = build_ev_graph()
-    assert deeprec.unknown_ops(mg.graph_def) == KV_OPS
-    with pytest.raises(UnsupportedOpsError, match="KvResourceGather") as e:
-        deeprec.check_runnable(mg, "m", "lpo validate runs both models")
-    assert "DeepRec" in str(e.value) and e.value.ops == KV_OPS
-
-
-def test_sample_graph_is_well_formed_against_deeprec_op_defs():
-    mg = build_ev_graph()
-    assert deeprec.check_nodes(mg.graph_def, mg.meta_info_def.stripped_op_list) == []
-    ops = {o.name: o for o in mg.meta_info_def.stripped_op_list.op}
-    for o in deeprec_op_list().op:  # DeepRec's own definitions, as DeepRec writes them
-        assert ops[o.name] == o
-    broken = type(mg.graph_def)()
-    broken.CopyFrom(mg.graph_def)
-    g = next(n for n in broken.node if n.name == USER)
-    del g.attr["dtype"]
-    g.input.append("user")
-    problems = deeprec.check_nodes(broken, mg.meta_info_def.stripped_op_list)
-    assert any("attr 'dtype' is missing" in p for p in problems)
-    assert any("4 data inputs, its OpDef needs 3" in p for p in problems)
-
-
-def test_find_on_hand_built_graph(caplog):
-    from lpo.passes import ev
-    from lpo.passes.surgery import Surgery
-
-    mg = build_ev_graph()
-    found = ev.find(Surgery(mg), {})
-    assert [(c.name, c.dim, [p.node for p in c.parts]) for c in found] == [
-        ("item_emb", 8, ["item_emb/part_0", "item_emb/part_1"]), ("user_emb", 8, ["user_emb"])]
-    assert found[1].lookups == {"user_emb": [USER]}
-    assert found[0].lookups == {"item_emb/part_0": [f"{ITEM}/KvResourceGather"],
-                                "item_emb/part_1": [f"{ITEM}/KvResourceGather_1"]}
-    assert "rows unknown" in ev.describe(found[1])  # no checkpoint given
-    # an EV read by an op lpo does not rewrite is left alone, with the reason logged
-    n = mg.graph_def.node.add(name="export", op="KvResourceExport", input=["user_emb"])
-    n.attr["Tkeys"].type = types_pb2.DT_INT64
-    with caplog.at_level("INFO", logger="lpo"):
-        found = ev.find(Surgery(mg), {})
-    assert [c.name for c in found] == ["item_emb"]
-    assert "export (KvResourceExport) reads it" in caplog.text
-
-
-def test_saver_v3_form_is_renamed():
-    """DeepRec's newer saver (SaveV3 with ev_names + KvResourceLookupResource, KvResourceImportV3)."""
-    from lpo.core.graph import GraphIndex, dtype_attr, make_const, make_node
-
-    idx = GraphIndex(type(build_ev_graph().graph_def)())
-    i64, f32 = dtype_attr(types_pb2.DT_INT64), dtype_attr(types_pb2.DT_FLOAT)
-    for n in [make_node("KvVarHandleOp", "E", dtype=f32, Tkeys=i64), make_node("KvVarHandleOp", "E2", dtype=f32),
-              make_const("save/Const", np.array(b"p", dtype=object)),
-              make_const("save/ev_names", np.array([b"E", b"E2"], dtype=object)),
-              make_const("save/names", np.array([b"global_step"], dtype=object)),
-              make_const("save/slices", np.array([b""], dtype=object)),
-              make_const("save/Const_1", np.array(b"E", dtype=object)),
-              make_const("k", np.array(-1, np.int64)), make_const("global_step", np.array(1, np.int64)),
-              make_node("KvResourceLookupResource", "save/Lookup", ["E"], dtype=f32, Tkeys=i64),
-              make_node("KvResourceLookupResource", "save/Lookup_1", ["E2"], dtype=f32, Tkeys=i64),
-              make_node("Pack", "save/ev_resources", ["save/Lookup", "save/Lookup_1"]),
-              make_node("SaveV3", "save/SaveV3", ["save/Const", "save/names", "save/slices", "save/ev_names",
-                                                  "save/ev_resources", "global_step"]),
-              make_node("KvResourceImportV3", "save/KvResourceImportV3", ["save/Const", "E", "save/Const_1", "k"],
-                        dtype=f32, Tkeys=i64),
-              make_node("KvVarHandleOp", "E/int8_data", dtype=dtype_attr(types_pb2.DT_INT8), Tkeys=i64)]:
-        idx.add(n)
-    in_saver = lambda name: name.startswith("save/")  # noqa: E731
-    assert deeprec.saver_form_problem(idx, in_saver, "E") is None
-    deeprec.rename_ev_in_saver(idx, in_saver, "E", "E/int8_data", types_pb2.DT_INT8, None)
-    assert list(idx.node("save/Lookup").input) == ["E/int8_data"]
-    assert idx.node("save/Lookup").attr["dtype"].type == types_pb2.DT_INT8
-    assert idx.node("save/Lookup_1").attr["dtype"].type == types_pb2.DT_FLOAT
-    assert strings(idx.input_node(idx.node("save/SaveV3"), 3)) == ["E/int8_data", "E2"]
-    imp = idx.node("save/KvResourceImportV3")
-    assert list(imp.input)[:2] == ["save/Const", "E/int8_data"] and imp.attr["dtype"].type == types_pb2.DT_INT8
-    assert strings(idx.input_node(imp, 2)) == ["E/int8_data"]
-    assert idx.consumers("E") == []
 
 
 # --------------------------------------------------------------------------- inspect
@@ -543,3 +390,25 @@ def test_airflow_validate_operator_fails_the_same_way(ev_model, ev_optimized, he
     with pytest.raises(AirflowFailException, match="UnsupportedOpsError: .*KvResourceGather"):
         op.execute({})
     assert not (tmp_path / "rep").exists()
+
+
+def test_optimize_is_deterministic_and_ev_tensors_group_together(ev_model, ev_optimized, tmp_path):
+    from lpo.core.checkpoint import tensor_groups
+    from lpo.core.plan import read_manifest
+    from lpo.core.savedmodel import variable_specs
+
+    again = str(tmp_path / "again")
+    lpo.optimize(ev_model.path, again, data_type="INT8", int8_dense="weight_only", quiet=True)
+    for f in ("saved_model.pb", os.path.join("assets.extra", "lpo_manifest.json")):
+        with open(os.path.join(again, f), "rb") as a, open(os.path.join(ev_optimized["INT8"], f), "rb") as b:
+            assert a.read() == b.read(), f
+    a, b = ckpt(os.path.join(again, "variables", "variables")), ckpt(
+        os.path.join(ev_optimized["INT8"], "variables", "variables"))
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    # what a sharded conversion must keep in one shard: an EV's tensors, renamed together
+    mg, _ = graph_of(ev_optimized["INT8"])
+    targets = list(variable_specs(mg).values()) + deeprec.ev_var_specs(mg)
+    groups = tensor_groups(ev_model.variables_prefix, read_manifest(ev_optimized["INT8"]), targets)
+    assert ["user_emb" + s for s in deeprec.EV_SUFFIXES] in groups and ["cat_emb"] in groups
+    assert not [g for g in groups if any(k.endswith("int8_scale") or k.endswith("lpo_scale") for k in g)]
+    assert sorted(k for g in groups for k in g) == sorted(ckpt(ev_model.variables_prefix))

@@ -239,6 +239,9 @@ def rebuild_saver(mg: meta_graph_pb2.MetaGraphDef,
     When TensorFlow cannot import ``mg``, ``source`` (the unedited input MetaGraph,
     if given) decides the blame: if it cannot be imported either, the model is
     corrupt (ModelFormatError); otherwise lpo's edit broke it (InternalError).
+
+    A graph with ops this TensorFlow lacks (DeepRec's ``Kv*`` ops) cannot be imported at
+    all: its saver is edited in place instead (:func:`lpo.core.protosaver.patch_saver`).
     """
     from lpo.core.deeprec import unknown_ops
 

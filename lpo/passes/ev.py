@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from tensorflow.core.framework import types_pb2, variable_pb2
 
-from lpo.core.deeprec import (EV_GATHER, EV_INIT, EV_IS_INIT, EvSpec, ev_specs, rename_ev_in_saver,
+from lpo.core.deeprec import (EV_GATHER, EV_HANDLE, EV_INIT, EV_IS_INIT, EvSpec, ev_specs, rename_ev_in_saver,
                               saver_form_problem)
-from lpo.core.graph import DT, const_value, dtype_attr, make_const, make_node, parse_input
+from lpo.core.graph import DT, GraphMatcher, OpTypePattern, const_value, dtype_attr, make_const, make_node, parse_input
 from lpo.core.plan import Conversion, VarConversion
 from lpo.errors import ModelFormatError
 from lpo.passes.registry import register
@@ -64,7 +64,11 @@ class EvCandidate:
         return max(0, self.rows) * self.dim * 4
 
 
-def _readers(s: Surgery, spec: EvSpec) -> tuple[list[str], str | None]:
+# an EV handle looked up by key: KvResourceGather(resource, indices, default_value)
+LOOKUP = OpTypePattern(EV_GATHER, "lookup", (OpTypePattern(EV_HANDLE, "ev"),))
+
+
+def _readers(s: Surgery, spec: EvSpec, matched: list[str]) -> tuple[list[str], str | None]:
     """Return (lookups, why not) for EV part ``spec``: why not is None when every reader is supported."""
     idx = s.index
     lookups, inits = [], 0
@@ -72,7 +76,7 @@ def _readers(s: Surgery, spec: EvSpec) -> tuple[list[str], str | None]:
         if s.is_saver_node(c.name):
             continue
         first = parse_input(c.input[0])[0] if c.input else ""
-        if c.op == EV_GATHER and first == spec.node and parse_input(c.input[1])[0] != spec.node:
+        if c.name in matched:
             lookups.append(c.name)
         elif c.op == EV_INIT and first == spec.node and parse_input(c.input[1])[0] == spec.node:
             inits += 1
@@ -101,6 +105,9 @@ def _rows(prefix: str | None, parts: list[EvSpec]) -> int:
 def find(s: Surgery, specs) -> list[EvCandidate]:
     """Return the float32 EVs of the graph, parts grouped by their full name."""
     del specs  # EVs are not in variable_specs: they are tensor groups in the checkpoint
+    matched: dict[str, list[str]] = {}
+    for m in GraphMatcher(s.index, LOOKUP).match_all("lookup"):
+        matched.setdefault(m["ev"].name, []).append(m["lookup"].name)
     groups: dict[str, list[EvSpec]] = {}
     for spec in ev_specs(s.mg, s.index).values():
         groups.setdefault(spec.full_name, []).append(spec)
@@ -112,7 +119,7 @@ def find(s: Surgery, specs) -> list[EvCandidate]:
             if p.dtype != "float32" or p.dim <= 0:
                 why = f"part {p.node} is {p.dtype} with embedding dim {p.dim}"
                 break
-            found, why = _readers(s, p)
+            found, why = _readers(s, p, matched.get(p.node, []))
             if why:
                 why = f"{p.node}: {why}"
                 break
