@@ -79,6 +79,12 @@ def ev_specs(mg, index: GraphIndex | None = None) -> dict[str, EvSpec]:
     from lpo.core.savedmodel import variable_defs
 
     index = index or GraphIndex(mg.graph_def)
+    saved_as = {}  # handle -> the name its restore reads (DeepRec: the handle's node name)
+    for imp in index.by_op(*EV_IMPORTS):
+        names = const_value(index.input_node(imp, _TENSOR_NAMES_INPUT[imp.op]))
+        if names is not None and np.asarray(names).size == 1:
+            name = np.asarray(names).reshape(-1)[0]
+            saved_as[parse_input(imp.input[1])[0]] = name.decode() if isinstance(name, bytes) else str(name)
     out: dict[str, EvSpec] = {}
     for vd in variable_defs(mg):
         node_name = vd.variable_name.split(":")[0]
@@ -92,9 +98,9 @@ def ev_specs(mg, index: GraphIndex | None = None) -> dict[str, EvSpec]:
             full = si.full_name or node_name
             part = int(si.var_offset[0]) if si.var_offset else 0
             parts = int(si.full_shape[0]) if si.full_shape else 1
-        out[node_name] = EvSpec(node_name, node_name, int(shape[0]) if len(shape) == 1 else -1,
-                                _dtype_name(node.attr["dtype"].type), _dtype_name(node.attr["Tkeys"].type),
-                                full, part, parts, node.device)
+        out[node_name] = EvSpec(node_name, saved_as.get(node_name, node_name),
+                                int(shape[0]) if len(shape) == 1 else -1, _dtype_name(node.attr["dtype"].type),
+                                _dtype_name(node.attr["Tkeys"].type), full, part, parts, node.device)
     return out
 
 

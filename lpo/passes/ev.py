@@ -119,6 +119,9 @@ def find(s: Surgery, specs) -> list[EvCandidate]:
             if p.dtype != "float32" or p.dim <= 0:
                 why = f"part {p.node} is {p.dtype} with embedding dim {p.dim}"
                 break
+            if p.name != p.node:  # DeepRec's tool names the new tensors after the node, as its saver does
+                why = f"its saver restores {p.node} from tensors named {p.name!r}, not after the node"
+                break
             found, why = _readers(s, p, matched.get(p.node, []))
             if why:
                 why = f"{p.node}: {why}"

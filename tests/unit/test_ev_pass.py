@@ -154,3 +154,18 @@ def test_rewrite_on_hand_built_graph_then_saver_edit():
     assert nodes["concat"].input[0] == f"{USER}/cast_to_fp32"
     assert not [n for n in nodes if n in ("user_emb", "item_emb/part_0", "item_emb/part_1")]
     assert out.saver_def == mg.saver_def
+
+
+def test_ev_saved_under_another_name_is_left_alone(caplog):
+    from lpo.core.graph import make_const
+    from lpo.passes import ev
+    from lpo.passes.surgery import Surgery
+
+    mg = build_ev_graph()
+    i = next(i for i, n in enumerate(mg.graph_def.node) if n.name == "save/Const_1")  # user_emb's restore name
+    mg.graph_def.node[i].CopyFrom(make_const("save/Const_1", np.array(b"scope/user_emb", dtype=object)))
+    assert deeprec.ev_specs(mg)["user_emb"].name == "scope/user_emb"
+    assert [t.key for t in deeprec.ev_var_specs(mg)] == ["scope/user_emb", "item_emb/part_0", "item_emb/part_1"]
+    with caplog.at_level("INFO", logger="lpo"):
+        assert [c.name for c in ev.find(Surgery(mg), {})] == ["item_emb"]
+    assert "from tensors named 'scope/user_emb'" in caplog.text
