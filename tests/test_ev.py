@@ -412,3 +412,17 @@ def test_optimize_is_deterministic_and_ev_tensors_group_together(ev_model, ev_op
     assert ["user_emb" + s for s in deeprec.EV_SUFFIXES] in groups and ["cat_emb"] in groups
     assert not [g for g in groups if any(k.endswith("int8_scale") or k.endswith("lpo_scale") for k in g)]
     assert sorted(k for g in groups for k in g) == sorted(ckpt(ev_model.variables_prefix))
+
+
+def test_sharded_deeprec_saver(tmp_path):
+    """A saver built with sharded=True (ShardedFilename, MergeV2Checkpoints, restore_shard) is edited the same way."""
+    model = build_ev_model(str(tmp_path / "m"), sharded=True)
+    base = run_emulated(model.path, model.feeds)["prob"]
+    out = str(tmp_path / "o")
+    lpo.optimize(model.path, out, data_type="INT8", int8_dense="weight_only", quiet=True)
+    mg, nodes = graph_of(out)
+    assert mg.saver_def.sharded and deeprec.check_nodes(mg.graph_def, mg.meta_info_def.stripped_op_list) == []
+    save = nodes["save/SaveV2"]
+    assert save.input[0] == "save/ShardedFilename" and "user_emb/int8_data" in strings(nodes[save.input[1]])
+    assert list(nodes["save/restore_all"].input)[0] == "^save/restore_shard"
+    assert np.abs(run_emulated(out, model.feeds)["prob"] - base).max() < 2e-2

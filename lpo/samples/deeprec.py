@@ -289,8 +289,13 @@ def _vardef(name: str, initializer: str, snapshot: str, initial: str, *, resourc
     return vd.SerializeToString(deterministic=True)
 
 
-def build_ev_graph(dim: int = 8) -> meta_graph_pb2.MetaGraphDef:
-    """Return the MetaGraphDef of the sample DeepRec model (see the module docstring)."""
+def build_ev_graph(dim: int = 8, sharded: bool = False) -> meta_graph_pb2.MetaGraphDef:
+    """Return the MetaGraphDef of the sample DeepRec model (see the module docstring).
+
+    ``sharded`` builds the saver of ``tf.train.Saver(sharded=True)``: the SaveV2 writes a
+    ``ShardedFilename`` merged by ``MergeV2Checkpoints``; restores are grouped under
+    ``save/restore_shard``.
+    """
     f32, i64, i32 = types_pb2.DT_FLOAT, types_pb2.DT_INT64, types_pb2.DT_INT32
     g = _Graph()
     g.node("Placeholder", "user", dtype=_type(i64), shape=_shape([-1]))
@@ -359,7 +364,7 @@ def build_ev_graph(dim: int = 8) -> meta_graph_pb2.MetaGraphDef:
     resource_vars = ["cat_emb", "dense_0/bias", "dense_0/kernel", "dense_1/bias", "dense_1/kernel"]
     g.node("NoOp", "init", ["^global_step/Assign"] + [f"^{v}/Assign" for v in resource_vars] +
            [f"^{h}/Assign" for h, *_ in ev_handles])
-    _saver(g, resource_vars, ev_handles, dim)
+    save_tensor = _saver(g, resource_vars, ev_handles, dim, sharded)
 
     mg = meta_graph_pb2.MetaGraphDef()
     mg.graph_def.CopyFrom(g.gd)
@@ -370,8 +375,8 @@ def build_ev_graph(dim: int = 8) -> meta_graph_pb2.MetaGraphDef:
 
     mg.meta_info_def.stripped_op_list.CopyFrom(merged_op_list(g.gd, deeprec_op_list()))
     mg.saver_def.CopyFrom(saver_pb2.SaverDef(filename_tensor_name="save/Const:0",
-                                             save_tensor_name="save/control_dependency:0",
-                                             restore_op_name="save/restore_all", max_to_keep=5, sharded=False,
+                                             save_tensor_name=save_tensor + ":0",
+                                             restore_op_name="save/restore_all", max_to_keep=5, sharded=sharded,
                                              keep_checkpoint_every_n_hours=10000.0,
                                              version=saver_pb2.SaverDef.V2))
     variables = [_vardef("global_step", "global_step/Assign", "global_step/read", "global_step/Initializer/zeros",
@@ -395,9 +400,10 @@ def build_ev_graph(dim: int = 8) -> meta_graph_pb2.MetaGraphDef:
     return mg
 
 
-def _saver(g: _Graph, resource_vars: list[str], evs, dim: int) -> None:
+def _saver(g: _Graph, resource_vars: list[str], evs, dim: int, sharded: bool = False) -> str:
     """DeepRec's V2 saver: one SaveV2 (has_ev) with global_step first and EV handles by name;
-    a bulk RestoreV2 for ordinary variables and one KvResourceImportV2 per EV."""
+    a bulk RestoreV2 for ordinary variables and one KvResourceImportV2 per EV. Returns the
+    save tensor's node."""
     f32, i64, res = types_pb2.DT_FLOAT, types_pb2.DT_INT64, types_pb2.DT_RESOURCE
     fn = g.const("save/filename/input", b"model")
     g.node("PlaceholderWithDefault", "save/filename", [fn], dtype=_type(types_pb2.DT_STRING), shape=_shape([]))
@@ -416,10 +422,25 @@ def _saver(g: _Graph, resource_vars: list[str], evs, dim: int) -> None:
         dtypes.append(res)
     g.const("save/SaveV2/tensor_names", np.array([n.encode() for n in names], dtype=object))
     g.const("save/SaveV2/shape_and_slices", np.array([b""] * len(names), dtype=object))
-    g.node("SaveV2", "save/SaveV2", ["save/Const", "save/SaveV2/tensor_names", "save/SaveV2/shape_and_slices",
+    prefix, string = "save/Const", _type(types_pb2.DT_STRING)
+    if sharded:
+        suffix = g.const("save/StringJoin/inputs_1", b"_temp_0123/part")
+        g.node("StringJoin", "save/StringJoin", ["save/Const", suffix], N=2, separator="")
+        shards = g.const("save/num_shards", 1, np.int32)
+        shard = g.const("save/ShardedFilename/shard", 0, np.int32)
+        prefix = g.node("ShardedFilename", "save/ShardedFilename", ["save/StringJoin", shard, shards])
+    g.node("SaveV2", "save/SaveV2", [prefix, "save/SaveV2/tensor_names", "save/SaveV2/shape_and_slices",
                                      *tensors], dtypes=_types(dtypes), has_ev=True)
-    g.node("Identity", "save/control_dependency", ["save/Const", "^save/SaveV2"], T=_type(types_pb2.DT_STRING),
-           _class=attr_value_pb2.AttrValue(list=attr_value_pb2.AttrValue.ListValue(s=[b"loc:@save/Const"])))
+    save_tensor = g.node("Identity", "save/control_dependency", [prefix, "^save/SaveV2"], T=string,
+                         _class=attr_value_pb2.AttrValue(list=attr_value_pb2.AttrValue.ListValue(
+                             s=[f"loc:@{prefix}".encode()])))
+    if sharded:
+        g.node("Pack", "save/MergeV2Checkpoints/checkpoint_prefixes", [prefix, "^save/control_dependency"],
+               N=1, T=string, axis=0)
+        g.node("MergeV2Checkpoints", "save/MergeV2Checkpoints", ["save/MergeV2Checkpoints/checkpoint_prefixes",
+                                                                 "save/Const"], delete_old_dirs=True)
+        save_tensor = g.node("Identity", "save/Identity_lpo_sample", ["save/Const", "^save/MergeV2Checkpoints"],
+                             T=string)
     rnames = ["global_step"] + resource_vars
     g.const("save/RestoreV2/tensor_names", np.array([n.encode() for n in rnames], dtype=object))
     g.const("save/RestoreV2/shape_and_slices", np.array([b""] * len(rnames), dtype=object))
@@ -441,7 +462,12 @@ def _saver(g: _Graph, resource_vars: list[str], evs, dim: int) -> None:
                                ["save/Const", h, h, init, name, key], Tkeys=_type(i64), dtype=_type(f32),
                                shape=_shape([dim]), counter_type=_type(types_pb2.DT_UINT64), partition_id=part,
                                partition_num=parts, layout="", reset_version=False, **attrs))
-    g.node("NoOp", "save/restore_all", ["^" + r for r in restores])
+    if sharded:
+        g.node("NoOp", "save/restore_shard", ["^" + r for r in restores])
+        g.node("NoOp", "save/restore_all", ["^save/restore_shard"])
+    else:
+        g.node("NoOp", "save/restore_all", ["^" + r for r in restores])
+    return save_tensor
 
 
 def write_ev_checkpoint(prefix: str, dim: int = 8, rows: dict | None = None, seed: int = 0,
@@ -493,11 +519,14 @@ def write_ev_checkpoint(prefix: str, dim: int = 8, rows: dict | None = None, see
     return tensors
 
 
-def build_ev_model(path: str, dim: int = 8, seed: int = 0, **ckpt) -> EvModel:
-    """Write the sample DeepRec SavedModel (graph + checkpoint) at ``path`` (must not exist)."""
+def build_ev_model(path: str, dim: int = 8, seed: int = 0, sharded: bool = False, **ckpt) -> EvModel:
+    """Write the sample DeepRec SavedModel (graph + checkpoint) at ``path`` (must not exist).
+
+    ``sharded`` gives it a sharded saver; ``ckpt`` goes to :func:`write_ev_checkpoint`.
+    """
     os.makedirs(os.path.join(path, "variables"))
     sm = saved_model_pb2.SavedModel(saved_model_schema_version=1)
-    sm.meta_graphs.add().CopyFrom(build_ev_graph(dim))
+    sm.meta_graphs.add().CopyFrom(build_ev_graph(dim, sharded))
     with open(os.path.join(path, "saved_model.pb"), "wb") as f:
         f.write(sm.SerializeToString(deterministic=True))
     model = EvModel(path, dim, {"user_emb": 1, "item_emb": 2})
