@@ -134,6 +134,74 @@ def normalize_dtype(value: Any, what: str = "data_type", *, allow_keep: bool = F
     return choice(value, NODE_DTYPES if allow_keep else DATA_TYPES, what, upper=True)
 
 
+@dataclass(frozen=True)
+class NodeChoice:
+    """One ``opt_config`` value: a data type and, optionally, the variant of it for this node.
+
+    The variant overrides a model-wide option for this node only: an embedding scale
+    scheme (``"INT8:per_row"``), an INT8 dense mode (``"INT8:weight_only"``) or a 16-bit
+    dense mode (``"BF16:compute"``). ``str()`` gives the opt_config spelling back.
+    """
+
+    dtype: str
+    variant: Optional[str] = None
+
+    def __str__(self) -> str:
+        return self.dtype if self.variant is None else f"{self.dtype}{VARIANT_SEP}{self.variant}"
+
+
+#: Separates the data type from its variant in an opt_config value: ``"INT8:per_row"``.
+VARIANT_SEP = ":"
+
+
+def node_variants(dtype: str) -> tuple[str, ...]:
+    """The variants an opt_config value of ``dtype`` may name (none for FP32)."""
+    if dtype == KEEP:
+        return ()
+    if dtype.startswith("INT"):
+        return EMBEDDING_SCHEMES + (INT8_DENSE_MODES if dtype == "INT8" else ())
+    return DENSE_MODES
+
+
+def normalize_node_choice(value: Any, what: str = "opt_config value") -> NodeChoice:
+    """Parse an opt_config value: ``"INT8"``, ``"int8:per-row"`` or ``{"dtype": "INT8", "scheme": "per_row"}``.
+
+    A dict names the variant as ``scheme`` (embedding tables) or ``mode`` (dense layers).
+    Raises ConfigError for an unknown data type or a variant the data type does not have.
+    """
+    if isinstance(value, dict):
+        extra = set(value) - {"dtype", "scheme", "mode"}
+        if "dtype" not in value or extra or ("scheme" in value and "mode" in value):
+            raise ConfigError(f"{what} {value!r} must be an object with \"dtype\" and at most one of "
+                              "\"scheme\" or \"mode\", e.g. {\"dtype\": \"INT8\", \"scheme\": \"per_row\"}")
+        dtype_text, variant_text = value["dtype"], value.get("scheme", value.get("mode"))
+    elif isinstance(value, str) and VARIANT_SEP in value:
+        dtype_text, _, variant_text = value.partition(VARIANT_SEP)
+    else:
+        dtype_text, variant_text = value, None
+    dtype = normalize_dtype(dtype_text, what, allow_keep=True)
+    if variant_text is None:
+        return NodeChoice(dtype)
+    valid = node_variants(dtype)
+    if not valid:
+        raise ConfigError(f"{what} {value!r}: {dtype} takes no variant; write just {dtype!r}")
+    return NodeChoice(dtype, choice(variant_text, valid, f"{what} {value!r}: the {dtype} variant"))
+
+
+def node_options(base: "OptimizeOptions", node: NodeChoice) -> "OptimizeOptions":
+    """The options one node is planned with: its variant (if any) replaces the model-wide one."""
+    from dataclasses import replace
+
+    v = node.variant
+    if v is None:
+        return base
+    if v in EMBEDDING_SCHEMES:
+        return replace(base, embedding_scheme=v)
+    if node.dtype == "INT8" and v in INT8_DENSE_MODES:
+        return replace(base, int8_dense=v)
+    return replace(base, dense_mode=v)
+
+
 def normalize_tags(tags: Any) -> tuple[str, ...]:
     """Return MetaGraph tags as a tuple: ``None`` -> ``('serve',)``, ``"serve,gpu"`` -> ``('serve', 'gpu')``."""
     if tags is None:
@@ -259,5 +327,6 @@ __all__ = [
     "DATA_TYPES", "KEEP", "NODE_DTYPES", "EMBEDDING_SCHEMES", "DENSE_MODES", "INT8_DENSE_MODES", "CALIB_METHODS",
     "DATA_FORMATS", "DEFAULT_TAGS", "DEFAULT_SIGNATURE", "OptimizeOptions", "CalibrateOptions", "Thresholds",
     "ValidateOptions", "OPTIMIZE", "CALIBRATE", "THRESHOLDS", "VALIDATE", "OFF", "choice", "normalize_dtype",
+    "NodeChoice", "VARIANT_SEP", "node_variants", "normalize_node_choice", "node_options",
     "normalize_tags", "normalize_batch_sizes", "optional_threshold", "load_opt_config", "normalize_opt_config",
 ]

@@ -165,10 +165,10 @@ def inspect_model(model_path, tags=None) -> InspectResult:
     return InspectResult(os.fspath(model_path), [_as_candidate(c) for c in found])
 
 
-def _assign(found, opt_config, data_type) -> dict[str, str]:
+def _assign(found, opt_config, data_type) -> dict[str, opts.NodeChoice]:
     names = [c.name for c in found]
     if opt_config is None:
-        return {n: data_type for n in names}
+        return {n: opts.NodeChoice(data_type) for n in names}
     if not isinstance(opt_config, dict):
         raise ConfigError(
             f"opt_config must be a dict mapping node names to BF16/FP16/INT8, got {type(opt_config).__name__}")
@@ -179,10 +179,23 @@ def _assign(found, opt_config, data_type) -> dict[str, str]:
             hint = f"; closest: {', '.join(near)}" if near else ""
             raise ConfigError(f"opt_config key {key!r} matches no optimizable node{hint}. "
                               "Run `lpo inspect MODEL` for the valid names")
-        dt = opts.normalize_dtype(value, f"opt_config[{key!r}]", allow_keep=True)
-        if dt != opts.KEEP:
-            out[key] = dt
+        node = opts.normalize_node_choice(value, f"opt_config[{key!r}]")
+        if node.dtype != opts.KEEP:
+            out[key] = node
     return out
+
+
+def _plan_node(cand, node: opts.NodeChoice, options) -> Conversion:
+    """Plan one candidate; a variant in its opt_config value must be what the plan uses."""
+    from lpo import passes
+
+    conv = passes.get(cand.kind).plan(cand, node.dtype, opts.node_options(options, node))
+    if node.variant is not None and node.variant not in (conv.scheme, conv.mode):
+        raise ConfigError(f"opt_config[{cand.name!r}] = {str(node)!r}: {node.variant} does not apply to this "
+                          f"{cand.kind} node (its {node.dtype} form uses scheme {conv.scheme!r}"
+                          f"{f', mode {conv.mode!r}' if conv.mode else ''}); drop the variant or pick one of "
+                          f"this node's kind")
+    return conv
 
 
 def _calibrate(model_path, tags, convs: list[Conversion], calib_file, *, allow_pickle, batch_size, method,
@@ -318,13 +331,12 @@ def optimize(model_path, save_path, opt_config=None, data_type=opts.OPTIMIZE.dat
 
 def _plan_conversions(model_path, mg, opt_config, options: opts.OptimizeOptions):
     """Find the candidates of ``mg``, check the model's checkpoint, and plan each assigned one."""
-    from lpo import passes
     from lpo.core.checkpoint import check_checkpoint
 
     _surgery, found = _find(mg, variables_prefix(model_path))
     assigned = _assign(found, opt_config, options.data_type)
     check_checkpoint(variables_prefix(model_path), _target_specs(mg))  # fail fast, before any work
-    convs = [passes.get(c.kind).plan(c, assigned[c.name], options) for c in found if c.name in assigned]
+    convs = [_plan_node(c, assigned[c.name], options) for c in found if c.name in assigned]
     return found, convs
 
 
