@@ -6,13 +6,17 @@ destination (``<parent>/.<name>.lpo-tmp-<pid>-<random>``, never in the CWD),
 fsynced, then renamed into place. A failure, Ctrl-C or SIGTERM removes the
 temporary; a SIGKILL may leave it behind, and the next run removes it
 (:func:`cleanup_stale_temps`). The destination is therefore either absent, the
-old content, or the complete new content -- never half written.
+old content, or the complete new content -- never half written. Overwriting a
+directory swaps old and new in one step where the file system can
+(``renameat2(RENAME_EXCHANGE)``: Linux ext4/xfs/btrfs/tmpfs), so a reader never
+finds it missing; :func:`atomic_symlink` replaces a symlink the same way.
 
 This module never imports TensorFlow.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import logging
@@ -303,14 +307,56 @@ def atomic_output_dir(dest: PathLike, *, overwrite: bool = False) -> Iterator[Pa
                 _remove(tmp)
 
 
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+_renameat2 = None
+
+
+def exchange(a: PathLike, b: PathLike) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns False, changing nothing, where the OS, libc or file system cannot
+    (other platforms, NFS, old kernels); raises OSError on other failures.
+    """
+    global _renameat2
+    if _renameat2 is None:
+        try:
+            fn = ctypes.CDLL(None, use_errno=True).renameat2
+            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+            fn.restype = ctypes.c_int
+            _renameat2 = fn
+        except (AttributeError, OSError):  # not Linux, or glibc < 2.28
+            _renameat2 = False
+    if not _renameat2:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(err, os.strerror(err), os.fspath(b))
+
+
 def _commit_dir(tmp: Path, dest: Path, overwrite: bool) -> None:
-    """Rename the finished ``tmp`` to ``dest`` (swapping out an old ``dest``)."""
+    """Rename the finished ``tmp`` to ``dest`` (swapping out an old ``dest``).
+
+    An old non-empty ``dest`` (with ``overwrite``) is exchanged with ``tmp`` in one
+    step where possible, so ``dest`` never disappears; elsewhere it is set aside,
+    replaced, then deleted.
+    """
     if not tmp.is_dir():
         raise InternalError(f"temporary output {tmp} disappeared before it could be moved to {dest}")
     old = None
     if os.path.lexists(dest):
         if not _is_nonempty(dest):
             os.rmdir(dest)  # an empty directory: simply replace it
+        elif overwrite and dest.is_dir() and not dest.is_symlink() and exchange(tmp, dest):
+            # tmp now holds the old content under its temp name: a kill from here on
+            # leaves a stale temp that the next run removes.
+            _fsync_path(dest.parent, directory=True)
+            _remove(tmp)
+            logger.debug("wrote %s (exchanged with the old content)", dest)
+            return
         elif overwrite:
             old = _new_temp_name(dest, _OLD_SUFFIX)
             os.rename(dest, old)
@@ -363,6 +409,30 @@ def atomic_output_file(dest: PathLike, *, overwrite: bool = False) -> Iterator[P
     finally:
         if not committed:
             _remove(tmp)
+
+
+def atomic_symlink(target: str, link: PathLike) -> Path:
+    """Point the symlink ``link`` at ``target`` in one step (a new link, then ``os.replace``).
+
+    A reader following ``link`` sees the old target or the new one, never no link.
+    ``target`` is stored as given (use a relative path to keep a tree relocatable).
+    Refuses to replace anything that is not a symlink.
+    """
+    link = _abs(link)
+    check_parent_writable(link)
+    if os.path.lexists(link) and not link.is_symlink():
+        raise OutputExistsError(f"{link} exists and is not a symlink; move it away first")
+    cleanup_stale_temps(link)
+    tmp = _new_temp_name(link)
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, link)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_path(link.parent, directory=True)
+    return link
 
 
 def tree_checksum(path: PathLike) -> str:

@@ -32,6 +32,9 @@ INT8_DENSE_MODES = ("static", "weight_only")
 CALIB_METHODS = ("l2", "minmax", "percentile")
 #: Formats ``make_calibration`` reads.
 DATA_FORMATS = ("csv", "tsv", "tfrecord", "npz")
+#: Serving directory layouts of publish: ``current`` (``versions/<v>`` + a ``current`` symlink)
+#: or ``tf_serving`` (numeric ``<v>`` directories, the layout TF Serving polls).
+PUBLISH_LAYOUTS = ("current", "tf_serving")
 #: The MetaGraph tags and signature lpo loads by default.
 DEFAULT_TAGS = ("serve",)
 DEFAULT_SIGNATURE = "serving_default"
@@ -111,6 +114,50 @@ THRESHOLDS = Thresholds()
 VALIDATE = ValidateOptions()
 #: Orchestrator parameters cannot always be null: a negative threshold there means "off".
 OFF = -1.0
+
+
+@dataclass(frozen=True)
+class AirflowOptions:
+    """Defaults of the Airflow DAG params (pipelines/airflow/*.py) beyond the library's own.
+
+    Path params default to ``""``: the Airflow Variable ``lpo_<param>`` if set, else
+    ``<root>/<DAG_PATHS[param]>``, where ``root`` is ``$LPO_AIRFLOW_ROOT`` (``/data/lpo``).
+    """
+
+    root: str = "/data/lpo"
+    data_type: str = "INT8"
+    calib_rows: int = CALIBRATE.num_rows
+    max_auc_drop: float = THRESHOLDS.max_auc_drop
+    max_abs_diff: float = OFF
+    validate_iters: int = VALIDATE.iters
+    validate_batch_sizes: str = ",".join(str(b) for b in VALIDATE.batch_sizes)
+    layout: str = "current"
+
+    def to_dict(self) -> dict:
+        """Return a JSON-able dict."""
+        return asdict(self)
+
+
+AIRFLOW = AirflowOptions()
+#: Where each DAG path param points when neither the run nor a Variable sets it (relative to the root).
+DAG_PATHS = {
+    "training_root": "training",
+    "checkpoint_root": "checkpoints",
+    "work_root": "work",
+    "serving_dir": "serving/recsys",
+    "calib_source": "data/calibration.csv",
+    "heldout_data": "data/heldout.npz",
+}
+
+
+def airflow_root() -> str:
+    """The root of the DAGs' default paths: ``$LPO_AIRFLOW_ROOT`` or :attr:`AirflowOptions.root`."""
+    return os.environ.get("LPO_AIRFLOW_ROOT") or AIRFLOW.root
+
+
+def dag_path_default(name: str, root: Optional[str] = None) -> str:
+    """The built-in default of the DAG path param ``name`` (see :data:`DAG_PATHS`)."""
+    return os.path.join(root or airflow_root(), DAG_PATHS[name])
 
 
 # --------------------------------------------------------------------------- normalizers
@@ -325,7 +372,8 @@ def normalize_opt_config(value: Any) -> Optional[dict]:
 
 __all__ = [
     "DATA_TYPES", "KEEP", "NODE_DTYPES", "EMBEDDING_SCHEMES", "DENSE_MODES", "INT8_DENSE_MODES", "CALIB_METHODS",
-    "DATA_FORMATS", "DEFAULT_TAGS", "DEFAULT_SIGNATURE", "OptimizeOptions", "CalibrateOptions", "Thresholds",
+    "DATA_FORMATS", "PUBLISH_LAYOUTS", "AirflowOptions", "AIRFLOW", "DAG_PATHS", "airflow_root",
+    "dag_path_default", "DEFAULT_TAGS", "DEFAULT_SIGNATURE", "OptimizeOptions", "CalibrateOptions", "Thresholds",
     "ValidateOptions", "OPTIMIZE", "CALIBRATE", "THRESHOLDS", "VALIDATE", "OFF", "choice", "normalize_dtype",
     "NodeChoice", "VARIANT_SEP", "node_variants", "normalize_node_choice", "node_options",
     "normalize_tags", "normalize_batch_sizes", "optional_threshold", "load_opt_config", "normalize_opt_config",

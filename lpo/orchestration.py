@@ -5,13 +5,16 @@ what an orchestrator needs (artifact layouts, flat metrics, an atomic publish).
 """
 from __future__ import annotations
 
+import datetime as _dt
+import json
 import logging
 import os
+import re
 import shutil
-import tempfile
+from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-from lpo.errors import ConfigError, DataError
+from lpo.errors import ConfigError, DataError, OutputExistsError
 
 log = logging.getLogger(__name__)
 
@@ -99,39 +102,232 @@ def fp32_model_with_checkpoint(model_path: str, ckpt_prefix: str, out_dir: str) 
     return out_dir
 
 
-def publish_model(model_path: str, serving_dir: str, version: str) -> dict:
-    """Publish ``model_path`` into ``serving_dir`` atomically; return where it went.
+# --------------------------------------------------------------------------- finding inputs
 
-    The model is copied to ``serving_dir/versions/<version>`` (through a temp sibling
-    and a rename), then the symlink ``serving_dir/current`` is swapped to it with
-    ``os.replace`` of a fresh symlink, so a server following ``current`` sees either
-    the old or the new model, never a partial one. Publishing the same version
-    twice replaces it.
+_SKIP = re.compile(r"^(\.|temp-|tmp-)|\.lpo-tmp-|\.tmp$")
+
+
+def _natural_key(name: str) -> list:
+    """Sort key: digit runs compare as numbers (``ckpt-900`` < ``ckpt-1000``)."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name) if t]
+
+
+def is_saved_model(path: str) -> bool:
+    """True if ``path`` is a complete SavedModel directory (graph, and its variables if any)."""
+    if not os.path.isfile(os.path.join(path, "saved_model.pb")) and \
+            not os.path.isfile(os.path.join(path, "saved_model.pbtxt")):
+        return False
+    var_dir = os.path.join(path, "variables")
+    return not os.path.isdir(var_dir) or not os.listdir(var_dir) or \
+        os.path.isfile(os.path.join(var_dir, "variables.index"))
+
+
+def newest_saved_model(root: str) -> Optional[str]:
+    """The newest complete SavedModel under ``root``, or None.
+
+    ``root`` itself if it is one; else the child directory with the highest name in
+    natural order (``20250102``, ``1735776000``, ``v10`` > ``v9``) that is a SavedModel
+    or holds one in ``<child>/saved_model``. Hidden and temporary names (``.x``,
+    ``temp-*``, Estimator's in-progress exports) are skipped.
     """
-    if not os.path.isdir(model_path):
-        raise DataError(f"model to publish not found: {model_path}")
-    version = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in str(version)) or "model"
-    versions = os.path.join(serving_dir, "versions")
-    os.makedirs(versions, exist_ok=True)
-    dest = os.path.join(versions, version)
-    tmp = tempfile.mkdtemp(prefix=f".{version}.publish-", dir=versions)
+    if not os.path.isdir(root):
+        return None
+    if is_saved_model(root):
+        return root
+    for name in sorted(os.listdir(root), key=_natural_key, reverse=True):
+        if _SKIP.search(name):
+            continue
+        for cand in (os.path.join(root, name), os.path.join(root, name, "saved_model")):
+            if os.path.isdir(cand) and is_saved_model(cand):
+                return cand
+    return None
+
+
+_SHARD = re.compile(r"\.data-(\d{5})-of-(\d{5})$")
+
+
+def is_checkpoint(prefix: str) -> bool:
+    """True if the V2 checkpoint ``prefix`` is complete: its ``.index`` and every data shard exist."""
+    if not os.path.isfile(prefix + ".index"):
+        return False
+    folder, base = os.path.split(prefix)
+    shards = [m for f in os.listdir(folder or ".") if f.startswith(base + ".data-")
+              for m in [_SHARD.search(f)] if m]
+    if not shards:
+        return False
+    total = int(shards[0].group(2))
+    return len({m.group(1) for m in shards if int(m.group(2)) == total}) == total
+
+
+def newest_checkpoint(root: str, max_depth: int = 3) -> Optional[str]:
+    """The newest complete V2 checkpoint prefix at or under ``root``, or None.
+
+    ``root`` may be a prefix itself. Otherwise every ``*.index`` down to ``max_depth``
+    directories is a candidate; the newest is the highest relative path in natural
+    order (``20250103/ckpt`` > ``20250102/ckpt``, ``model.ckpt-1000`` >
+    ``model.ckpt-900``). TensorFlow writes a checkpoint's ``.index`` last (atomically),
+    so a prefix whose ``.index`` exists is ready. Hidden and temporary names are skipped.
+    """
+    if is_checkpoint(root):
+        return root
+    if not os.path.isdir(root):
+        return None
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        depth = 0 if rel == "." else rel.count(os.sep) + 1
+        dirnames[:] = [d for d in dirnames if not _SKIP.search(d)] if depth < max_depth else []
+        for f in filenames:
+            if f.endswith(".index") and not _SKIP.search(f):
+                prefix = os.path.join(dirpath, f[:-len(".index")])
+                if is_checkpoint(prefix):
+                    found.append(prefix)
+    if not found:
+        return None
+    return max(found, key=lambda p: [_natural_key(part) for part in os.path.relpath(p, root).split(os.sep)])
+
+
+def run_key(when: Any = None) -> str:
+    """A run's key, ``YYYYMMDDHHMMSS`` (UTC) of ``when`` (a datetime; default now).
+
+    Used for work directories and as the published version: numeric (as TF Serving
+    wants) and increasing with time.
+    """
+    if when is None:
+        when = _dt.datetime.now(_dt.timezone.utc)
+    if isinstance(when, str):
+        when = _dt.datetime.fromisoformat(when.replace("Z", "+00:00"))
+    if when.tzinfo is not None:
+        when = when.astimezone(_dt.timezone.utc)
+    return when.strftime("%Y%m%d%H%M%S")
+
+
+# --------------------------------------------------------------------------- publish
+
+#: The record publish writes into each published model (``assets.extra/``).
+PUBLISH_RECORD = "lpo_publish.json"
+
+
+@dataclass
+class PublishResult:
+    """Where :func:`publish_model` put a model."""
+
+    published: str
+    version: str
+    layout: str
+    serving_dir: str
+    current: Optional[str] = None
+    unchanged: bool = False
+    record: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """Return a JSON-able dict."""
+        return asdict(self)
+
+
+def _version_dir(serving_dir: str, version: str, layout: str) -> str:
+    if layout == "tf_serving":
+        return os.path.join(serving_dir, version)
+    return os.path.join(serving_dir, "versions", version)
+
+
+def _clean_version(version: Any, layout: str) -> str:
+    text = str(version).strip() if version is not None else ""
+    if layout == "tf_serving":
+        if not text.isdigit() or int(text) <= 0 or int(text) >= 2 ** 63:
+            raise ConfigError(f"version {version!r} is not a positive integer; TF Serving only loads "
+                              "numeric version directories (e.g. 20250102030405)")
+        return str(int(text))
+    clean = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in text).lstrip(".")
+    if not clean:
+        raise ConfigError(f"version {version!r} is empty; pass a version name such as 20250102030405")
+    return clean
+
+
+def read_publish_record(model_dir: str) -> Optional[dict]:
+    """The publish record of a published model directory, or None."""
     try:
-        staged = os.path.join(tmp, "model")
-        shutil.copytree(model_path, staged)
-        if os.path.exists(dest):
-            old = dest + ".old-" + os.path.basename(tmp)
-            os.rename(dest, old)
-            os.rename(staged, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(staged, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with open(os.path.join(model_dir, "assets.extra", PUBLISH_RECORD), encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def served_model(serving_dir: str) -> Optional[str]:
+    """The model a server would serve from ``serving_dir``, or None.
+
+    The target of ``current`` (layout ``current``), else the highest numeric
+    version directory (layout ``tf_serving``) that is a complete SavedModel.
+    """
     current = os.path.join(serving_dir, "current")
-    link_tmp = os.path.join(serving_dir, f".current.{os.getpid()}.tmp")
-    if os.path.lexists(link_tmp):
-        os.remove(link_tmp)
-    os.symlink(os.path.join("versions", version), link_tmp)
-    os.replace(link_tmp, current)
-    log.info("Published %s as %s (current -> versions/%s)", model_path, dest, version)
-    return {"published": dest, "current": current, "version": version}
+    if os.path.islink(current) and is_saved_model(current):
+        return os.path.normpath(os.path.join(serving_dir, os.readlink(current)))
+    if not os.path.isdir(serving_dir):
+        return None
+    versions = [n for n in os.listdir(serving_dir) if n.isdigit()]
+    for name in sorted(versions, key=int, reverse=True):
+        if is_saved_model(os.path.join(serving_dir, name)):
+            return os.path.join(serving_dir, name)
+    return None
+
+
+def publish_model(model_path: str, serving_dir: str, version: Any, *, layout: str = "current",
+                  inputs: Optional[dict] = None) -> dict:
+    """Publish ``model_path`` into ``serving_dir`` as ``version``; return a :class:`PublishResult` dict.
+
+    Layouts (:data:`lpo.options.PUBLISH_LAYOUTS`):
+
+    * ``current``: the model goes to ``serving_dir/versions/<version>``, then the
+      symlink ``serving_dir/current`` is switched to it;
+    * ``tf_serving``: the model goes to ``serving_dir/<version>`` (a positive integer),
+      the directory TF Serving's file system poller watches.
+
+    The copy is built in a temporary sibling, fsynced, and renamed into place
+    (:func:`lpo.fsutil.atomic_output_dir`); the ``current`` link is replaced in one
+    step (:func:`lpo.fsutil.atomic_symlink`). A reader therefore sees the old model or
+    the new one, complete, never neither. Publishing a version again with the same
+    model is a no-op (an Airflow retry); with a different model it replaces the
+    version in one atomic exchange (``current`` layout) or is refused
+    (``tf_serving``: a server does not reload a version it has loaded).
+    The published copy gets ``assets.extra/lpo_publish.json`` (source, checksum,
+    ``inputs``, time), which refresh runs read to find what is served.
+    """
+    from lpo.fsutil import atomic_output_dir, atomic_symlink, check_not_inside, cleanup_stale_temps, tree_checksum
+    from lpo.options import PUBLISH_LAYOUTS, choice
+
+    layout = choice(layout, PUBLISH_LAYOUTS, "layout")
+    if not os.path.isdir(model_path) or not is_saved_model(model_path):
+        raise DataError(f"model to publish not found or not a complete SavedModel: {model_path}")
+    version = _clean_version(version, layout)
+    serving_dir = os.path.abspath(serving_dir)
+    dest = _version_dir(serving_dir, version, layout)
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    cleanup_stale_temps(dest)  # left by a killed publish
+    checksum = tree_checksum(model_path)
+    record = {"version": version, "source": os.path.abspath(model_path), "source_checksum": checksum,
+              "inputs": dict(inputs or {}),
+              "published_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    old = read_publish_record(dest) if os.path.isdir(dest) else None
+    unchanged = old is not None and old.get("source_checksum") == checksum and is_saved_model(dest)
+    if unchanged:
+        record = old
+        log.info("Version %s in %s already holds this model; not copied again", version, serving_dir)
+    else:
+        check_not_inside(dest, model_path)
+        if os.path.lexists(dest) and layout == "tf_serving":
+            raise OutputExistsError(
+                f"version {version} already exists in {serving_dir} with another model; TF Serving does not "
+                "reload a version it has loaded: publish under a new (higher) version number")
+        with atomic_output_dir(dest, overwrite=True) as tmp:
+            shutil.copytree(model_path, tmp, symlinks=False, dirs_exist_ok=True)
+            extra = os.path.join(tmp, "assets.extra")
+            os.makedirs(extra, exist_ok=True)
+            with open(os.path.join(extra, PUBLISH_RECORD), "w", encoding="utf-8") as f:
+                json.dump(record, f, indent=2, sort_keys=True)
+    current = None
+    if layout == "current":
+        current = os.fspath(atomic_symlink(os.path.join("versions", version), os.path.join(serving_dir, "current")))
+    log.info("Published %s as %s%s", model_path, dest, f" (current -> versions/{version})" if current else "")
+    return PublishResult(published=dest, version=version, layout=layout, serving_dir=serving_dir,
+                         current=current, unchanged=unchanged, record=record).to_dict()
