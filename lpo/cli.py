@@ -231,10 +231,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from lpo.samples import demo  # noqa: PLC0415
 
     result = demo.run_demo(out=args.out, keep=args.keep, quiet=args.quiet,
-                           pipeline=None if args.pipeline == "none" else args.pipeline)
+                           pipeline=None if args.pipeline == "none" else args.pipeline,
+                           verbose=bool(args.verbose or args.debug))
     if isinstance(result, int) and not isinstance(result, bool):
         return result
     _emit(result, getattr(args, "json", False))
+    return 0
+
+
+def cmd_samples_model(args: argparse.Namespace) -> int:
+    """``lpo samples model``: write the sample FP32 SavedModel (and its data)."""
+    from lpo.samples.files import write_sample  # noqa: PLC0415
+
+    _emit(write_sample(args.out, args.data, variant=args.variant, overwrite=args.overwrite), args.json)
+    return 0
+
+
+def cmd_samples_checkpoint(args: argparse.Namespace) -> int:
+    """``lpo samples checkpoint``: write a perturbed "retrained" checkpoint of a model."""
+    from lpo.samples.files import write_checkpoint  # noqa: PLC0415
+
+    _emit(write_checkpoint(args.model, args.out, seed=args.seed, scale=args.scale, overwrite=args.overwrite),
+          args.json)
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """``lpo publish``: copy a model into a serving directory atomically."""
+    from lpo.orchestration import publish_model, run_key  # noqa: PLC0415
+
+    out = publish_model(args.model, args.serving_dir, args.version or run_key(), layout=args.layout)
+    if args.json:
+        _emit(out, True)
+    else:
+        print(f"published {out['published']}" + (f" (current -> versions/{out['version']})" if out["current"] else "")
+              + (" (unchanged)" if out["unchanged"] else ""))
     return 0
 
 
@@ -382,6 +413,46 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     _add_json(p)
 
 
+def _publish_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="SavedModel directory to publish")
+    p.add_argument("serving_dir", metavar="SERVING_DIR", help="serving directory")
+    p.add_argument("--version", default="", help="version name (default: now, as YYYYMMDDHHMMSS UTC)")
+    _add_choice(p, "--layout", opts.PUBLISH_LAYOUTS, opts.AIRFLOW.layout, "serving layout (default: %(default)s)")
+    _add_json(p)
+
+
+def _samples_args(p: argparse.ArgumentParser) -> None:
+    samples = p.add_subparsers(dest="samples_command", metavar="SAMPLE", parser_class=_Parser)
+    samples.required = True
+    q = samples.add_parser("model", help="write the sample FP32 SavedModel (built once, ~30 s, then cached)",
+                           description="Write the bundled sample recommendation model (a DLRM-like TF1 "
+                                       "SavedModel) to OUT; with --data DIR also DIR/calibration.csv and "
+                                       "DIR/heldout.npz.", formatter_class=_FORMATTER)
+    _global_flags(q, suppress=True)
+    q.set_defaults(func=cmd_samples_model)
+    q.add_argument("out", metavar="OUT", help="output SavedModel directory")
+    q.add_argument("--data", metavar="DIR", default=None,
+                   help="also write calibration.csv and heldout.npz into DIR")
+    q.add_argument("--variant", choices=("resource", "ref", "partitioned"), default="resource",
+                   help="embedding variable kind (default: %(default)s)")
+    q.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    _add_json(q)
+    q = samples.add_parser("checkpoint", help='write a perturbed "retrained" checkpoint of a model',
+                           description="Write OUT (a V2 checkpoint prefix): MODEL's variables, each float "
+                                       "tensor moved by SCALE x its RMS x N(0,1) noise, like a new training "
+                                       "checkpoint. Use it with lpo refresh or the refresh pipelines.",
+                           formatter_class=_FORMATTER)
+    _global_flags(q, suppress=True)
+    q.set_defaults(func=cmd_samples_checkpoint)
+    q.add_argument("model", metavar="MODEL", help="FP32 SavedModel directory (or checkpoint prefix)")
+    q.add_argument("out", metavar="OUT", help="output checkpoint prefix, e.g. ckpts/run1/model.ckpt-100")
+    q.add_argument("--seed", type=int, default=1, help="noise seed (default: %(default)s)")
+    q.add_argument("--scale", type=_float, default=0.01, help="noise size relative to each tensor's RMS "
+                   "(default: %(default)s)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
+    _add_json(q)
+
+
 #: (name, handler, one-line help, description, argument builder) of each subcommand, in --help order
 _COMMANDS = (
     ("inspect", cmd_inspect, "list the embedding tables and dense layers lpo can optimize", "", _inspect_args),
@@ -402,7 +473,16 @@ _COMMANDS = (
      "if a threshold is breached. WARNING: a SavedModel is a program; validating an "
      "untrusted SavedModel executes its graph.", _validate_args),
     ("demo", cmd_demo, "build the sample model, optimize it, validate it and report",
-     "End-to-end demo on the bundled sample recommendation model.", _demo_args),
+     "End-to-end demo on the bundled sample recommendation model. Prints one line per step and "
+     "a summary table; lpo's detailed log and the KFP executor output go to OUT/demo.log and "
+     "OUT/kfp.log (-v: to the console instead).", _demo_args),
+    ("publish", cmd_publish, "copy a validated model into a serving directory atomically",
+     "Copy MODEL to SERVING_DIR/versions/VERSION and switch the SERVING_DIR/current symlink "
+     "(layout current), or to SERVING_DIR/VERSION (layout tf_serving, numeric versions). The copy "
+     "is fsynced before it becomes visible; a reader sees the old model or the new one, never neither.",
+     _publish_args),
+    ("samples", None, "write the sample model, its data, or a retrained checkpoint to try lpo",
+     "Sample inputs for trying lpo and its pipelines without writing Python.", _samples_args),
 )
 
 

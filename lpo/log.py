@@ -96,7 +96,9 @@ NATIVE_NOISE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     r"|[IWE]\d{4} [\d:.]+ +\d+ (cudart_stub|cuda_platform|cuda_executor|cuda_diagnostics|cuda_dnn"
     r"|cuda_fft|cuda_blas|dso_loader|cpu_feature_guard|cpu_utils)\.cc:\d+\] .*"
-    r"|[IWE]\d{4} [\d:.]+ +\d+ port\.cc:\d+\] oneDNN custom operations are on.*)$")
+    r"|[IWE]\d{4} [\d:.]+ +\d+ port\.cc:\d+\] oneDNN custom operations are on.*"
+    # the continuation line of cpu_feature_guard's message
+    r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\.)$")
 
 
 @contextlib.contextmanager
@@ -105,9 +107,14 @@ def filter_native_stderr(pattern: "re.Pattern[str]" = NATIVE_NOISE):
 
     Python's ``sys.stderr`` keeps writing straight to the real stderr; only what
     C++ code writes to fd 2 passes through a pipe and a filter thread. Does
-    nothing when ``sys.stderr`` is not the process's own stderr (e.g. captured).
+    nothing when ``sys.stderr`` does not write to fd 2 (e.g. captured by pytest);
+    an Airflow task's stderr (a stream over fd 2 to the supervisor) is filtered.
     """
-    if sys.stderr is not sys.__stderr__ or sys.stderr is None:
+    try:
+        to_fd2 = sys.stderr is not None and sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        to_fd2 = False
+    if not to_fd2:
         yield
         return
     try:
@@ -146,6 +153,29 @@ def filter_native_stderr(pattern: "re.Pattern[str]" = NATIVE_NOISE):
             replacement.close()
         if not thread.is_alive():
             os.close(real)
+
+
+@contextlib.contextmanager
+def quiet_tensorflow():
+    """Keep TensorFlow's native start-up noise out of a task's log (Airflow operators, KFP components).
+
+    Sets ``TF_CPP_MIN_LOG_LEVEL=2`` unless the environment sets it (C++ INFO and
+    WARNING off; errors still pass) -- effective only if TF is not loaded yet, so
+    enter it before ``import lpo`` -- and drops the known start-up lines that are
+    printed before that level is read (:data:`NATIVE_NOISE`, via
+    :func:`filter_native_stderr`). TensorFlow's Python deprecation warnings go to
+    the ``tensorflow`` logger at WARNING, which is limited to errors here.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    tf_logger = logging.getLogger("tensorflow")
+    level = tf_logger.level
+    if level < logging.ERROR:
+        tf_logger.setLevel(logging.ERROR)
+    try:
+        with filter_native_stderr():
+            yield
+    finally:
+        tf_logger.setLevel(level)
 
 
 def _human_bytes(n: float) -> str:

@@ -187,6 +187,109 @@ def newest_checkpoint(root: str, max_depth: int = 3) -> Optional[str]:
     return max(found, key=lambda p: [_natural_key(part) for part in os.path.relpath(p, root).split(os.sep)])
 
 
+class NothingToDo(Exception):
+    """Not an error: a run found no (new) input; orchestrators skip it with this message."""
+
+
+def _explicit_model(path: str, what: str) -> str:
+    if not is_saved_model(path):
+        raise DataError(f"{what} {path} is not a complete SavedModel (no saved_model.pb, or variables "
+                        "without variables.index); pass the export directory that holds saved_model.pb")
+    return os.path.abspath(path)
+
+
+def _explicit_checkpoint(path: str, what: str) -> str:
+    found = newest_checkpoint(path)  # a prefix, or a directory holding checkpoints
+    if found is None:
+        raise DataError(f"{what} {path} is not a complete TensorFlow checkpoint (no {os.path.basename(path)}.index "
+                        "with all its data shards) and no directory holding one; pass a checkpoint prefix "
+                        "such as /ckpts/model.ckpt-200")
+    return os.path.abspath(found)
+
+
+def find_ready(kind: str, *, path: Optional[str] = None, root: Optional[str] = None) -> str:
+    """The ``saved_model`` or ``checkpoint`` a run should use: ``path`` (checked), else the newest under ``root``.
+
+    Raises DataError when ``path`` is given but not complete, :class:`NothingToDo`
+    when ``root`` holds none (or is missing), ConfigError when neither is given.
+    """
+    if kind not in ("saved_model", "checkpoint"):
+        raise ConfigError(f"kind must be 'saved_model' or 'checkpoint', got {kind!r}")
+    what = "SavedModel" if kind == "saved_model" else "checkpoint"
+    if path:
+        return (_explicit_model if kind == "saved_model" else _explicit_checkpoint)(path, what)
+    if not root:
+        raise ConfigError(f"no {what} path and no root to look under; pass one of them")
+    found = (newest_saved_model if kind == "saved_model" else newest_checkpoint)(root)
+    if found is None:
+        raise NothingToDo(f"no complete {what} under {root}" + ("" if os.path.isdir(root) else " (it does not exist)"))
+    return os.path.abspath(found)
+
+
+def _work_paths(work_dir: str, names: dict) -> dict:
+    return {"work_dir": work_dir, **{k: os.path.join(work_dir, v) for k, v in names.items()}}
+
+
+def find_retrain_inputs(*, path: Optional[str] = None, event_path: Optional[str] = None,
+                        root: Optional[str] = None, work_dir: str) -> dict:
+    """Inputs of a retrain run: the FP32 model (``path`` > Asset event > newest under ``root``) and work paths.
+
+    Raises :class:`NothingToDo` when discovery finds no SavedModel.
+    """
+    if path:
+        model, by = find_ready("saved_model", path=path), "param"
+    elif event_path:
+        model, by = find_ready("saved_model", path=event_path), "asset_event"
+    else:
+        try:
+            model, by = find_ready("saved_model", root=root), "newest"
+        except NothingToDo as e:
+            raise NothingToDo(f"{e}: nothing to optimize. Export a model there or pass model_path") from None
+    return {"model_path": model, "found_by": by,
+            **_work_paths(work_dir, {"calib_file": "calibration.npz", "optimized": "optimized",
+                                     "report_dir": "report"})}
+
+
+def find_refresh_inputs(*, path: Optional[str] = None, event_path: Optional[str] = None,
+                        root: Optional[str] = None, serving_dir: str, fp32_model: Optional[str] = None,
+                        training_root: Optional[str] = None, work_dir: str) -> dict:
+    """Inputs of a refresh run: the checkpoint, the served model to refresh, its FP32 model, work paths.
+
+    The checkpoint is ``path`` > Asset event > the newest under ``root`` (nothing new if
+    the served model was made from it). The FP32 model is ``fp32_model`` > the one
+    recorded when the served model was published > the newest under ``training_root``.
+    Raises :class:`NothingToDo` when nothing is served yet or no new checkpoint is found.
+    """
+    served = served_model(serving_dir)
+    if served is None:
+        raise NothingToDo(f"no model is served from {serving_dir} yet: run lpo_retrain first")
+    record = read_publish_record(served) or {}
+    inputs = record.get("inputs") or {}
+    if path:
+        ckpt, by = find_ready("checkpoint", path=path), "param"
+    elif event_path:
+        ckpt, by = find_ready("checkpoint", path=event_path), "asset_event"
+    else:
+        try:
+            ckpt, by = find_ready("checkpoint", root=root), "newest"
+        except NothingToDo as e:
+            raise NothingToDo(f"{e}: nothing to refresh. Write a checkpoint there or pass ckpt_prefix") from None
+        if inputs.get("ckpt_prefix") == ckpt:
+            raise NothingToDo(f"the newest checkpoint {ckpt} is already served ({served}): nothing new")
+    if fp32_model:
+        fp32 = find_ready("saved_model", path=fp32_model)
+    elif inputs.get("fp32_model") and is_saved_model(inputs["fp32_model"]):
+        fp32 = inputs["fp32_model"]
+    elif training_root and newest_saved_model(training_root):
+        fp32 = os.path.abspath(newest_saved_model(training_root))
+    else:
+        raise DataError(f"no FP32 model to validate the refresh against: the served model {served} does not "
+                        "record one; pass fp32_model (the SavedModel the served model was optimized from)")
+    return {"ckpt_prefix": ckpt, "found_by": by, "opt_model": served, "fp32_model": fp32,
+            **_work_paths(work_dir, {"refreshed": "refreshed", "reference": "fp32_reference",
+                                     "report_dir": "report"})}
+
+
 def run_key(when: Any = None) -> str:
     """A run's key, ``YYYYMMDDHHMMSS`` (UTC) of ``when`` (a datetime; default now).
 

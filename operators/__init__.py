@@ -9,7 +9,7 @@ point, which calls :func:`get_provider_info`. The operators live in
 from __future__ import annotations
 
 OPERATOR_CLASSES = ("LpoCalibrateOperator", "LpoOptimizeOperator", "LpoValidateOperator",
-                    "LpoRefreshOperator", "LpoPublishOperator")
+                    "LpoRefreshOperator", "LpoPublishOperator", "LpoFindInputsOperator", "LpoMarkReadyOperator")
 
 
 def get_provider_info() -> dict:

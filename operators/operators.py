@@ -1,22 +1,59 @@
-"""Airflow 3 operators for lpo: calibrate, optimize, validate, refresh and publish.
+"""Airflow 3 operators for lpo: find inputs, calibrate, optimize, validate, refresh, publish, mark ready.
 
-Every path and option is a template field, so ``{{ ds }}``, ``{{ run_id }}``,
-``{{ params.x }}``, ``{{ var.value.x }}`` and XCom pulls work. Arguments are
-checked in :meth:`execute` (after rendering), each operator returns a JSON-able
-dict (pushed to XCom as ``return_value``). A breached validation threshold fails
-the task without retries (``AirflowFailException``).
+Every path and option is a template field, so ``{{ run_id }}``, ``{{ params.x }}``,
+``{{ var.value.x }}``, XCom pulls and XComArgs work (manual and Asset-triggered runs
+have no logical date: ``{{ ds }}``/``{{ ts_nodash }}`` are undefined there; use
+``{{ dag_run.run_after | ts_nodash }}``). Arguments are checked in :meth:`execute`
+(after rendering), each operator returns a JSON-able dict (pushed to XCom as
+``return_value``). A breached validation threshold or a bad input fails the task
+without retries (``AirflowFailException``); nothing to do skips it
+(``AirflowSkipException``). TensorFlow's native start-up noise is kept out of the
+task log (:func:`lpo.log.quiet_tensorflow`).
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 from typing import Any, Optional, Sequence
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 log = logging.getLogger(__name__)
+
+
+def path_setting(name: str) -> str:
+    """Jinja for the DAG path param ``name``: the param if set, else the Variable ``lpo_<name>``,
+    else ``<root>/<default>`` where root is the Variable ``lpo_root``, else ``$LPO_AIRFLOW_ROOT``,
+    else ``/data/lpo`` (defaults: :data:`lpo.options.DAG_PATHS`)."""
+    from lpo.options import DAG_PATHS, airflow_root
+
+    return (f"{{{{ params.{name} or var.value.get('lpo_{name}', '') or "
+            f"(var.value.get('lpo_root', '') or {airflow_root()!r}) ~ '/{DAG_PATHS[name]}' }}}}")
+
+
+def path_param(name: str, what: str):
+    """A DAG ``Param`` for the path ``name`` (empty by default: see :func:`path_setting`)."""
+    from airflow.sdk import Param
+
+    from lpo.options import DAG_PATHS
+
+    return Param("", type="string", description=f"{what}. Empty: Variable lpo_{name}, else <root>/{DAG_PATHS[name]}")
+
+
+def _quiet(execute):
+    """Run ``execute`` with TF's log level set before TF loads and its start-up noise filtered."""
+
+    @functools.wraps(execute)
+    def wrapper(self, context):
+        from lpo.log import quiet_tensorflow
+
+        with quiet_tensorflow():
+            return execute(self, context)
+
+    return wrapper
 
 
 def _path(name: str, value: Any, *, must_exist: bool = False) -> str:
@@ -81,6 +118,7 @@ class LpoCalibrateOperator(BaseOperator):
         self.data_format = data_format
         self.overwrite = overwrite
 
+    @_quiet
     def execute(self, context) -> dict:
         import lpo
 
@@ -133,6 +171,7 @@ class LpoOptimizeOperator(BaseOperator):
         self.calib_method = calib_method
         self.overwrite = overwrite
 
+    @_quiet
     def execute(self, context) -> dict:
         import lpo
 
@@ -193,6 +232,7 @@ class LpoValidateOperator(BaseOperator):
         self.batch_sizes = batch_sizes
         self.max_rows = max_rows
 
+    @_quiet
     def execute(self, context) -> dict:
         import lpo
         from lpo.options import optional_threshold
@@ -253,6 +293,7 @@ class LpoRefreshOperator(BaseOperator):
         self.reference_path = reference_path
         self.overwrite = overwrite
 
+    @_quiet
     def execute(self, context) -> dict:
         import shutil
 
@@ -282,28 +323,184 @@ class LpoRefreshOperator(BaseOperator):
 
 
 class LpoPublishOperator(BaseOperator):
-    """Publish a validated model to a serving directory atomically.
+    """Publish a validated model to a serving directory, atomically (:func:`lpo.orchestration.publish_model`).
 
-    Copies ``model_path`` to ``serving_dir/versions/<version>`` and swaps the
-    ``serving_dir/current`` symlink to it (:func:`lpo.orchestration.publish_model`).
+    Args:
+        model_path: the model to publish.
+        serving_dir: the serving directory.
+        version: version name; empty: the run's key, ``YYYYMMDDHHMMSS`` of ``dag_run.run_after``.
+        layout: ``current`` (``versions/<v>`` + a ``current`` symlink) or ``tf_serving``
+            (``<v>`` numeric directories).
+        inputs: what the model was made from (dict or JSON), stored in its publish record.
+
     Put it downstream of the validate task: with the default trigger rule it runs
-    only when validation passed.
+    only when validation passed. Give it ``outlets=[asset]`` to emit an Asset event;
+    the event's ``extra`` gets ``path`` (the published directory) and ``version``.
     """
 
-    template_fields: Sequence[str] = ("model_path", "serving_dir", "version")
+    template_fields: Sequence[str] = ("model_path", "serving_dir", "version", "layout", "inputs")
     ui_color = "#e4f7ef"
 
-    def __init__(self, *, model_path: str, serving_dir: str, version: str = "{{ ts_nodash }}", **kwargs):
+    def __init__(self, *, model_path: str, serving_dir: str, version: Any = "", layout: str = "current",
+                 inputs: Any = None, **kwargs):
         super().__init__(**kwargs)
         self.model_path = model_path
         self.serving_dir = serving_dir
         self.version = version
+        self.layout = layout
+        self.inputs = inputs
 
     def execute(self, context) -> dict:
+        import lpo
         from lpo.orchestration import publish_model
 
         model = _path("model_path", self.model_path, must_exist=True)
         serving = _path("serving_dir", self.serving_dir)
-        if not str(self.version).strip():
-            raise ValueError("version must be non-empty")
-        return publish_model(model, serving, str(self.version))
+        version = str(self.version).strip() if self.version is not None else ""
+        if not version:
+            version = _run_key(context)
+        inputs = json.loads(self.inputs) if isinstance(self.inputs, str) and self.inputs.strip() else self.inputs
+        try:
+            out = publish_model(model, serving, version, layout=self.layout or "current",
+                                inputs=inputs if isinstance(inputs, dict) else None)
+        except lpo.LpoError as e:
+            raise _lpo_error(e) from e
+        _emit_outlet_events(self, context, {"path": out["published"], "version": out["version"]})
+        return out
+
+
+def _run_key(context) -> str:
+    """The run's key from ``dag_run.run_after`` (set for manual, scheduled and Asset runs alike)."""
+    from lpo.orchestration import run_key
+
+    dag_run = context.get("dag_run") if hasattr(context, "get") else None
+    return run_key(getattr(dag_run, "run_after", None))
+
+
+def _emit_outlet_events(op: BaseOperator, context, extra: dict) -> None:
+    """Attach ``extra`` to the Asset events this task emits for its outlets."""
+    events = context.get("outlet_events") if hasattr(context, "get") else None
+    if events is None:
+        return
+    for outlet in op.outlets or []:
+        try:
+            events[outlet].extra.update(extra)
+        except (KeyError, TypeError, AttributeError):  # not an Asset (e.g. a plain string outlet)
+            log.debug("outlet %r takes no event extra", outlet)
+
+
+def _event_path(context) -> str:
+    """The ``path`` in the newest Asset event that triggered this run ('' if none)."""
+    events = context.get("triggering_asset_events") if hasattr(context, "get") else None
+    newest, path = None, ""
+    for seq in (events.values() if events else []):
+        for event in seq:
+            extra = getattr(event, "extra", None) or {}
+            stamp = getattr(event, "timestamp", None)
+            if extra.get("path") and (newest is None or (stamp is not None and stamp >= newest)):
+                newest, path = stamp, str(extra["path"])
+    return path
+
+
+class LpoFindInputsOperator(BaseOperator):
+    """Decide what a run works on; skip the run cleanly when there is nothing to do.
+
+    ``pipeline='retrain'``: the FP32 SavedModel is ``path`` if given, else the ``path``
+    of the Asset event that triggered the run, else the newest SavedModel under
+    ``root`` (:func:`lpo.orchestration.newest_saved_model`).
+    ``pipeline='refresh'``: the same for the FP32 checkpoint (``path`` a prefix or a
+    directory; :func:`lpo.orchestration.newest_checkpoint`), plus the model served from
+    ``serving_dir`` (the one refreshed) and the FP32 model (``fp32_model``, else the one
+    the served model was made from, else the newest under ``training_root``). A checkpoint
+    found as "newest" that is already served is nothing new.
+
+    An explicit path that does not exist fails the task; finding nothing (or nothing
+    new) skips it, with one log line saying why, and the run ends without error.
+    Returns (XCom) the resolved paths, ``found_by``, ``version`` (``version`` or the
+    run's key) and ``work_dir`` (``<work_root>/<dag_id>/<run key>``) with its output paths,
+    each also under its own XCom key (``multiple_outputs``), so ``find.output["model_path"]`` works.
+    """
+
+    template_fields: Sequence[str] = ("pipeline", "path", "root", "work_root", "serving_dir", "fp32_model",
+                                      "training_root", "version")
+    ui_color = "#f2f2f2"
+
+    def __init__(self, *, pipeline: str, path: Any = "", root: Any = "", work_root: Any = "",
+                 serving_dir: Any = "", fp32_model: Any = "", training_root: Any = "", version: Any = "",
+                 **kwargs):
+        kwargs.setdefault("multiple_outputs", True)  # find.output["model_path"] etc. in the DAG
+        super().__init__(**kwargs)
+        self.pipeline = pipeline
+        self.path = path
+        self.root = root
+        self.work_root = work_root
+        self.serving_dir = serving_dir
+        self.fp32_model = fp32_model
+        self.training_root = training_root
+        self.version = version
+
+    def execute(self, context) -> dict:
+        import lpo
+        from lpo import orchestration as orch
+
+        key = _run_key(context)
+        dag_id = getattr(getattr(self, "dag", None), "dag_id", None) or "lpo"
+        work = os.path.join(_path("work_root", self.work_root), dag_id, key)
+        try:
+            if self.pipeline == "retrain":
+                found = orch.find_retrain_inputs(path=_opt(self.path), event_path=_event_path(context),
+                                                 root=_opt(self.root), work_dir=work)
+            elif self.pipeline == "refresh":
+                found = orch.find_refresh_inputs(
+                    path=_opt(self.path), event_path=_event_path(context), root=_opt(self.root),
+                    serving_dir=_path("serving_dir", self.serving_dir), fp32_model=_opt(self.fp32_model),
+                    training_root=_opt(self.training_root), work_dir=work)
+            else:
+                raise ValueError(f"pipeline must be 'retrain' or 'refresh', got {self.pipeline!r}")
+        except orch.NothingToDo as e:
+            log.info("Nothing to do, skipping this run: %s", e)
+            raise AirflowSkipException(str(e)) from None
+        except lpo.LpoError as e:
+            raise _lpo_error(e) from e
+        found["run_key"] = key
+        found["version"] = str(self.version).strip() if _opt(self.version) is not None else key
+        log.info("Inputs (%s): %s", found["found_by"], json.dumps(found, sort_keys=True))
+        return found
+
+
+class LpoMarkReadyOperator(BaseOperator):
+    """Tell Airflow a new FP32 export or checkpoint is ready: succeed, so the outlets' Asset events fire.
+
+    Args:
+        kind: ``saved_model`` or ``checkpoint``.
+        path: the export directory / checkpoint prefix; empty: the newest under ``root``.
+        root: where to look when ``path`` is empty.
+
+    The events' ``extra`` is ``{"path": <resolved path>}``; :class:`LpoFindInputsOperator`
+    in the DAG scheduled on that Asset reads it. A path that is missing or incomplete
+    fails the task (no event); nothing under ``root`` skips it (no event).
+    """
+
+    template_fields: Sequence[str] = ("kind", "path", "root")
+    ui_color = "#f7f0e4"
+
+    def __init__(self, *, kind: str, path: Any = "", root: Any = "", **kwargs):
+        super().__init__(**kwargs)
+        self.kind = kind
+        self.path = path
+        self.root = root
+
+    def execute(self, context) -> dict:
+        import lpo
+        from lpo import orchestration as orch
+
+        try:
+            found = orch.find_ready(self.kind, path=_opt(self.path), root=_opt(self.root))
+        except orch.NothingToDo as e:
+            log.info("Nothing to mark ready: %s", e)
+            raise AirflowSkipException(str(e)) from None
+        except lpo.LpoError as e:
+            raise _lpo_error(e) from e
+        _emit_outlet_events(self, context, {"path": found})
+        log.info("Marked %s ready: %s", self.kind, found)
+        return {"kind": self.kind, "path": found}

@@ -24,7 +24,8 @@ from lpo.errors import ConfigError, ValidationFailed
 from lpo.fsutil import tree_checksum
 
 REPO = Path(__file__).resolve().parents[1]
-SUBCOMMANDS = ["inspect", "optimize", "convert-ckpt", "refresh", "calibrate", "validate", "demo"]
+SUBCOMMANDS = ["inspect", "optimize", "convert-ckpt", "refresh", "calibrate", "validate", "demo", "publish",
+               "samples"]
 
 
 def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -287,7 +288,7 @@ def test_demo_wiring(monkeypatch, capsys):
 
     monkeypatch.setitem(vars(lpo.samples), "demo", types.SimpleNamespace(run_demo=run_demo))
     assert cli.main(["demo", "--out", "d", "--keep"]) == 0
-    assert seen == {"out": "d", "keep": True, "quiet": False, "pipeline": None}
+    assert seen == {"out": "d", "keep": True, "quiet": False, "pipeline": None, "verbose": False}
     seen.clear()
     assert cli.main(["demo", "--out", "d", "--pipeline", "kfp"]) == 0
     assert seen["pipeline"] == "kfp"

@@ -1,72 +1,86 @@
-"""Daily: new FP32 SavedModel from the training job -> calibrate -> optimize -> validate -> publish.
+"""lpo_retrain: a new FP32 SavedModel -> calibrate -> optimize -> validate (the gate) -> publish.
 
-Settings are DAG params (override per run with ``--conf`` / ``run_conf``); each
-path param falls back to an Airflow Variable of the same name prefixed ``lpo_``
-(e.g. ``lpo_serving_dir``) when the param is left empty. The training job's
-export for the run's date is ``{training_root}/{{ ds_nodash }}/saved_model``.
-Publish runs only when the validation gate passed.
+Runs when triggered (``airflow dags trigger lpo_retrain [--conf '{...}']``) or when the
+Asset ``lpo_fp32_model`` gets an event (DAG ``lpo_model_ready``, a training DAG's task
+with that outlet, or the REST API). There is no time schedule, so unpausing starts
+nothing. The first task, ``find_inputs``, picks the model: the ``model_path`` param,
+else the ``path`` of the triggering Asset event, else the newest SavedModel under
+``training_root``; when there is none the run is skipped with one log line saying
+why. Runs need no logical date: work directories and the published version use the
+run's key (``YYYYMMDDHHMMSS`` of ``dag_run.run_after``). Publish runs only when the
+gate passed and emits the Asset ``lpo_optimized_model``.
+
+Path params left empty fall back to the Airflow Variable ``lpo_<param>``, then to
+``<root>/...`` where root is the Variable ``lpo_root``, else ``$LPO_AIRFLOW_ROOT``, else
+``/data/lpo``. Every default comes from lpo/options.py.
 """
 from __future__ import annotations
-
-import os
 
 import pendulum
 from airflow.sdk import DAG, Param
 
+from lpo.operators.assets import FP32_MODEL, OPTIMIZED_MODEL
 from lpo.operators.operators import (
-    LpoCalibrateOperator, LpoOptimizeOperator, LpoPublishOperator, LpoValidateOperator,
+    LpoCalibrateOperator, LpoFindInputsOperator, LpoOptimizeOperator, LpoPublishOperator, LpoValidateOperator,
+    path_param, path_setting,
 )
+from lpo.options import AIRFLOW, DATA_TYPES, PUBLISH_LAYOUTS
 
-
-def setting(name: str) -> str:
-    """Template: the param ``name``, or the Variable ``lpo_<name>`` when the param is empty."""
-    return f"{{{{ params.{name} if params.{name} not in (None, '') else var.value.get('lpo_{name}', '') }}}}"
-
-
-_DEFAULT_ROOT = os.environ.get("LPO_AIRFLOW_ROOT", "/data/lpo")
-
-MODEL_PATH = setting("training_root") + "/{{ ds_nodash }}/saved_model"
-WORK = setting("work_root") + "/retrain/{{ ts_nodash }}"
 
 with DAG(
     dag_id="lpo_retrain",
-    description="Optimize the freshly trained recommendation model and publish it if it passes the gate",
-    schedule="@daily",
+    description="Optimize a freshly trained recommendation model and publish it if it passes the gate",
+    schedule=[FP32_MODEL],
     start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     tags=["lpo"],
-    render_template_as_native_obj=False,
     params={
-        "training_root": Param(f"{_DEFAULT_ROOT}/training", type="string"),
-        "work_root": Param(f"{_DEFAULT_ROOT}/work", type="string"),
-        "serving_dir": Param(f"{_DEFAULT_ROOT}/serving/recsys", type="string"),
-        "calib_source": Param(f"{_DEFAULT_ROOT}/data/calibration.csv", type="string"),
-        "heldout_data": Param(f"{_DEFAULT_ROOT}/data/heldout.npz", type="string"),
-        "data_type": Param("INT8", enum=["BF16", "FP16", "INT8"]),
-        "opt_config": Param("", type="string", description="JSON {node: dtype}; empty = all nodes"),
-        "calib_rows": Param(1024, type="integer", minimum=1),
-        "max_auc_drop": Param(0.001, type="number"),
-        "max_abs_diff": Param(-1.0, type="number", description="negative = not checked"),
-        "validate_iters": Param(50, type="integer", minimum=1),
-        "validate_batch_sizes": Param("1,64,512", type="string"),
+        "model_path": Param("", type="string", description="FP32 SavedModel to optimize. Empty: the path "
+                            "in the triggering Asset event, else the newest SavedModel under training_root"),
+        "training_root": path_param("training_root", "Where the training job exports SavedModels "
+                                    "(<root>/<name>/ or <root>/<name>/saved_model/; newest = highest name)"),
+        "work_root": path_param("work_root", "Work files: <work_root>/lpo_retrain/<run key>/"),
+        "serving_dir": path_param("serving_dir", "Where validated models are published"),
+        "calib_source": path_param("calib_source", "CSV/TSV/TFRecord/npz to sample calibration rows from"),
+        "heldout_data": path_param("heldout_data", "Held-out .npz (serving inputs + label) for the gate"),
+        "data_type": Param(AIRFLOW.data_type, enum=list(DATA_TYPES), description="Target precision"),
+        "opt_config": Param("", type="string", description="JSON {node: dtype} per node; empty: all nodes "
+                            "get data_type"),
+        "calib_rows": Param(AIRFLOW.calib_rows, type="integer", minimum=1,
+                            description="Calibration rows to sample"),
+        "max_auc_drop": Param(AIRFLOW.max_auc_drop, type="number",
+                              description="Gate: largest allowed AUC drop (negative: off)"),
+        "max_abs_diff": Param(AIRFLOW.max_abs_diff, type="number",
+                              description="Gate: largest allowed |prediction difference| (negative: off)"),
+        "validate_iters": Param(AIRFLOW.validate_iters, type="integer", minimum=1,
+                                description="Timed runs per batch size in validation"),
+        "validate_batch_sizes": Param(AIRFLOW.validate_batch_sizes, type="string",
+                                      description="Latency batch sizes, comma-separated"),
+        "layout": Param(AIRFLOW.layout, enum=list(PUBLISH_LAYOUTS), description="Serving layout: "
+                        "versions/<v> + current symlink, or TF Serving's numeric <v> directories"),
+        "version": Param("", type="string", description="Published version. Empty: the run key "
+                         "(YYYYMMDDHHMMSS of the run's start)"),
     },
 ) as dag:
+    find = LpoFindInputsOperator(
+        task_id="find_inputs", pipeline="retrain", path="{{ params.model_path }}",
+        root=path_setting("training_root"), work_root=path_setting("work_root"), version="{{ params.version }}")
     calibrate = LpoCalibrateOperator(
-        task_id="calibrate", source=setting("calib_source"), model_path=MODEL_PATH,
-        save_path=WORK + "/calibration.npz", num_rows="{{ params.calib_rows }}")
+        task_id="calibrate", source=path_setting("calib_source"), model_path=find.output["model_path"],
+        save_path=find.output["calib_file"], num_rows="{{ params.calib_rows }}", multiple_outputs=True)
     optimize = LpoOptimizeOperator(
-        task_id="optimize", model_path=MODEL_PATH, save_path=WORK + "/optimized",
+        task_id="optimize", model_path=find.output["model_path"], save_path=find.output["optimized"],
         data_type="{{ params.data_type }}", opt_config="{{ params.opt_config }}",
-        calib_file="{{ ti.xcom_pull(task_ids='calibrate')['path'] }}")
+        calib_file=calibrate.output["path"], multiple_outputs=True)
     validate = LpoValidateOperator(
-        task_id="validate", original=MODEL_PATH,
-        optimized="{{ ti.xcom_pull(task_ids='optimize')['save_path'] }}",
-        data=setting("heldout_data"), report_dir=WORK + "/report",
+        task_id="validate", original=find.output["model_path"], optimized=optimize.output["save_path"],
+        data=path_setting("heldout_data"), report_dir=find.output["report_dir"],
         max_auc_drop="{{ params.max_auc_drop }}", max_abs_diff="{{ params.max_abs_diff }}",
         iters="{{ params.validate_iters }}", batch_sizes="{{ params.validate_batch_sizes }}")
     publish = LpoPublishOperator(
-        task_id="publish", model_path="{{ ti.xcom_pull(task_ids='optimize')['save_path'] }}",
-        serving_dir=setting("serving_dir"), version="{{ ts_nodash }}")
+        task_id="publish", model_path=optimize.output["save_path"], serving_dir=path_setting("serving_dir"),
+        version=find.output["version"], layout="{{ params.layout }}",
+        inputs={"fp32_model": find.output["model_path"]}, outlets=[OPTIMIZED_MODEL])
 
-    calibrate >> optimize >> validate >> publish
+    validate >> publish
