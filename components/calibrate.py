@@ -28,6 +28,9 @@ def calibrate(
         seed: sampling seed (same seed, same rows).
         data_format: ``csv``/``tsv``/``tfrecord``/``npz``; empty: from the extension.
     """
+    from lpo.log import quiet_tensorflow_process
+
+    quiet_tensorflow_process()  # before TF loads: its start-up noise stays out of the step's log
     import os
 
     import lpo

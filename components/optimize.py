@@ -33,6 +33,9 @@ def optimize(
         int8_dense: ``static`` or ``weight_only``.
         calib_method: ``l2``, ``minmax`` or ``percentile``.
     """
+    from lpo.log import quiet_tensorflow_process
+
+    quiet_tensorflow_process()  # before TF loads: its start-up noise stays out of the step's log
     import lpo
     from lpo.orchestration import calibration_file
 

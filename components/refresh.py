@@ -26,6 +26,9 @@ def refresh(
         refreshed: output optimized SavedModel with the converted checkpoint.
         reference: output FP32 SavedModel: ``fp32_model``'s graph with ``ckpt_prefix``.
     """
+    from lpo.log import quiet_tensorflow_process
+
+    quiet_tensorflow_process()  # before TF loads: its start-up noise stays out of the step's log
     import lpo
     from lpo.orchestration import fp32_model_with_checkpoint
 

@@ -43,6 +43,9 @@ def validate(
         batch_sizes: comma-separated latency batch sizes.
         max_rows: use at most this many rows of ``data`` (0: all).
     """
+    from lpo.log import quiet_tensorflow_process
+
+    quiet_tensorflow_process()  # before TF loads: its start-up noise stays out of the step's log
     import logging
     import os
     import shutil

@@ -178,6 +178,24 @@ def quiet_tensorflow():
         tf_logger.setLevel(level)
 
 
+_process_quiet: list = []
+
+
+def quiet_tensorflow_process() -> None:
+    """:func:`quiet_tensorflow` for the rest of a one-shot process (a KFP step); undone at exit.
+
+    Call it first thing, before ``import lpo`` loads TensorFlow. Calling it again does nothing.
+    """
+    if _process_quiet:
+        return
+    import atexit
+
+    cm = quiet_tensorflow()
+    cm.__enter__()
+    _process_quiet.append(cm)
+    atexit.register(cm.__exit__, None, None, None)
+
+
 def _human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":

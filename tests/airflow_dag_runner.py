@@ -5,7 +5,7 @@ Used by tests/test_airflow.py in a subprocess, so that Airflow's global state
 caller sets AIRFLOW_HOME, AIRFLOW__CORE__DAGS_FOLDER and a migrated SQLite DB.
 
 Usage: python airflow_dag_runner.py run DAG_FILE DAG_ID CONF_JSON [LOGICAL_DATE]
-       python airflow_dag_runner.py params DAG_FILE     (every DAG's params: default, description)
+       python airflow_dag_runner.py describe DAG_FILE...  (every DAG: schedule, tasks, outlets, params)
 Without LOGICAL_DATE the run has none, like a manual ``airflow dags trigger``.
 """
 from __future__ import annotations
@@ -27,13 +27,21 @@ def load_dags(path: str) -> dict:
 
 def main(argv: list[str]) -> int:
     mode, path = argv[0], argv[1]
-    dags = load_dags(path)
-    if mode == "params":
+    dags = {}
+    for p in (argv[1:] if mode == "describe" else [path]):
+        dags.update(load_dags(p))
+    if mode == "describe":
         out = {}
         for dag_id, dag in sorted(dags.items()):
-            out[dag_id] = {k: {"default": p.value if p.has_value else None,
-                               "description": p.description or "", "schema": p.schema}
-                           for k, p in dag.params.items()}
+            out[dag_id] = {
+                "schedule": repr(dag.schedule) if not isinstance(dag.schedule, (list, tuple)) else None,
+                "schedule_assets": [a.name for a in (dag.schedule if isinstance(dag.schedule, (list, tuple)) else [])],
+                "tasks": {t.task_id: {"upstream": sorted(t.upstream_task_ids), "type": type(t).__name__,
+                                      "outlets": [getattr(o, "name", str(o)) for o in t.outlets]}
+                          for t in dag.tasks},
+                "params": {k: {"default": p.value if p.has_value else None, "description": p.description or ""}
+                           for k, p in dag.params.items()},
+            }
         print(json.dumps(out, default=str))
         return 0
     dag_id, conf = argv[2], json.loads(argv[3])

@@ -1,8 +1,9 @@
-"""Airflow: the lpo operators and DAGs, run for real with ``dag.test()``.
+"""Airflow: the lpo operators and DAGs (structure, and runs with ``dag.test()``).
 
-Every DAG runs in a subprocess (tests/airflow_dag_runner.py) with its own
-AIRFLOW_HOME and a SQLite DB migrated once per session, so Airflow's global
-state never touches the pytest process (or the KFP tests beside it under xdist).
+DAG files are loaded and run in a subprocess (tests/airflow_dag_runner.py) with their
+own AIRFLOW_HOME and a SQLite DB migrated once per session, so Airflow's global state
+never touches the pytest process. The README walkthrough under a real scheduler is
+tests/test_airflow_scheduler.py.
 """
 import json
 import os
@@ -10,7 +11,6 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 pytest.importorskip("airflow.sdk")
@@ -20,56 +20,59 @@ REPO = os.path.dirname(HERE)
 DAGS = os.path.join(REPO, "pipelines", "airflow")
 RUNNER = os.path.join(HERE, "airflow_dag_runner.py")
 FAST = {"validate_iters": 2, "validate_batch_sizes": "64"}
-DATE = "2025-01-02T00:00:00"
+
+
+def _base_env(home):
+    return dict(os.environ, AIRFLOW_HOME=str(home), AIRFLOW__CORE__DAGS_FOLDER=str(home / "dags"),
+                AIRFLOW__CORE__LOAD_EXAMPLES="False",
+                AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home}/airflow.db",
+                LPO_AIRFLOW_ROOT=str(home / "no-such-root"), TF_CPP_MIN_LOG_LEVEL="2")
 
 
 @pytest.fixture(scope="session")
-def airflow_env(tmp_path_factory):
-    """Environment for Airflow subprocesses: temp AIRFLOW_HOME, DAG folder, migrated SQLite DB."""
+def airflow_home(tmp_path_factory):
+    """An AIRFLOW_HOME with the DAG files copied in (no database)."""
     home = tmp_path_factory.mktemp("airflow-home")
-    dags = home / "dags"
-    dags.mkdir()
+    (home / "dags").mkdir()
     for name in os.listdir(DAGS):
         if name.endswith(".py"):
-            shutil.copy(os.path.join(DAGS, name), dags / name)
-    env = dict(os.environ, AIRFLOW_HOME=str(home), AIRFLOW__CORE__DAGS_FOLDER=str(dags),
-               AIRFLOW__CORE__LOAD_EXAMPLES="False",
-               AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home}/airflow.db",
-               TF_CPP_MIN_LOG_LEVEL="2")
+            shutil.copy(os.path.join(DAGS, name), home / "dags" / name)
+    return home
+
+
+@pytest.fixture(scope="session")
+def airflow_env(airflow_home):
+    """Environment for DAG runs: the AIRFLOW_HOME plus a migrated SQLite DB."""
+    env = _base_env(airflow_home)
     airflow = os.path.join(os.path.dirname(sys.executable), "airflow")
     proc = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return {"env": env, "dags": str(dags)}
+    return {"env": env, "dags": str(airflow_home / "dags")}
 
 
-def _run(airflow_env, dag_file, conf, *extra, render=False):
-    argv = [sys.executable, RUNNER] + (["--render"] if render else [])
-    argv += [os.path.join(airflow_env["dags"], dag_file), DATE, json.dumps(conf), *extra]
-    proc = subprocess.run(argv, env=airflow_env["env"], capture_output=True, text=True, timeout=900)
+def _runner(env, *args, timeout=900):
+    proc = subprocess.run([sys.executable, RUNNER, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(lines[-1])
 
 
-def _retrain_conf(s, root, **over):
-    training = root / "training" / "20250102"
-    if not (training / "saved_model").exists():
-        training.mkdir(parents=True)
-        shutil.copytree(s.model_path, training / "saved_model")
-    conf = {"training_root": str(root / "training"), "work_root": str(root / "work"),
-            "serving_dir": str(root / "serving"), "calib_source": s.train_csv_path,
-            "heldout_data": s.heldout_path, "calib_rows": 256, "data_type": "INT8", **FAST}
-    conf.update(over)
-    return conf
+def _run(airflow_env, dag_file, dag_id, conf, logical_date=None):
+    args = ["run", os.path.join(airflow_env["dags"], dag_file), dag_id, json.dumps(conf)]
+    return _runner(airflow_env["env"], *args, *([logical_date] if logical_date else []))
 
 
-def _heldout(s, n=2000):
-    with np.load(s.heldout_path) as z:
-        return {k: z[k][:n] for k in z.files}
+@pytest.fixture(scope="session")
+def described(airflow_home):
+    names = ("lpo_retrain_dag.py", "lpo_refresh_dag.py", "lpo_ready_dags.py", "lpo_retrain_k8s_dag.py")
+    return _runner(_base_env(airflow_home), "describe", *[str(airflow_home / "dags" / n) for n in names],
+                   timeout=300)
 
 
-# --------------------------------------------------------------------------- fast checks
+# --------------------------------------------------------------------------- structure
+# (DAG files are parsed in a subprocess that imports Airflow: seconds, so marked slow)
 
 
 def test_provider_info_and_operators():
@@ -80,121 +83,138 @@ def test_provider_info_and_operators():
     (ep,) = [e for e in entry_points(group="apache_airflow_provider") if e.value.startswith("lpo.")]
     info = ep.load()()
     assert info == get_provider_info()
-    modules = [m for op in info["operators"] for m in op["python-modules"]]
     import importlib
 
-    for mod in modules:
+    for mod in [m for op in info["operators"] for m in op["python-modules"]]:
         m = importlib.import_module(mod)
         for name in OPERATOR_CLASSES:
-            cls = getattr(m, name)
-            assert cls.template_fields, name
-    from lpo.operators.operators import LpoOptimizeOperator
+            assert getattr(m, name).template_fields, name
+    from lpo.operators.operators import LpoFindInputsOperator, LpoOptimizeOperator, LpoPublishOperator
 
     assert {"model_path", "save_path", "data_type", "opt_config", "calib_file"} <= set(
         LpoOptimizeOperator.template_fields)
+    assert {"version", "layout", "inputs"} <= set(LpoPublishOperator.template_fields)
+    assert {"path", "root", "work_root"} <= set(LpoFindInputsOperator.template_fields)
     with pytest.raises(TypeError):
         LpoOptimizeOperator("t", "m", "s")  # keyword-only
 
 
 @pytest.mark.slow
-def test_templated_fields_render(airflow_env, tmp_path):
-    out = _run(airflow_env, "lpo_retrain_dag.py", {"training_root": "/train", "work_root": str(tmp_path)},
-               "optimize", render=True)
-    assert out["model_path"] == "/train/20250102/saved_model"
-    assert out["save_path"] == f"{tmp_path}/retrain/20250102T000000/optimized"
-    assert out["data_type"] == "INT8"
-    assert out["calib_file"] == "xcom:calibrate.path"  # XCom templating
-    out = _run(airflow_env, "lpo_refresh_dag.py", {"checkpoint_root": "/ckpts"}, "refresh", render=True)
-    assert out["ckpt_prefix"] == "/ckpts/20250102T000000/ckpt"
+def test_dags_start_only_when_triggered_or_asset_updated(described):
+    """No lpo DAG has a time schedule (unpausing starts nothing); the Assets connect them."""
+    for dag_id, d in described.items():
+        assert d["schedule"] in (None, "None"), (dag_id, d["schedule"])
+    assert described["lpo_retrain"]["schedule_assets"] == ["lpo_fp32_model"]
+    assert described["lpo_refresh"]["schedule_assets"] == ["lpo_fp32_checkpoint"]
+    assert described["lpo_model_ready"]["tasks"]["mark_ready"]["outlets"] == ["lpo_fp32_model"]
+    assert described["lpo_checkpoint_ready"]["tasks"]["mark_ready"]["outlets"] == ["lpo_fp32_checkpoint"]
+    retrain = described["lpo_retrain"]["tasks"]
+    assert retrain["publish"]["outlets"] == ["lpo_optimized_model"]
+    assert described["lpo_refresh"]["tasks"]["publish"]["outlets"] == ["lpo_optimized_model"]
+    assert "validate" in retrain["publish"]["upstream"] and "find_inputs" in retrain["calibrate"]["upstream"]
+    assert retrain["validate"]["upstream"] == ["find_inputs", "optimize"]
 
 
 @pytest.mark.slow
-def test_kubernetes_dag_skips_without_provider(airflow_env):
+def test_dag_defaults_come_from_options(described):
+    from lpo.options import AIRFLOW, DAG_PATHS
+
+    for dag_id in ("lpo_retrain", "lpo_refresh"):
+        params = described[dag_id]["params"]
+        for name in ("max_auc_drop", "max_abs_diff", "validate_iters", "validate_batch_sizes", "layout"):
+            assert params[name]["default"] == getattr(AIRFLOW, name), (dag_id, name)
+        for name, p in params.items():
+            if name in DAG_PATHS:
+                assert p["default"] == "" and f"lpo_{name}" in p["description"], (dag_id, name)
+    assert described["lpo_retrain"]["params"]["data_type"]["default"] == AIRFLOW.data_type
+    assert described["lpo_retrain"]["params"]["calib_rows"]["default"] == AIRFLOW.calib_rows
+
+
+@pytest.mark.slow
+def test_readme_parameter_tables_match_the_code(airflow_home):
+    """README's DAG and KFP parameter tables are what scripts/params_doc.py writes from the code."""
+    env = _base_env(airflow_home)
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "params_doc.py"), "--check"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    for name in ("model_path", "ckpt_prefix", "calib_rows", "validate_batch_sizes", "max_abs_diff"):
+        assert f"| `{name}` |" in readme
+
+
+@pytest.mark.slow
+def test_kubernetes_dag_skips_without_provider(described):
     try:
         import airflow.providers.cncf.kubernetes  # noqa: F401
     except ImportError:
-        assert _run(airflow_env, "lpo_retrain_k8s_dag.py", {}, render=False) == {"dag": None}
+        assert "lpo_retrain_k8s" not in described
     else:  # pragma: no cover - provider installed
-        pytest.skip("provider installed: the DAG loads")
+        assert described["lpo_retrain_k8s"]["schedule"] in (None, "None")
 
 
-# --------------------------------------------------------------------------- DAG runs
+# --------------------------------------------------------------------------- runs (no logical date)
+
+
+@pytest.mark.slow
+def test_nothing_to_do_skips_cleanly(airflow_env, tmp_path):
+    """A run (manual: no logical date) that finds no model or nothing served is skipped, not failed."""
+    out = _run(airflow_env, "lpo_retrain_dag.py", "lpo_retrain",
+               {"training_root": str(tmp_path / "training"), "work_root": str(tmp_path / "work")})
+    assert out["state"] == "success", out
+    assert out["tasks"] == {t: "skipped" for t in ("find_inputs", "calibrate", "optimize", "validate", "publish")}
+    out = _run(airflow_env, "lpo_refresh_dag.py", "lpo_refresh",
+               {"serving_dir": str(tmp_path / "serving"), "work_root": str(tmp_path / "work")})
+    assert out["state"] == "success" and set(out["tasks"].values()) == {"skipped"}, out
+    assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.slow
+def test_explicit_missing_model_fails_without_retry(airflow_env, tmp_path):
+    out = _run(airflow_env, "lpo_retrain_dag.py", "lpo_retrain",
+               {"model_path": str(tmp_path / "nope"), "work_root": str(tmp_path / "work")})
+    assert out["state"] == "failed", out
+    assert out["tasks"]["find_inputs"] == "failed"
+    assert out["tasks"]["publish"] == "upstream_failed"
 
 
 @pytest.fixture(scope="module")
-def retrain_run(airflow_env, sample_resource, tmp_path_factory):
-    root = tmp_path_factory.mktemp("retrain")
-    out = _run(airflow_env, "lpo_retrain_dag.py", _retrain_conf(sample_resource, root))
-    return root, out
+def served(sample_resource, tmp_path_factory):
+    """A serving directory with an INT8 model published the way lpo_retrain does."""
+    import lpo
+    from lpo.orchestration import publish_model
+
+    root = tmp_path_factory.mktemp("served")
+    opt = root / "optimized"
+    lpo.optimize(sample_resource.model_path, str(opt), data_type="INT8", calib_file=sample_resource.calib_path,
+                 quiet=True)
+    publish_model(str(opt), str(root / "serving"), "20250102000000",
+                  inputs={"fp32_model": sample_resource.model_path})
+    return root / "serving"
 
 
 @pytest.mark.slow
-def test_retrain_dag_publishes(retrain_run, sample_resource):
-    from lpo.samples.tf1 import predict
-
-    root, out = retrain_run
-    assert out["state"] == "success", out
-    assert out["tasks"] == {t: "success" for t in ("calibrate", "optimize", "validate", "publish")}
-    assert out["xcom"]["validate"]["passed"] is True
-    current = root / "serving" / "current"
-    assert os.path.islink(current)
-    assert os.readlink(current) == "versions/20250102T000000"
-    assert out["xcom"]["publish"]["published"] == str(root / "serving" / "versions" / "20250102T000000")
-    # The published model serves, close to the FP32 model.
-    data = _heldout(sample_resource)
-    served = predict(str(current), data)
-    fp32 = predict(sample_resource.model_path, data)
-    assert np.mean(np.abs(served - fp32)) < 0.02
-
-
-@pytest.mark.slow
-def test_retrain_dag_failed_gate_publishes_nothing(airflow_env, sample_resource, tmp_path):
-    out = _run(airflow_env, "lpo_retrain_dag.py", _retrain_conf(sample_resource, tmp_path, max_abs_diff=0.0))
-    assert out["state"] == "failed", out
-    assert out["tasks"]["validate"] == "failed"
-    assert out["tasks"]["publish"] == "upstream_failed"
-    assert not os.path.lexists(tmp_path / "serving" / "current")
-    assert not os.path.exists(tmp_path / "serving" / "versions")
-
-
-def _refresh_conf(s, root, served_from, **over):
+def test_refresh_newest_checkpoint_failed_gate_and_nothing_new(airflow_env, served, sample_resource, tmp_path):
+    """Refresh by discovery: a failed gate publishes nothing; a served checkpoint is nothing new."""
+    from lpo.orchestration import publish_model
     from lpo.samples.tf1 import perturb_checkpoint
 
-    serving = root / "serving"
-    shutil.copytree(served_from, serving, symlinks=True)
-    ckpt_dir = root / "checkpoints" / "20250102T000000"
-    ckpt_dir.mkdir(parents=True)
-    perturb_checkpoint(s.model_path, str(ckpt_dir / "ckpt"))
-    conf = {"checkpoint_root": str(root / "checkpoints"), "fp32_model": s.model_path,
-            "work_root": str(root / "work"), "serving_dir": str(serving), "heldout_data": s.heldout_path, **FAST}
-    conf.update(over)
-    return conf
-
-
-@pytest.mark.slow
-def test_refresh_dag_publishes(airflow_env, retrain_run, sample_resource, tmp_path):
-    from lpo.samples.tf1 import predict
-
-    retrain_root, _ = retrain_run
-    conf = _refresh_conf(sample_resource, tmp_path, retrain_root / "serving")
-    before = predict(str(tmp_path / "serving" / "current"), _heldout(sample_resource))
-    out = _run(airflow_env, "lpo_refresh_dag.py", conf)
-    assert out["state"] == "success", out
-    assert out["tasks"] == {t: "success" for t in ("refresh", "validate", "publish")}
-    current = tmp_path / "serving" / "current"
-    assert os.readlink(current) == "versions/refresh-20250102T000000"
-    after = predict(str(current), _heldout(sample_resource))
-    assert not np.allclose(before, after)
-    ref = predict(out["xcom"]["refresh"]["reference_path"], _heldout(sample_resource))
-    assert np.mean(np.abs(ref - after)) < 0.02
-
-
-@pytest.mark.slow
-def test_refresh_dag_failed_gate_publishes_nothing(airflow_env, retrain_run, sample_resource, tmp_path):
-    retrain_root, _ = retrain_run
-    conf = _refresh_conf(sample_resource, tmp_path, retrain_root / "serving", max_abs_diff=0.0)
-    out = _run(airflow_env, "lpo_refresh_dag.py", conf)
+    serving = tmp_path / "serving"
+    shutil.copytree(served, serving, symlinks=True)
+    ckpt = perturb_checkpoint(sample_resource.model_path, str(tmp_path / "ckpts" / "run1" / "model.ckpt-100"))
+    conf = {"checkpoint_root": str(tmp_path / "ckpts"), "serving_dir": str(serving),
+            "work_root": str(tmp_path / "work"), "heldout_data": sample_resource.heldout_path,
+            "max_abs_diff": 0.0, **FAST}
+    out = _run(airflow_env, "lpo_refresh_dag.py", "lpo_refresh", conf)
     assert out["state"] == "failed", out
-    assert out["tasks"]["validate"] == "failed"
+    assert out["xcom"]["find_inputs"]["found_by"] == "newest"
+    assert out["xcom"]["find_inputs"]["ckpt_prefix"] == ckpt
+    assert out["xcom"]["find_inputs"]["fp32_model"] == sample_resource.model_path  # from the publish record
+    assert out["tasks"]["refresh"] == "success" and out["tasks"]["validate"] == "failed"
     assert out["tasks"]["publish"] == "upstream_failed"
-    assert os.readlink(tmp_path / "serving" / "current") == "versions/20250102T000000"  # unchanged
+    assert os.listdir(serving / "versions") == ["20250102000000"]
+    assert os.readlink(serving / "current") == "versions/20250102000000"
+    # Once a model made from that checkpoint is served, the same checkpoint is nothing new.
+    publish_model(out["xcom"]["refresh"]["save_path"], str(serving), "20250103000000",
+                  inputs={"fp32_model": sample_resource.model_path, "ckpt_prefix": ckpt})
+    out = _run(airflow_env, "lpo_refresh_dag.py", "lpo_refresh", dict(conf, max_abs_diff=-1))
+    assert out["state"] == "success" and out["tasks"]["find_inputs"] == "skipped", out

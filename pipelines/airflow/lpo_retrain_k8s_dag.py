@@ -4,7 +4,10 @@ Loads only where ``apache-airflow-providers-cncf-kubernetes`` is installed;
 elsewhere this file defines no DAG (and logs why). Each step runs the ``lpo``
 CLI in :data:`lpo.components.image.LPO_IMAGE` (the same contract as the KFP
 container components); the paths must be on a volume every pod mounts
-(``pvc_name`` at ``mount_path``). Publishing (a symlink swap) runs in a pod too.
+(``pvc_name`` at ``/data/lpo``). Publishing runs ``lpo publish`` in a pod (atomic,
+fsynced). Like ``lpo_retrain`` it has no time schedule and needs no logical date:
+trigger it with ``model_path`` (a SavedModel on the volume); work files and the
+published version use the run key (``YYYYMMDDHHMMSS`` of ``dag_run.run_after``).
 """
 from __future__ import annotations
 
@@ -24,10 +27,12 @@ if KubernetesPodOperator is not None:
     from kubernetes.client import models as k8s
 
     from lpo.components.image import LPO_IMAGE
+    from lpo.options import AIRFLOW, DATA_TYPES, PUBLISH_LAYOUTS
 
-    MOUNT = "/data/lpo"
-    MODEL = MOUNT + "/training/{{ ds_nodash }}/saved_model"
-    WORK = MOUNT + "/work/retrain-k8s/{{ ts_nodash }}"
+    MOUNT = AIRFLOW.root
+    KEY = "{{ dag_run.run_after.strftime('%Y%m%d%H%M%S') }}"
+    MODEL = "{{ params.model_path }}"
+    WORK = MOUNT + "/work/lpo_retrain_k8s/" + KEY
     volume = k8s.V1Volume(name="lpo-data", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
         claim_name="{{ params.pvc_name }}"))
     mount = k8s.V1VolumeMount(name="lpo-data", mount_path=MOUNT)
@@ -41,15 +46,18 @@ if KubernetesPodOperator is not None:
     with DAG(
         dag_id="lpo_retrain_k8s",
         description="lpo_retrain, each step a pod running the lpo CLI image",
-        schedule="@daily",
+        schedule=None,
         start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
         catchup=False,
         max_active_runs=1,
         tags=["lpo", "kubernetes"],
-        params={"namespace": Param("default", type="string"),
+        params={"model_path": Param(f"{MOUNT}/training/latest/saved_model", type="string",
+                                    description="FP32 SavedModel on the volume"),
+                "namespace": Param("default", type="string"),
                 "pvc_name": Param("lpo-data", type="string"),
-                "data_type": Param("INT8", enum=["BF16", "FP16", "INT8"]),
-                "max_auc_drop": Param(0.001, type="number")},
+                "data_type": Param(AIRFLOW.data_type, enum=list(DATA_TYPES)),
+                "max_auc_drop": Param(AIRFLOW.max_auc_drop, type="number"),
+                "layout": Param(AIRFLOW.layout, enum=list(PUBLISH_LAYOUTS))},
     ) as dag:
         calibrate = step("calibrate", ["calibrate", MOUNT + "/data/calibration.csv", WORK + "/calibration.npz",
                                        "--model", MODEL, "--overwrite"])
@@ -59,10 +67,6 @@ if KubernetesPodOperator is not None:
         validate = step("validate", ["validate", MODEL, WORK + "/optimized", MOUNT + "/data/heldout.npz",
                                      "--report-dir", WORK + "/report",
                                      "--max-auc-drop", "{{ params.max_auc_drop }}"])
-        publish = step("publish", [
-            "-c", f'set -e; d={MOUNT}/serving/recsys; mkdir -p "$d/versions"; '
-                  f'cp -r {WORK}/optimized "$d/versions/.{{{{ ts_nodash }}}}.tmp"; '
-                  f'mv "$d/versions/.{{{{ ts_nodash }}}}.tmp" "$d/versions/{{{{ ts_nodash }}}}"; '
-                  f'ln -sfn "versions/{{{{ ts_nodash }}}}" "$d/.current.tmp"; mv -T "$d/.current.tmp" "$d/current"'],
-            cmds=["sh"])
+        publish = step("publish", ["publish", WORK + "/optimized", MOUNT + "/serving/recsys", "--version", KEY,
+                                   "--layout", "{{ params.layout }}"])
         calibrate >> optimize >> validate >> publish
