@@ -232,6 +232,7 @@ def test_kill_tf_serving_publish(models, tmp_path, stage):
     assert sorted(os.listdir(serving)) == ["1", "2"] and content(serving / "2") == cb
 
 
+@pytest.mark.slow
 def test_readers_during_republish(models, tmp_path):
     """A process re-publishes one version over and over; a reader never finds it missing."""
     a, b, ca, cb = models
