@@ -64,7 +64,8 @@ with DAG(
 ) as dag:
     find = LpoFindInputsOperator(
         task_id="find_inputs", pipeline="refresh", path="{{ params.ckpt_prefix }}",
-        root=path_setting("checkpoint_root"), work_root=path_setting("work_root"), serving_dir=path_setting("serving_dir"),
+        root=path_setting("checkpoint_root"), work_root=path_setting("work_root"),
+        serving_dir=path_setting("serving_dir"),
         fp32_model="{{ params.fp32_model }}", training_root=path_setting("training_root"),
         version="{{ params.version }}")
     refresh = LpoRefreshOperator(
