@@ -315,9 +315,11 @@ def _optimize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="FP32 SavedModel directory (read only)")
     p.add_argument("out", metavar="OUT", help="output SavedModel directory")
     _add_choice(p, "--data-type", opts.DATA_TYPES, opts.OPTIMIZE.data_type,
-                "target precision, case-insensitive (default: %(default)s)", upper=True)
+                "target precision, case-insensitive; INT4: INT4 embedding tables with INT8 dense layers "
+                "(default: %(default)s)", upper=True)
     p.add_argument("--config", metavar="OPT_JSON",
-                   help='JSON object mapping node names to data types, e.g. {"emb/C1": "INT8"}')
+                   help='JSON object mapping node names to data types, e.g. {"emb/C1": "INT8"}; a table '
+                        'may name its scheme: "INT8:per_row", "INT4:per_dim"')
     p.add_argument("--calib", metavar="FILE",
                    help="calibration data (.npz; a legacy pickled .npy needs --allow-pickle); "
                         "required for INT8 dense layers in static mode")
@@ -328,7 +330,8 @@ def _optimize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tags", type=_tags, default=None, help="MetaGraph tags, comma-separated "
                    "(default: serve)")
     _add_choice(p, "--embedding-scheme", opts.EMBEDDING_SCHEMES, opts.OPTIMIZE.embedding_scheme,
-                "INT8 embedding scale granularity (default: %(default)s)")
+                "INT8 embedding scale granularity (default: %(default)s; INT4 tables are per_row "
+                "where that is smaller than INT8 per_dim)")
     _add_choice(p, "--dense-mode", opts.DENSE_MODES, opts.OPTIMIZE.dense_mode,
                 "BF16/FP16 dense layers: store only the weights in low precision (float32 "
                 "MatMul), or compute in it as the parent tool did, for AMX/AVX512-BF16 "
@@ -492,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lpo", formatter_class=_FORMATTER,
         description="Low-precision optimizer for TensorFlow recommendation SavedModels: "
                     "stores (and where it pays, computes) embedding tables and dense layers "
-                    "in BF16, FP16 or INT8.",
+                    "in BF16, FP16 or INT8 (embedding tables also INT4).",
         epilog="Exit status: 0 ok, 1 internal error, 2 user error, 3 validation failed.")
     parser.add_argument("--version", action="version", version=f"lpo {_version()}")
     _global_flags(parser, suppress=False)

@@ -16,14 +16,24 @@ from typing import Any, Optional
 from lpo.errors import ConfigError, closest
 
 # --------------------------------------------------------------------------- choices
-#: Data types a whole model can be optimized to (``data_type``).
-DATA_TYPES = ("BF16", "FP16", "INT8")
+#: Data types a whole model can be optimized to (``data_type``). ``INT4`` means INT4
+#: embedding tables with INT8 dense layers (see :data:`FAMILY_DTYPE`).
+DATA_TYPES = ("BF16", "FP16", "INT8", "INT4")
 #: The opt_config value that keeps a node in float32.
 KEEP = "FP32"
 #: Data types valid as ``opt_config`` values (per node).
 NODE_DTYPES = DATA_TYPES + (KEEP,)
-#: INT8 embedding table scales: one per column or one per row.
+#: Embedding table scales (INT8 and INT4): one scale (and INT4 offset) per column or per row.
 EMBEDDING_SCHEMES = ("per_dim", "per_row")
+#: The INT4 scheme lpo prefers (FBGEMM's row-wise 4-bit form). Unless a node names one
+#: (``"INT4:per_dim"``), an INT4 table takes it where the size rule allows
+#: (lpo.numerics.quant.int4_layout: never more bytes than INT8 per_dim), else per_dim INT4
+#: or INT8 per_dim. ``embedding_scheme`` is INT8 tables' scheme only.
+INT4_SCHEME = "per_row"
+#: What ``data_type`` gives the nodes of a pass family that cannot take it: with
+#: ``data_type='INT4'`` dense layers get INT8 (``int8_dense`` decides static or weight-only)
+#: and DeepRec EmbeddingVariables DeepRec's INT8.
+FAMILY_DTYPE = {"dense": {"INT4": "INT8"}, "ev": {"INT4": "INT8"}}
 #: BF16/FP16 dense layers: 16-bit weights with a float32 MatMul, or 16-bit arithmetic.
 DENSE_MODES = ("weight_only", "compute")
 #: INT8 dense layers: calibrated int8 activations, or int8 weights with float activations.
@@ -52,6 +62,9 @@ class OptimizeOptions:
     calib_batch_size: int = 256
     #: weight_only/static dense layers: dequantize the weights once at load into a float32 local variable
     dequantize_at_load: bool = True
+    #: INT4 tables: a scheme one node named in opt_config (``"INT4:per_dim"``); None: :data:`INT4_SCHEME`
+    #: where the size rule allows (no error), else the smaller layout
+    int4_scheme: Optional[str] = None
 
     def to_dict(self) -> dict:
         """Return a JSON-able dict."""
@@ -64,7 +77,9 @@ class OptimizeOptions:
             embedding_scheme=choice(self.embedding_scheme, EMBEDDING_SCHEMES, "embedding_scheme"),
             dense_mode=choice(self.dense_mode, DENSE_MODES, "dense_mode"),
             int8_dense=choice(self.int8_dense, INT8_DENSE_MODES, "int8_dense"),
-            calib_method=choice(self.calib_method, CALIB_METHODS, "calib_method"))
+            calib_method=choice(self.calib_method, CALIB_METHODS, "calib_method"),
+            int4_scheme=None if self.int4_scheme is None else choice(self.int4_scheme, EMBEDDING_SCHEMES,
+                                                                     "int4_scheme"))
 
     def plan_options(self) -> dict:
         """The options recorded in a plan's manifest (``data_type`` is recorded on its own)."""
@@ -242,11 +257,18 @@ def node_options(base: "OptimizeOptions", node: NodeChoice) -> "OptimizeOptions"
     v = node.variant
     if v is None:
         return base
+    if node.dtype == "INT4":
+        return replace(base, int4_scheme=v)
     if v in EMBEDDING_SCHEMES:
         return replace(base, embedding_scheme=v)
     if node.dtype == "INT8" and v in INT8_DENSE_MODES:
         return replace(base, int8_dense=v)
     return replace(base, dense_mode=v)
+
+
+def dtype_for(data_type: str, kind: str) -> str:
+    """Return the dtype ``data_type`` gives a node of pass family ``kind`` (see :data:`FAMILY_DTYPE`)."""
+    return FAMILY_DTYPE.get(kind, {}).get(data_type, data_type)
 
 
 def normalize_tags(tags: Any) -> tuple[str, ...]:
@@ -371,7 +393,8 @@ def normalize_opt_config(value: Any) -> Optional[dict]:
 
 
 __all__ = [
-    "DATA_TYPES", "KEEP", "NODE_DTYPES", "EMBEDDING_SCHEMES", "DENSE_MODES", "INT8_DENSE_MODES", "CALIB_METHODS",
+    "DATA_TYPES", "KEEP", "NODE_DTYPES", "EMBEDDING_SCHEMES", "INT4_SCHEME", "FAMILY_DTYPE",
+    "dtype_for", "DENSE_MODES", "INT8_DENSE_MODES", "CALIB_METHODS",
     "DATA_FORMATS", "PUBLISH_LAYOUTS", "AirflowOptions", "AIRFLOW", "DAG_PATHS", "airflow_root",
     "dag_path_default", "DEFAULT_TAGS", "DEFAULT_SIGNATURE", "OptimizeOptions", "CalibrateOptions", "Thresholds",
     "ValidateOptions", "OPTIMIZE", "CALIBRATE", "THRESHOLDS", "VALIDATE", "OFF", "choice", "normalize_dtype",

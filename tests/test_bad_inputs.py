@@ -337,7 +337,7 @@ def _(w, d):
 
 @case("optimize-opt-config-bad-value", ConfigError)
 def _(w, d):
-    return _opt(w, d, opt_config={w.sample.embedding_variables[0]: "INT4"})
+    return _opt(w, d, opt_config={w.sample.embedding_variables[0]: "INT2"})
 
 
 @case("optimize-opt-config-non-string-value", ConfigError)

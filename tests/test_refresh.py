@@ -105,6 +105,8 @@ MATRIX = [
     ("ref", {"data_type": "INT8", "int8_dense": "weight_only"}),
     ("partitioned", {"data_type": "BF16"}),
     ("partitioned", {"data_type": "INT8", "int8_dense": "weight_only", "embedding_scheme": "per_row"}),
+    pytest.param("partitioned", {"data_type": "INT4", "int8_dense": "weight_only"}, marks=pytest.mark.slow),
+    pytest.param("ref", {"data_type": "INT4", "int8_dense": "weight_only"}, marks=pytest.mark.slow),
 ]
 
 

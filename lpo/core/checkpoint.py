@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 WRITE_BUFFER_BYTES = 256 << 20
 _CHUNK_BYTES = 4 << 20  # rows converted at a time: cache-sized, no full-size temporaries
 _ZERO_COPY_BYTES = 1 << 20  # arrays this large go to TF through DLPack instead of a copy
-_NP = {"BF16": None, "FP16": np.float16, "INT8": np.int8}
 
 
 @dataclass
@@ -123,10 +122,22 @@ def convert_values(vc: VarConversion, x: np.ndarray, name: str) -> list[tuple[st
     if vc.dtype == "FP16":
         _check_chunked(quant.check_fp16_range, x, name)
         return [(vc.key, vc.slice, _map_chunked(quant.to_fp16, x, np.float16))]
+    rows = max(1, _CHUNK_BYTES // max(1, x[:1].nbytes)) if x.ndim else None
+    if vc.dtype == "INT8" and vc.scale_dtype == "FP16":  # row scales: float16 times a float32 base
+        q, scale, base = quant.quantize_int8_rows(x, name=name, chunk_rows=rows)
+        return [(vc.key, vc.slice, q), (vc.scale_key, "", scale.reshape(vc.scale_shape)),
+                (vc.base_key, "", np.asarray(base, np.float32))]
     if vc.dtype == "INT8":
-        rows = max(1, _CHUNK_BYTES // max(1, x[:1].nbytes)) if x.ndim else None
         q, scale = quant.quantize_int8(x, vc.axis, name=name, chunk_rows=rows)
         return [(vc.key, vc.slice, q), (vc.scale_key, "", scale.reshape(vc.scale_shape))]
+    if vc.dtype == "INT4":
+        scheme = "per_row" if vc.axis == 0 else "per_dim"
+        packed, scale, offset, base = quant.quantize_int4(x, scheme, name=name, chunk_rows=rows)
+        out = [(vc.key, vc.target_slice, packed), (vc.scale_key, "", scale.reshape(vc.scale_shape)),
+               (vc.offset_key, "", offset.reshape(vc.scale_shape))]
+        if vc.base_key:
+            out.append((vc.base_key, "", np.asarray(base, np.float32)))
+        return out
     raise CheckpointError(f"unknown target dtype {vc.dtype!r} for {name} in the lpo manifest")
 
 
@@ -267,17 +278,17 @@ def tensor_groups(prefix: str, plan: Plan, targets: list[VarSpec]) -> list[list[
     A unit must be converted whole (e.g. by one shard): an ordinary variable is its key
     (all its slices); a DeepRec EmbeddingVariable is its ``-keys``, ``-values``, ``-freqs``,
     ``-versions``, ``-partition_offset``, ... (renamed together; an INT8 EV's scale is
-    computed from its ``-values``). Scale variables are produced with their tables.
+    computed from its ``-values``). Scale, offset and base variables are produced with their tables.
     """
     shapes = open_reader(prefix).get_variable_to_shape_map()
     ev_src = _ev_sources(plan)
-    scale_keys = {v.scale_key for v in plan.var_conversions().values() if v.scale_key}
+    side_keys = plan.side_keys()
     groups, seen = [], set()
     for t in targets:
         if t.kind == "ev":
             vc = ev_src.get(t.key)
             groups.append(ev_group(shapes, vc.key if vc else t.key))
-        elif t.key not in scale_keys and t.key not in seen:
+        elif t.key not in side_keys and t.key not in seen:
             seen.add(t.key)
             groups.append([t.key])
     return groups
@@ -287,8 +298,8 @@ def _check_source(reader, src_prefix: str, targets: list[VarSpec], plan: Plan) -
     """Check that every tensor the converted model needs is in the source checkpoint."""
     shapes = reader.get_variable_to_shape_map()
     dtypes = reader.get_variable_to_dtype_map()
-    convs = plan.var_conversions()
-    scale_keys = {v.scale_key for v in convs.values() if v.scale_key}
+    convs = plan.by_target()
+    side_keys = plan.side_keys()
     ev_src = _ev_sources(plan)
     problems = []
     for t in targets:
@@ -297,15 +308,16 @@ def _check_source(reader, src_prefix: str, targets: list[VarSpec], plan: Plan) -
             problems.extend(_ev_problems(shapes, dtypes, vc.key if vc else t.key, t.shape[1],
                                          "float32" if vc else t.dtype))
             continue
-        if t.key in scale_keys:
+        if t.key in side_keys:
             continue
         if t.key not in shapes:
             problems.append(f"{t.key!r} is missing")
             continue
-        if list(shapes[t.key]) != list(t.full_shape):
-            problems.append(f"{t.key!r} has shape {list(shapes[t.key])}, the model needs {list(t.full_shape)}")
-            continue
         vc = convs.get((t.key, t.slice))
+        full = vc.source_full_shape() if vc else list(t.full_shape)  # INT4 tables are packed: [N, D] -> [N, D/2]
+        if list(shapes[t.key]) != full:
+            problems.append(f"{t.key!r} has shape {list(shapes[t.key])}, the model needs {full}")
+            continue
         want = "float32" if vc else t.dtype
         got = dtypes[t.key].name
         if got != want:
@@ -334,9 +346,9 @@ def convert_checkpoint(src_prefix: str, dst_prefix: str, plan: Plan, targets: li
     """
     reader = open_reader(src_prefix)
     dtypes = _check_source(reader, src_prefix, targets, plan)
-    convs = plan.var_conversions()
-    scale_keys = {v.scale_key for v in convs.values() if v.scale_key}
-    order = sorted((t for t in targets if t.key not in scale_keys and t.kind != "ev"), key=lambda t: (t.key, t.slice))
+    convs = plan.by_target()
+    side_keys = plan.side_keys()
+    order = sorted((t for t in targets if t.key not in side_keys and t.kind != "ev"), key=lambda t: (t.key, t.slice))
     ev_src = _ev_sources(plan)
     shapes = reader.get_variable_to_shape_map()
     evs = [(t, ev_src.get(t.key)) for t in sorted((t for t in targets if t.kind == "ev"), key=lambda t: t.key)]
@@ -344,16 +356,23 @@ def convert_checkpoint(src_prefix: str, dst_prefix: str, plan: Plan, targets: li
                 for t, vc in evs for k in ev_group(shapes, vc.key if vc else t.key)}
     stats = ConvertStats()
     writer = _Writer(work_dir)
-    total = sum(int(np.prod(t.shape)) * dtypes[t.key].size for t in order) + sum(ev_bytes.values())
+
+    def source_bytes(t: VarSpec) -> int:
+        vc = convs.get((t.key, t.slice))
+        return int(np.prod(vc.shape if vc else t.shape)) * dtypes[t.key].size
+
+    total = sum(source_bytes(t) for t in order) + sum(ev_bytes.values())
     bar = progress(len(order) + len(evs), desc="convert", total_bytes=total, quiet=quiet)
     try:
         for t in order:
             vc = convs.get((t.key, t.slice))
-            name = t.key + (f" [{t.slice}]" if t.slice else "")
-            writer.make_room(int(np.prod(t.shape)) * dtypes[t.key].size)
-            x = read_tensor(src_prefix, t.key, t.slice, dtypes[t.key])
-            if list(x.shape) != list(t.shape):
-                raise CheckpointError(f"{name} read with shape {list(x.shape)}, expected {t.shape}")
+            src_slice, src_shape = (vc.slice, list(vc.shape)) if vc else (t.slice, list(t.shape))
+            name = t.key + (f" [{src_slice}]" if src_slice else "")
+            nbytes = source_bytes(t)
+            writer.make_room(nbytes)
+            x = read_tensor(src_prefix, t.key, src_slice, dtypes[t.key])
+            if list(x.shape) != src_shape:
+                raise CheckpointError(f"{name} read with shape {list(x.shape)}, expected {src_shape}")
             stats.bytes_read += _nbytes(x)
             if vc is None:
                 writer.add([(t.key, t.slice, x)])  # the restored tensor itself: no copy
@@ -363,7 +382,7 @@ def convert_checkpoint(src_prefix: str, dst_prefix: str, plan: Plan, targets: li
                 stats.tensors_converted += 1
             del x
             stats.keys.append(t.key)
-            bar.update(1, nbytes=int(np.prod(t.shape)) * dtypes[t.key].size)
+            bar.update(1, nbytes=nbytes)
             writer.flush_if_full()
         for t, vc in evs:
             _convert_ev(src_prefix, t, vc, shapes, dtypes, ev_bytes, writer, stats)

@@ -15,6 +15,7 @@ DT = {
     "BF16": types_pb2.DT_BFLOAT16,
     "FP16": types_pb2.DT_HALF,
     "INT8": types_pb2.DT_INT8,
+    "INT4": types_pb2.DT_UINT8,  # stored packed, two 4-bit values a byte
 }
 DT_NAMES = {v: k for k, v in DT.items()}
 

@@ -166,12 +166,14 @@ def inspect_model(model_path, tags=None) -> InspectResult:
 
 
 def _assign(found, opt_config, data_type) -> dict[str, opts.NodeChoice]:
-    names = [c.name for c in found]
+    """Return each node to optimize with its dtype (and scheme, from ``opt_config``)."""
     if opt_config is None:
-        return {n: opts.NodeChoice(data_type) for n in names}
+        return {c.name: opts.NodeChoice(opts.dtype_for(data_type, c.kind)) for c in found}
     if not isinstance(opt_config, dict):
         raise ConfigError(
-            f"opt_config must be a dict mapping node names to BF16/FP16/INT8, got {type(opt_config).__name__}")
+            f"opt_config must be a dict mapping node names to {'/'.join(opts.DATA_TYPES)}, "
+            f"got {type(opt_config).__name__}")
+    names = [c.name for c in found]
     out = {}
     for key, value in opt_config.items():
         if key not in names:
@@ -293,12 +295,17 @@ def optimize(model_path, save_path, opt_config=None, data_type=opts.OPTIMIZE.dat
     Args:
         model_path: FP32 SavedModel directory (never written to).
         save_path: output directory; must not exist or be empty unless ``overwrite``.
-        opt_config: ``{node name: 'BF16'|'FP16'|'INT8'|'FP32'}`` (names from ``inspect_model``);
-            unlisted nodes stay FP32. Without it, every optimizable node gets ``data_type``.
-        data_type: default dtype, case-insensitive.
+        opt_config: ``{node name: 'BF16'|'FP16'|'INT8'|'INT4'|'FP32'}`` (names from ``inspect_model``);
+            unlisted nodes stay FP32. A table's value may name its scheme: ``'INT8:per_row'``,
+            ``'INT4:per_dim'`` or ``{'dtype': 'INT8', 'scheme': 'per_row'}``. Without it, every
+            optimizable node gets ``data_type``.
+        data_type: default dtype, case-insensitive. ``INT4``: INT4 embedding tables (row-wise
+            4-bit with float16 scale and offset; per_dim or INT8 per_dim where that is smaller,
+            e.g. D < 8) and INT8 dense layers (``int8_dense`` decides static or weight-only).
         calib_file: ``.npz`` (or legacy pickled ``.npy`` with ``allow_pickle``) of serving inputs;
             required when a dense layer goes to INT8 with ``int8_dense='static'``.
-        embedding_scheme: INT8 table scales ``per_dim`` (one per column) or ``per_row``.
+        embedding_scheme: INT8 table scales ``per_dim`` (one float32 per column) or ``per_row``
+            (one float16 per row, times a float32 power-of-two base per table).
         dense_mode: BF16/FP16 dense layers: ``weight_only`` (default: 16-bit weights, float32
             MatMul; faster and more accurate on CPUs without native BF16) or ``compute``
             (the seed's low-precision MatMul/BiasAdd/Relu, for AMX/AVX512-BF16 servers).

@@ -15,8 +15,11 @@ from lpo.errors import ModelFormatError
 
 MANIFEST_DIR = "assets.extra"
 MANIFEST_NAME = "lpo_manifest.json"
-MANIFEST_FORMAT = 1
-DTYPES = ("BF16", "FP16", "INT8")
+#: 2 added INT4 tables and float16 row scales (VarConversion ``scale_dtype``, ``offset_key``,
+#: ``base_key``, ``out_shape``, ``out_slice``); format 1 manifests still replay (float32 scales).
+MANIFEST_FORMAT = 2
+READABLE_FORMATS = (1, 2)
+DTYPES = ("BF16", "FP16", "INT8", "INT4")
 
 
 @dataclass
@@ -24,9 +27,13 @@ class VarConversion:
     """How one checkpoint tensor (or one slice of it) is converted.
 
     ``key``/``slice`` name the FP32 source in the checkpoint; the converted values
-    keep the same key and slice unless ``dst_key`` renames them. INT8 also writes
-    ``scale_key`` (float32, ``scale_shape``); ``axis`` is the axis whose entries keep
-    their own scale. A DeepRec EmbeddingVariable (``role='ev'``) is a tensor group:
+    keep the same key and slice unless ``dst_key`` renames them (or ``out_slice`` re-slices
+    them). INT8 and INT4 also write ``scale_key`` (``scale_shape``, of ``scale_dtype``:
+    ``FP32``, or ``FP16`` for row scales, which then come with the float32 scalar
+    ``base_key``: effective scale = float16 value * base); ``axis`` is the axis whose entries
+    keep their own scale. INT4 writes uint8 ``out_shape`` (``[rows, ceil(D/2)]``, two values
+    a byte) and ``offset_key`` (like the scale). Format 1 manifests have no ``scale_dtype``:
+    FP32. A DeepRec EmbeddingVariable (``role='ev'``) is a tensor group:
     ``key``/``dst_key`` are the EV names before/after (``<name>-values`` is converted,
     ``-keys``, ``-freqs``, ... are copied under the new name) and ``shape`` is
     ``[-1, dim]`` (the row count is the checkpoint's).
@@ -41,6 +48,26 @@ class VarConversion:
     scale_shape: list[int] | None = None
     axis: int | None = None
     dst_key: str | None = None
+    scale_dtype: str | None = None
+    offset_key: str | None = None
+    base_key: str | None = None
+    out_shape: list[int] | None = None
+    out_slice: str | None = None
+
+    @property
+    def target_slice(self) -> str:
+        """The slice spec the converted tensor is written under."""
+        return self.slice if self.out_slice is None else self.out_slice
+
+    def side_keys(self) -> list[str]:
+        """The checkpoint keys written beside the converted tensor (scale, offset, base)."""
+        return [k for k in (self.scale_key, self.offset_key, self.base_key) if k]
+
+    def source_full_shape(self) -> list[int]:
+        """The full shape of the FP32 source tensor (from ``slice`` when it is a part)."""
+        if not self.slice:
+            return list(self.shape)
+        return [int(t) for t in self.slice.split()[:len(self.shape)]]
 
 
 @dataclass
@@ -81,8 +108,16 @@ class Plan:
     lpo_version: str = ""
 
     def var_conversions(self) -> dict[tuple[str, str], VarConversion]:
-        """Map (checkpoint key, slice) to its conversion."""
+        """Map (checkpoint key, source slice) to its conversion."""
         return {(v.key, v.slice): v for c in self.conversions for v in c.variables}
+
+    def by_target(self) -> dict[tuple[str, str], VarConversion]:
+        """Map (checkpoint key, slice the optimized graph restores) to its conversion."""
+        return {(v.key, v.target_slice): v for c in self.conversions for v in c.variables}
+
+    def side_keys(self) -> set[str]:
+        """Checkpoint keys the conversion produces beside the tables and weights (scales, offsets, bases)."""
+        return {k for c in self.conversions for v in c.variables for k in v.side_keys()}
 
     def to_dict(self) -> dict:
         """Return the manifest as a JSON-able dict."""
@@ -98,10 +133,11 @@ class Plan:
     @classmethod
     def from_dict(cls, d: dict) -> "Plan":
         """Build a plan from a manifest dict."""
-        if d.get("format") != MANIFEST_FORMAT:
+        if d.get("format") not in READABLE_FORMATS:
             raise ModelFormatError(
                 f"lpo manifest format {d.get('format')!r} is not supported by this lpo "
-                f"(expects {MANIFEST_FORMAT}); re-optimize the model with this version"
+                f"(reads {', '.join(map(str, READABLE_FORMATS))}); re-optimize the model with this version, "
+                "or upgrade lpo to the version that wrote it"
             )
         return cls(
             data_type=d["data_type"],

@@ -347,3 +347,279 @@ def ev_quantize_int8(x: np.ndarray, *, chunk_rows: int | None = None,
         r = _round_half_away((flat[a:a + rows] / safe).astype(np.float32))
         q[a:a + rows] = np.where(scale > 0, r, np.float32(0)).astype(np.int8)
     return q.reshape(x.shape), scale
+
+
+# ----------------------------------------------------------------------------- fp16 row scales
+#: Smallest positive normal float16; below it float16 keeps fewer significant bits.
+FP16_MIN_NORMAL = 2.0 ** -14
+#: Row scales are stored as float16 times one power-of-two ``base`` per tensor, chosen so
+#: that the largest stored value lies in [2**14, 2**15): far from float16's overflow
+#: (65504) and with 2**29 of normal range below it. Without ``base``, a table whose row
+#: scales exceed 65504 would overflow and one whose scales are all below 2**-14 would lose
+#: precision (or flush to zero below 2**-24) in plain float16.
+_BASE_TOP_EXP = 14
+_F32_MIN_EXP = -126
+
+
+def fp16_round_up(x: np.ndarray) -> np.ndarray:
+    """Return the smallest float16 >= ``x`` (``x`` finite, 0 <= x <= 65504)."""
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        h = x.astype(np.float16)
+        low = h.astype(np.float64) < x
+        return np.where(low, np.nextafter(h, np.float16(np.inf)), h).astype(np.float16)
+
+
+def fp16_round_down(x: np.ndarray) -> np.ndarray:
+    """Return the largest float16 <= ``x`` (``x`` finite, |x| <= 65504)."""
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        h = x.astype(np.float16)
+        high = h.astype(np.float64) > x
+        return np.where(high, np.nextafter(h, np.float16(-np.inf)), h).astype(np.float16)
+
+
+def pow2_base(peak: float) -> np.float32:
+    """Return the power of two ``b`` (float32) with ``peak / b`` in ``[2**14, 2**15)``; 1 for 0.
+
+    ``b`` is at least 2**-126 (float32's smallest normal), so it is always a normal float32.
+    """
+    peak = float(peak)
+    if not peak > 0:
+        return np.float32(1.0)
+    _, e = np.frexp(peak)  # peak = f * 2**e, f in [0.5, 1)
+    exp = max(int(e) - 1 - _BASE_TOP_EXP, _F32_MIN_EXP)
+    return np.float32(np.ldexp(1.0, exp))
+
+
+def scales_fp16(scale: np.ndarray, base: np.float32) -> np.ndarray:
+    """Store float scales (>= 0) as float16 multiples of ``base``, rounded up (never clips)."""
+    return fp16_round_up(np.asarray(scale, dtype=np.float64) / np.float64(base))
+
+
+def effective_scale(scale16: np.ndarray, base) -> np.ndarray:
+    """The float32 scale the graph computes: ``Cast(scale16, float32) * base`` (an exact product)."""
+    return np.asarray(scale16).astype(np.float32) * np.float32(base)
+
+
+def quantize_int8_rows(x: np.ndarray, *, chunk_rows: int | None = None,
+                       name: str = "tensor") -> tuple[np.ndarray, np.ndarray, np.float32]:
+    """Symmetric INT8 with one float16 scale per row (axis 0) and a float32 power-of-two base.
+
+    Returns ``(q int8 of x.shape, scale16 float16 [N, 1], base float32 scalar)``; dequantize
+    with :func:`dequantize_int8_rows`. The row scale is ``max|row| / 127`` rounded UP to
+    a float16 multiple of ``base``, so no value clips and the error per element is at
+    most half the effective scale. Raises ConfigError naming ``name`` on NaN/Inf.
+    """
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        x = x.astype(np.float32)
+    if x.ndim != 2:
+        raise ConfigError(f"quantize_int8_rows: {name!r} must be 2-D, got shape {x.shape}")
+    rows = max(1, int(chunk_rows) if chunk_rows else _default_chunk_rows(x))
+    n = x.shape[0]
+    scale = np.empty((n, 1), dtype=np.float32)
+    for a in range(0, n, rows):
+        m = np.max(np.abs(x[a:a + rows]), axis=1, keepdims=True) if x.shape[1] else \
+            np.zeros((min(rows, n - a), 1), np.float32)
+        if not np.all(np.isfinite(m)):
+            check_finite(x, name)
+        scale[a:a + rows] = _scale_from_maxabs(m)
+    base = pow2_base(scale.max() if n else 0.0)
+    scale16 = scales_fp16(scale, base)
+    s_eff = effective_scale(scale16, base)
+    q = np.empty(x.shape, dtype=np.int8)
+    for a in range(0, n, rows):
+        q[a:a + rows] = _quantize_chunk(x[a:a + rows], s_eff[a:a + rows])
+    return q, scale16, base
+
+
+def dequantize_int8_rows(q: np.ndarray, scale16: np.ndarray, base) -> np.ndarray:
+    """Return ``Cast(q) * (Cast(scale16) * base)`` in float32, as the rewritten graph does."""
+    return np.asarray(q).astype(np.float32) * effective_scale(scale16, base)
+
+
+# ----------------------------------------------------------------------------- int4
+INT4_MAX = 15
+INT4_SCHEMES = ("per_row", "per_dim")
+#: INT4 refuses tables with |x| at or above this: ``15 * scale`` would overflow float32.
+INT4_LIMIT = 2.0 ** 125
+
+
+def int4_packed_cols(d: int) -> int:
+    """Bytes per packed INT4 row of ``d`` values: ``ceil(d / 2)``."""
+    return (int(d) + 1) // 2
+
+
+def pack_int4(q: np.ndarray) -> np.ndarray:
+    """Pack codes ``q`` (integers in [0, 15], shape [N, D]) into uint8 ``[N, ceil(D/2)]``.
+
+    Layout ("split halves"): with ``P = ceil(D/2)``, byte ``j`` of a row holds column ``j``
+    in its low nibble and column ``j + P`` in its high nibble; for odd ``D`` the high
+    nibble of the last byte is a zero pad. Unpacking is then ``concat([b & 15, b >> 4],
+    -1)[..., :D]``, which needs no reshape (so it works on lookups of any rank).
+    """
+    q = np.asarray(q)
+    if q.ndim != 2:
+        raise ConfigError(f"pack_int4 expects a 2-D array, got shape {q.shape}")
+    q = q.astype(np.uint8)
+    n, d = q.shape
+    p = int4_packed_cols(d)
+    hi = np.zeros((n, p), np.uint8)
+    hi[:, :d - p] = q[:, p:]
+    return (q[:, :p] | (hi << np.uint8(4))).astype(np.uint8)
+
+
+def unpack_int4(packed: np.ndarray, d: int) -> np.ndarray:
+    """Inverse of :func:`pack_int4`: uint8 ``[..., ceil(d/2)]`` -> uint8 codes ``[..., d]``."""
+    b = np.asarray(packed, dtype=np.uint8)
+    if b.shape[-1] != int4_packed_cols(d):
+        raise ConfigError(f"unpack_int4: {b.shape[-1]} packed columns do not hold {d} values")
+    return np.concatenate([b & np.uint8(15), b >> np.uint8(4)], axis=-1)[..., :d]
+
+
+def _int4_codes(x: np.ndarray, offset: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``clip(rint((x - offset) / scale), 0, 15)`` in float64 (0 where scale is 0)."""
+    x = np.asarray(x, dtype=np.float64)
+    s = np.asarray(scale, dtype=np.float64)
+    safe = np.where(s > 0, s, 1.0)
+    r = np.rint((x - np.asarray(offset, dtype=np.float64)) / safe)
+    r = np.where(s > 0, r, 0.0)
+    return np.clip(r, 0, INT4_MAX).astype(np.uint8)
+
+
+def _check_int4_range(m: float, name: str) -> None:
+    if not m < INT4_LIMIT:
+        raise ConfigError(f"variable {name!r} has values up to |x| = {m:g}, beyond what INT4 can store "
+                          f"(|x| < {INT4_LIMIT:g}); use INT8 or FP32 for it in opt_config")
+
+
+def _float32_round_up(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    f = x.astype(np.float32)
+    return np.where(f.astype(np.float64) < x, np.nextafter(f, np.float32(np.inf)), f).astype(np.float32)
+
+
+def quantize_int4(x: np.ndarray, scheme: str, *, chunk_rows: int | None = None, name: str = "tensor"):
+    """Asymmetric 4-bit quantization of an embedding table ``x`` [N, D]: ``x ~ q * scale + offset``.
+
+    ``per_row`` (FBGEMM's row-wise form): returns ``(packed uint8 [N, ceil(D/2)], scale16
+    float16 [N, 1], offset16 float16 [N, 1], base float32)``; the effective per-row scale and
+    offset are ``Cast(scale16) * base`` and ``Cast(offset16) * base`` (exact products).
+    The offset is the row minimum rounded DOWN and the scale ``(max - offset) / 15``
+    rounded UP to float16, so no value clips.
+
+    ``per_dim``: one float32 scale and offset per column: returns ``(packed, scale float32
+    [D], offset float32 [D], None)``.
+
+    The error per element is at most half the effective scale (plus float32 rounding).
+    Row chunks of ``chunk_rows`` bound the temporaries; the result does not depend on them.
+    Raises ConfigError naming ``name`` on NaN/Inf or a scheme it does not know.
+    """
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        x = x.astype(np.float32)
+    if x.ndim != 2:
+        raise ConfigError(f"quantize_int4: {name!r} must be 2-D [rows, dim], got shape {x.shape}")
+    if scheme not in INT4_SCHEMES:
+        raise ConfigError(f"quantize_int4: scheme {scheme!r} is not one of {', '.join(INT4_SCHEMES)}")
+    n, d = x.shape
+    rows = max(1, int(chunk_rows) if chunk_rows else _default_chunk_rows(x))
+    packed = np.empty((n, int4_packed_cols(d)), np.uint8)
+    if n == 0 or d == 0:
+        packed = np.zeros((n, int4_packed_cols(d)), np.uint8)
+    if scheme == "per_dim":
+        lo = np.full(d, np.inf, np.float32)
+        hi = np.full(d, -np.inf, np.float32)
+        for a in range(0, n, rows):
+            xc = x[a:a + rows]
+            if not np.all(np.isfinite(xc)):
+                check_finite(x, name)
+            lo = np.minimum(lo, xc.min(axis=0))
+            hi = np.maximum(hi, xc.max(axis=0))
+        if n == 0:
+            lo = hi = np.zeros(d, np.float32)
+        _check_int4_range(float(max(np.abs(lo).max(initial=0), np.abs(hi).max(initial=0))), name)
+        offset = lo.astype(np.float32)
+        scale = _float32_round_up((hi.astype(np.float64) - offset.astype(np.float64)) / INT4_MAX)
+        for a in range(0, n, rows):
+            packed[a:a + rows] = pack_int4(_int4_codes(x[a:a + rows], offset, scale))
+        return packed, scale, offset, None
+    lo = np.empty((n, 1), np.float32)
+    hi = np.empty((n, 1), np.float32)
+    for a in range(0, n, rows):
+        xc = x[a:a + rows]
+        if not np.all(np.isfinite(xc)):
+            check_finite(x, name)
+        lo[a:a + rows] = xc.min(axis=1, keepdims=True) if d else 0
+        hi[a:a + rows] = xc.max(axis=1, keepdims=True) if d else 0
+    peak = float(max(np.abs(lo).max(), np.abs(hi).max())) if n else 0.0
+    _check_int4_range(peak, name)
+    base = pow2_base(peak)
+    b = np.float64(base)
+    offset16 = fp16_round_down(lo.astype(np.float64) / b)
+    scale16 = fp16_round_up(np.maximum(hi.astype(np.float64) / b - offset16.astype(np.float64), 0.0) / INT4_MAX)
+    s_eff, o_eff = effective_scale(scale16, base), effective_scale(offset16, base)
+    for a in range(0, n, rows):
+        packed[a:a + rows] = pack_int4(_int4_codes(x[a:a + rows], o_eff[a:a + rows], s_eff[a:a + rows]))
+    return packed, scale16, offset16, base
+
+
+def dequantize_int4(packed: np.ndarray, d: int, scale: np.ndarray, offset: np.ndarray, base=None) -> np.ndarray:
+    """Return float32 ``Cast(codes) * scale + offset`` exactly as the rewritten graph computes it.
+
+    With ``base`` (per_row), ``scale``/``offset`` are the float16 values and the graph
+    multiplies each by ``base`` after the cast; without, they are float32 per column.
+    """
+    codes = unpack_int4(packed, d).astype(np.float32)
+    if base is not None:
+        scale, offset = effective_scale(scale, base), effective_scale(offset, base)
+    return codes * np.asarray(scale, np.float32) + np.asarray(offset, np.float32)
+
+
+def int4_error_bound(scale: np.ndarray, base=None) -> np.ndarray:
+    """Max |dequantize_int4(quantize_int4(x)) - x|, broadcastable like ``scale``.
+
+    Half the effective scale plus float32 rounding slack of the multiply-add.
+    """
+    s = np.asarray(effective_scale(scale, base) if base is not None else scale, dtype=np.float64)
+    return s * (0.5 + 2.0 ** -16) + 2.0 ** -120
+
+
+# ----------------------------------------------------------------------------- table sizes
+def table_bytes(n: int, d: int, dtype: str, scheme: str | None = None) -> int:
+    """Bytes one [n, d] embedding table takes in the checkpoint at ``dtype``/``scheme`` (data only).
+
+    FP32 4nd; BF16/FP16 2nd; INT8 per_dim nd + 4d, per_row nd + 2n + 4 (float16 row scale,
+    float32 base); INT4 per_row n*ceil(d/2) + 4n + 4 (float16 scale and offset), per_dim
+    n*ceil(d/2) + 8d (float32 scale and offset per column).
+    """
+    n, d = int(n), int(d)
+    if dtype == "FP32":
+        return 4 * n * d
+    if dtype in ("BF16", "FP16"):
+        return 2 * n * d
+    if dtype == "INT8":
+        return n * d + (2 * n + 4 if scheme == "per_row" else 4 * d)
+    if dtype == "INT4":
+        p = int4_packed_cols(d)
+        return n * p + (4 * n + 4 if scheme == "per_row" else 8 * d)
+    raise ConfigError(f"table_bytes: unknown dtype {dtype!r}")
+
+
+def int4_layout(n: int, d: int, requested: str = "per_row") -> tuple[str, str]:
+    """Return the ``(dtype, scheme)`` an [n, d] table asked to be INT4 ``requested`` is stored as.
+
+    The size rule: an INT4 table never takes more bytes than the same table at INT8
+    per_dim. Row-wise costs 4 bytes a row for its scale and offset, so it is taken only
+    where it fits (D >= 8 for any real table); else per_dim INT4 where that fits (D >= 2 and
+    enough rows); else INT8 per_dim, which then takes no more bytes than INT4 would and
+    has 16 times finer steps (a D=1 "linear" table: 5 bytes a row row-wise, 1 + 8/n per_dim
+    INT4, 1 + 4/n INT8 per_dim, 4 at FP32).
+    """
+    limit = table_bytes(n, d, "INT8", "per_dim")
+    other = "per_dim" if requested == "per_row" else "per_row"
+    for scheme in (requested, other):
+        if table_bytes(n, d, "INT4", scheme) <= limit:
+            return "INT4", scheme
+    return "INT8", "per_dim"

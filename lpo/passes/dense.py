@@ -28,11 +28,14 @@ from dataclasses import dataclass
 from tensorflow.core.framework import types_pb2
 
 from lpo.core.graph import ANY, DT, READ_OPS, VARIABLE_OPS, GraphMatcher, OpTypePattern, dtype_attr, make_node
+from lpo.errors import ConfigError
 from lpo.passes.surgery import Surgery
 from lpo.passes.registry import register
 from lpo.core.plan import Conversion, VarConversion
 from lpo.core.savedmodel import VarSpec
 
+#: The dtypes a dense layer can take.
+DTYPES = ("BF16", "FP16", "INT8")
 MODES_16 = ("compute", "weight_only")
 MODES_8 = ("static", "weight_only")
 
@@ -124,7 +127,11 @@ def plan(cand: DenseCandidate, dtype: str, options) -> Conversion:
     """Return the Conversion of dense layer ``cand`` to ``dtype``.
 
     The mode is ``options.int8_dense`` for INT8 and ``options.dense_mode`` for BF16/FP16.
+    Raises ConfigError for INT4 (an embedding-only type).
     """
+    if dtype not in DTYPES:
+        raise ConfigError(f"dense layer {cand.name!r} cannot be {dtype}: {dtype} is for embedding tables. "
+                          f"Give it one of {', '.join(DTYPES)} (or FP32) in opt_config")
     mode = options.int8_dense if dtype == "INT8" else options.dense_mode
     dequantize_at_load = options.dequantize_at_load
     w = cand.weight

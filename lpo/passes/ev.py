@@ -33,13 +33,15 @@ from lpo.core.deeprec import (EV_GATHER, EV_HANDLE, EV_INIT, EV_IS_INIT, EvSpec,
                               saver_form_problem)
 from lpo.core.graph import DT, GraphMatcher, OpTypePattern, const_value, dtype_attr, make_const, make_node, parse_input
 from lpo.core.plan import Conversion, VarConversion
-from lpo.errors import ModelFormatError
+from lpo.errors import ConfigError, ModelFormatError
 from lpo.passes.registry import register
 from lpo.passes.surgery import Surgery
 
 log = logging.getLogger(__name__)
 
 KIND = "ev"
+#: The dtypes DeepRec's tool converts EVs to.
+EV_DTYPES = ("BF16", "FP16", "INT8")
 _NP = {"INT8": np.int8, "FP16": np.float16}
 _SMALL_CONST = 1000  # elements; larger zero initializers are a Fill, as tf.zeros makes them
 
@@ -149,7 +151,13 @@ def new_name(part: str, dtype: str) -> str:
 
 
 def plan(cand: EvCandidate, dtype: str, options) -> Conversion:
-    """Return the Conversion of EV ``cand`` to ``dtype`` (INT8: DeepRec's per-dim scale)."""
+    """Return the Conversion of EV ``cand`` to ``dtype`` (INT8: DeepRec's per-dim scale).
+
+    Raises ConfigError for a dtype DeepRec has no EV format for (INT4).
+    """
+    if dtype not in EV_DTYPES:
+        raise ConfigError(f"EmbeddingVariable {cand.name!r} cannot be {dtype}: DeepRec EVs take "
+                          f"{', '.join(EV_DTYPES)} (DeepRec's own formats). Give it one of those in opt_config")
     if dtype == "INT8" and options.embedding_scheme != "per_dim":
         log.info("EmbeddingVariable %s: INT8 EVs use DeepRec's per-dim scale (embedding_scheme=%s applies to "
                  "ordinary tables)", cand.name, options.embedding_scheme)

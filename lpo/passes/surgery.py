@@ -7,7 +7,7 @@ rebuilt Saver saves and restores exactly the variables the graph uses.
 from __future__ import annotations
 
 import numpy as np
-from tensorflow.core.framework import types_pb2, variable_pb2
+from tensorflow.core.framework import attr_value_pb2, types_pb2, variable_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
 from lpo.core.graph import (
@@ -19,6 +19,7 @@ INIT_OPS = ("AssignVariableOp", "Assign")
 MAIN_OP_COLLECTIONS = ("saved_model_main_op", "legacy_init_op")
 LOCAL_VARIABLES = "local_variables"
 STATUS_OPS = ("VarIsInitializedOp", "IsVariableInitialized")
+_NP_DTYPES = {types_pb2.DT_FLOAT: np.float32, types_pb2.DT_HALF: np.float16, types_pb2.DT_UINT8: np.uint8}
 _DTYPE_ATTR = {"ReadVariableOp": "dtype", "Identity": "T", "AssignVariableOp": "dtype", "Assign": "T",
                "IsVariableInitialized": "dtype", "VarHandleOp": "dtype", "VariableV2": "dtype"}
 
@@ -102,39 +103,69 @@ class Surgery:
                                  DstT=dtype_attr(dst_t), Truncate=False))
         return name
 
-    def retype_variable(self, var: str, dtype: int) -> None:
-        """Change variable ``var`` (float32) to ``dtype`` in place, with its reads and initializer."""
+    def retype_variable(self, var: str, dtype: int, shape: list[int] | None = None,
+                        full_shape: list[int] | None = None) -> None:
+        """Change variable ``var`` (float32) to ``dtype`` in place, with its reads and initializer.
+
+        With ``shape`` (a packed INT4 table) the variable also changes shape: its
+        initializer becomes a zero ``Fill`` of the new shape, stale ``_output_shapes`` are
+        dropped, and a partitioned part's slice info gets ``full_shape`` (new columns).
+        """
         idx = self.index
         node = idx.node(var)
         node.attr["dtype"].CopyFrom(dtype_attr(dtype))
+        if shape is not None:
+            node.attr["shape"].CopyFrom(attr_value_pb2.AttrValue(shape=shape_proto(shape)))
+            node.attr.pop("_output_shapes", None)
+        vd = self.vars.get(var)
         for c in idx.consumers(var):
             if self.is_saver_node(c.name) or parse_input(c.input[0])[0] != var:
                 continue
             attr = _DTYPE_ATTR.get(c.op)
             if c.op in INIT_OPS:
-                init = c.input[1]
-                cast = self.cast_node(idx.unique_name(c.name + "/lpo_cast"), init, types_pb2.DT_FLOAT, dtype,
-                                      c.device)
-                idx.set_input(c.name, 1, cast)
-                vd = self.vars.get(var)
+                if shape is None:
+                    value = self.cast_node(idx.unique_name(c.name + "/lpo_cast"), c.input[1], types_pb2.DT_FLOAT,
+                                           dtype, c.device)
+                else:
+                    value = self.fill_node(idx.unique_name(c.name + "/lpo_zeros"), shape, dtype, c.device)
+                idx.set_input(c.name, 1, value)
                 if vd is not None and vd.initial_value_name:
-                    vd.initial_value_name = cast + ":0"
+                    vd.initial_value_name = value + ":0"
             if attr and attr in c.attr:
                 c.attr[attr].CopyFrom(dtype_attr(dtype))
+            if shape is not None:
+                c.attr.pop("_output_shapes", None)
+        if shape is not None and vd is not None and vd.HasField("save_slice_info_def"):
+            si = vd.save_slice_info_def
+            del si.full_shape[:], si.var_shape[:]
+            si.full_shape.extend(full_shape or shape)
+            si.var_shape.extend(shape)
+
+    def fill_node(self, name: str, shape: list[int], dtype: int, device: str = "") -> str:
+        """Add ``Fill(shape, 0)`` of ``dtype`` (a zero initializer that stays small in the graph)."""
+        idx = self.index
+        dims = idx.add(make_const(name + "/shape", np.asarray(shape, np.int32), device=device))
+        zero = idx.add(make_const(name + "/value", np.zeros((), _NP_DTYPES[dtype]), device=device))
+        idx.add(make_node("Fill", name, [dims.name, zero.name], device=device, T=dtype_attr(dtype),
+                          index_type=dtype_attr(types_pb2.DT_INT32)))
+        return name
 
     def add_variable(self, name: str, dtype: int, shape: list[int], *, resource: bool, device: str = "") -> str:
-        """Add a new (zero-initialized) variable ``name``; return the tensor that reads it."""
+        """Add a new (zero-initialized) float32 or float16 variable ``name``; return the tensor that reads it."""
         idx = self.index
-        init = make_const(f"{name}/Initializer/zeros", np.zeros(shape, dtype=np.float32), device=device)
-        if dtype != types_pb2.DT_FLOAT:
-            raise ValueError("lpo only adds float32 (scale) variables")
-        idx.add(init)
-        vd = variable_pb2.VariableDef(variable_name=f"{name}:0", initial_value_name=f"{init.name}:0",
+        if dtype not in _NP_DTYPES or dtype == types_pb2.DT_UINT8:
+            raise ValueError("lpo only adds float32/float16 (scale) variables")
+        if len(shape) and int(np.prod(shape)) > 64:  # row scales: a Fill keeps the graph small
+            init_name = self.fill_node(f"{name}/Initializer/zeros", list(shape), dtype, device)
+        else:
+            init_name = idx.add(make_const(f"{name}/Initializer/zeros", np.zeros(shape, dtype=_NP_DTYPES[dtype]),
+                                           device=device)).name
+        vd = variable_pb2.VariableDef(variable_name=f"{name}:0", initial_value_name=f"{init_name}:0",
                                       trainable=False)
         if resource:
             idx.add(make_node("VarHandleOp", name, device=device, dtype=dtype_attr(dtype), shape=shape_proto(shape),
                               shared_name=name, container=""))
-            idx.add(make_node("AssignVariableOp", f"{name}/Assign", [name, init.name], device=device,
+            idx.add(make_node("AssignVariableOp", f"{name}/Assign", [name, init_name], device=device,
                               dtype=dtype_attr(dtype)))
             read = idx.add(make_node("ReadVariableOp", f"{name}/Read/ReadVariableOp", [name], device=device,
                                      dtype=dtype_attr(dtype)))
@@ -144,7 +175,7 @@ class Surgery:
         else:
             idx.add(make_node("VariableV2", name, device=device, dtype=dtype_attr(dtype), shape=shape_proto(shape),
                               shared_name="", container=""))
-            idx.add(make_node("Assign", f"{name}/Assign", [name, init.name], device=device, T=dtype_attr(dtype),
+            idx.add(make_node("Assign", f"{name}/Assign", [name, init_name], device=device, T=dtype_attr(dtype),
                               validate_shape=True, use_locking=True))
             read = idx.add(make_node("Identity", f"{name}/read", [name], device=device, T=dtype_attr(dtype)))
         vd.initializer_name = f"{name}/Assign"
