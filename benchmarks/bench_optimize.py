@@ -26,6 +26,9 @@ CONFIGS = [
     ("INT8", {"data_type": "INT8"}),
     ("INT8 w-only dense", {"data_type": "INT8", "int8_dense": "weight_only"}),
     ("BF16 compute", {"data_type": "BF16", "dense_mode": "compute"}),
+    # INT4 tables (row-wise, fp16 scale + offset) with INT8 dense layers (issue 11)
+    ("INT4 + INT8 static", {"data_type": "INT4"}),
+    ("INT4 + INT8 w-only", {"data_type": "INT4", "int8_dense": "weight_only"}),
 ]
 
 

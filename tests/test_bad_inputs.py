@@ -312,7 +312,7 @@ def _(w, d):
 
 @case("optimize-unknown-data-type", ConfigError)
 def _(w, d):
-    return _opt(w, d, data_type="INT4", match="BF16")
+    return _opt(w, d, data_type="INT2", match="BF16")
 
 
 @case("optimize-data-type-not-a-string", ConfigError)

@@ -281,7 +281,7 @@ def test_misspelt_opt_config_key_names_closest(sample_resource, tmp_path):
 @pytest.mark.parametrize("cfg", [{"x": 1}, ["a"], "INT8"])
 def test_bad_opt_config_values(sample_resource, tmp_path, cfg):
     if isinstance(cfg, dict):
-        cfg = {sample_resource.embedding_variables[0]: "INT4"}
+        cfg = {sample_resource.embedding_variables[0]: "INT2"}
     with pytest.raises(ConfigError):
         lpo.optimize(sample_resource.model_path, str(tmp_path / "m"), opt_config=cfg)
     assert not (tmp_path / "m").exists()
