@@ -149,6 +149,10 @@ def test_int8_tables(kind, scheme):
     nodes, values, y = _rewrite_and_run(kind, "INT8", scheme)
     assert nodes["t"].attr["dtype"].type == types_pb2.DT_INT8 and "t/lpo_scale" in nodes
     assert nodes["lookup"].op == ("SparseSegmentSum" if kind == "segment" else "Mul")  # same name, float32 out
-    table = quant.dequantize_int8(values["t"], values["t/lpo_scale"])
+    if scheme == "per_row":  # float16 row scales times a float32 power-of-two base
+        assert values["t/lpo_scale"].dtype == np.float16 and "t/lpo_scale_base" in nodes
+        table = quant.dequantize_int8_rows(values["t"], values["t/lpo_scale"], values["t/lpo_scale_base"])
+    else:
+        table = quant.dequantize_int8(values["t"], values["t/lpo_scale"])
     np.testing.assert_allclose(y, _lookup(kind, table), rtol=1e-6, atol=1e-6)
     assert np.abs(y - _lookup(kind, TABLE)).max() > 0  # int8, not the float table
