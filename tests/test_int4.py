@@ -173,6 +173,23 @@ def test_int8_per_row_rewrite_uses_fp16_scales():
     assert np.all(np.abs(got - x[ids]) <= np.abs(x[ids]).max(axis=1, keepdims=True) / 127)
 
 
+def test_int4_plan_of_partitioned_tables():
+    """Row-partitioned parts are packed under their own packed slice; a column split is refused."""
+    from lpo.core.savedmodel import VarSpec
+    from lpo.passes.embedding import EmbeddingCandidate, plan
+
+    rows = [VarSpec(f"t/part_{i}", "t", f"1000 16 {o},500:0,16", [500, 16], "float32", True, [1000, 16])
+            for i, o in enumerate((0, 500))]
+    conv = plan(EmbeddingCandidate("t", [1000, 16], rows), "INT4", opts.OptimizeOptions())
+    assert [(v.slice, v.out_slice, v.out_shape) for v in conv.variables] == [
+        ("1000 16 0,500:0,16", "1000 8 0,500:0,8", [500, 8]), ("1000 16 500,500:0,16", "1000 8 500,500:0,8", [500, 8])]
+    cols = [VarSpec(f"t/part_{i}", "t", f"1000 16 0,1000:{o},8", [1000, 8], "float32", True, [1000, 16])
+            for i, o in enumerate((0, 8))]
+    with pytest.raises(ConfigError, match="partitioned by column"):
+        plan(EmbeddingCandidate("t", [1000, 16], cols), "INT4", opts.OptimizeOptions())
+    assert plan(EmbeddingCandidate("t", [1000, 16], cols), "INT8", opts.OptimizeOptions()).dtype == "INT8"
+
+
 # ------------------------------------------------------------------ a tiny TF1 SavedModel: size rule, odd D
 DIMS = {"t1": 1, "t5": 5, "t9": 9, "t16": 16}
 ROWS = 200

@@ -135,10 +135,10 @@ def _row_split(p: VarSpec) -> tuple[int, int] | None:
     """(row offset, rows) of part ``p`` when it holds whole rows; None when split by column."""
     if not p.slice:
         return 0, p.shape[0]
-    cols = p.slice.split()[len(p.full_shape):][0].split(":")[1].split(",")
-    if int(cols[0]) != 0 or int(cols[1]) != p.full_shape[1]:
-        return None
-    return int(p.slice.split()[len(p.full_shape):][0].split(":")[0].split(",")[0]), p.shape[0]
+    extents = []
+    for dim, ext in zip(p.full_shape, p.slice.split()[len(p.full_shape)].split(":")):
+        extents.append((0, dim) if ext == "-" else tuple(int(v) for v in ext.split(",")))
+    return extents[0] if extents[1] == (0, p.full_shape[1]) else None
 
 
 def plan(cand: EmbeddingCandidate, dtype: str, options) -> Conversion:
