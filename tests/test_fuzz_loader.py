@@ -213,7 +213,7 @@ def test_mutated_savedmodels_raise_lpo_errors_only(sample_resource, tmp_path):
 @pytest.mark.parametrize("cfg", [
     None.__class__, 3, 2.5, "INT8", b"INT8", ["x"], ("a", "b"), {"x"}, {None: "INT8"}, {("t",): "INT8"},
     {"": "INT8"}, {"\udcff": "INT8"}, {"dlrm/top_mlp/layer0/MatMul": None},
-    {"dlrm/top_mlp/layer0/MatMul": ["INT8"]}, {"dlrm/top_mlp/layer0/MatMul": {"dtype": "INT8"}},
+    {"dlrm/top_mlp/layer0/MatMul": ["INT8"]}, {"dlrm/top_mlp/layer0/MatMul": {"dtype": "INT8", "bits": 8}},
     {"dlrm/top_mlp/layer0/MatMul": "int 8"}, {"dlrm/top_mlp/layer0/MatMul": float("nan")},
     {"dlrm/top_mlp/layer0/MatMul": True}, {"dlrm/top_mlp/layer0/MatMul ": "BF16"},
 ])
