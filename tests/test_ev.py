@@ -426,3 +426,17 @@ def test_sharded_deeprec_saver(tmp_path):
     assert save.input[0] == "save/ShardedFilename" and "user_emb/int8_data" in strings(nodes[save.input[1]])
     assert list(nodes["save/restore_all"].input)[0] == "^save/restore_shard"
     assert np.abs(run_emulated(out, model.feeds)["prob"] - base).max() < 2e-2
+
+
+def test_int4_gives_evs_deeprecs_int8_and_is_refused_on_an_ev(ev_model, tmp_path):
+    """data_type='INT4': INT4 ordinary tables, DeepRec's INT8 for EVs (DeepRec has no 4-bit EV); 'INT4' on an EV is refused."""
+    from lpo.numerics.quant import int4_layout
+
+    res = lpo.optimize(ev_model.path, str(tmp_path / "o"), data_type="INT4", int8_dense="weight_only", quiet=True)
+    got = {(n.kind, n.node): n.dtype for n in res.optimized}
+    assert {dt for (kind, _), dt in got.items() if kind in ("ev", "dense")} == {"INT8"}
+    tables = {c.name: c.shape for c in lpo.inspect_model(ev_model.path).candidates if c.kind == "embedding"}
+    assert tables and all(got[("embedding", t)] == int4_layout(*shape)[0] for t, shape in tables.items())
+    with pytest.raises(ConfigError, match="DeepRec EVs take BF16, FP16, INT8"):
+        lpo.optimize(ev_model.path, str(tmp_path / "o2"), opt_config={"user_emb": "INT4"}, quiet=True)
+    assert not (tmp_path / "o2").exists()
