@@ -6,7 +6,7 @@ are fast and never load TensorFlow.
 
 Errors: an :class:`~lpo.errors.LpoError` prints one line ``lpo: error: ...``
 and exits with its ``exit_code`` (2 for user errors, 3 for a failed
-validation); anything else prints one ``lpo: internal error: ...`` line and
+validation, 4 for a full disk); anything else prints one ``lpo: internal error: ...`` line and
 exits 1. ``--debug`` shows the full traceback. Usage errors exit 2.
 """
 from __future__ import annotations
@@ -496,7 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Low-precision optimizer for TensorFlow recommendation SavedModels: "
                     "stores (and where it pays, computes) embedding tables and dense layers "
                     "in BF16, FP16 or INT8 (embedding tables also INT4).",
-        epilog="Exit status: 0 ok, 1 internal error, 2 user error, 3 validation failed.")
+        epilog="Exit status: 0 ok, 1 internal error, 2 user error, 3 validation failed, "
+               "4 not enough disk space for an output.")
     parser.add_argument("--version", action="version", version=f"lpo {_version()}")
     _global_flags(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

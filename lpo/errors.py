@@ -2,7 +2,8 @@
 
 Every error a user can cause derives from :class:`LpoError`. Messages say what
 was wrong and what to do about it. ``exit_code`` is what the CLI exits with:
-2 for a user error (bad input, bad option), 1 for an internal failure.
+2 for a user error (bad input, bad option), 3 for a failed validation, 4 when an
+output's file system is full, 1 for an internal failure.
 """
 from __future__ import annotations
 
@@ -46,6 +47,12 @@ class DataError(LpoError):
 
 class CheckpointError(LpoError):
     """A checkpoint is missing, truncated or does not match the optimized model."""
+
+
+class OutOfSpaceError(LpoError):
+    """The file system of an output ran out of space (or quota) before lpo could finish writing it."""
+
+    exit_code = 4
 
 
 class ValidationFailed(LpoError):

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Iterator, Union
 
-from lpo.errors import ConfigError, InternalError, OutputExistsError
+from lpo.errors import ConfigError, InternalError, LpoError, OutOfSpaceError, OutputExistsError
 
 logger = logging.getLogger(__name__)
 
@@ -257,6 +257,72 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
+# --------------------------------------------------------------------------- disk space
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def human_bytes(n: float) -> str:
+    """``1536`` -> ``'1.5 KiB'``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def is_no_space(e: BaseException) -> bool:
+    """True for an out-of-space or out-of-quota error: an OSError, or TensorFlow's (by its message)."""
+    if isinstance(e, OSError) and e.errno in _NO_SPACE:
+        return True
+    text = str(e)
+    return any(os.strerror(n) in text for n in _NO_SPACE)
+
+
+def _free_bytes(dest: PathLike) -> tuple[int | None, Path]:
+    """Free bytes of the file system ``dest`` is (or would be) on, and the existing directory asked."""
+    p = _abs(dest)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free, p
+    except OSError:
+        return None, p
+
+
+def _space_message(dest: PathLike, needed: int | None, free: int | None, where: Path) -> str:
+    have = f"{human_bytes(free)} was free on {where}" if free is not None else f"{where} is full"
+    need = f"it needs at least {human_bytes(needed)} and " if needed else ""
+    return (f"not enough disk space to write {dest}: {need}{have}; free some space or choose an output "
+            "path on another file system")
+
+
+def check_space(dest: PathLike, needed: int | None) -> None:
+    """Raise OutOfSpaceError before any work when ``dest``'s file system has less than ``needed`` bytes free."""
+    if not needed:
+        return
+    free, where = _free_bytes(dest)
+    if free is not None and free < needed:
+        raise OutOfSpaceError(_space_message(dest, needed, free, where))
+
+
+@contextlib.contextmanager
+def no_space_as_error(dest: PathLike, needed: int | None = None) -> Iterator[None]:
+    """Turn a full-disk error inside the block into one OutOfSpaceError naming ``dest`` and the space needed.
+
+    ``needed`` is a lower bound of the bytes the output takes (None: unknown); the free
+    space reported is what there was when the block started.
+    """
+    free, where = _free_bytes(dest)
+    try:
+        yield
+    except LpoError:
+        raise
+    except Exception as e:  # noqa: BLE001 - OSError or a TensorFlow error, told apart by is_no_space
+        if not is_no_space(e):
+            raise
+        raise OutOfSpaceError(_space_message(dest, needed, free, where)) from e
+
+
 def _is_nonempty(path: Path) -> bool:
     if path.is_dir() and not path.is_symlink():
         with os.scandir(path) as it:
@@ -273,28 +339,33 @@ def _exists_message(dest: Path, what: str) -> str:
 
 
 @contextlib.contextmanager
-def atomic_output_dir(dest: PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_output_dir(dest: PathLike, *, overwrite: bool = False, needed: int | None = None) -> Iterator[Path]:
     """Build an output directory atomically; yield the temp directory to fill.
 
     Refuses an existing non-empty ``dest`` unless ``overwrite``. On success the
     temp dir is fsynced and renamed to ``dest`` (an old ``dest`` is set aside,
     replaced, then deleted). On any exception, Ctrl-C or SIGTERM the temp dir
-    is removed and the exception propagates; ``dest`` is left as it was.
+    is removed and the exception propagates; ``dest`` is left as it was. A full
+    disk is an :class:`~lpo.errors.OutOfSpaceError` (exit status 4), raised before
+    any work when fewer than ``needed`` bytes (a lower bound of the output) are free.
     """
     dest = _abs(dest)
     check_parent_writable(dest)
     cleanup_stale_temps(dest)
     if not overwrite and _is_nonempty(dest):
         raise OutputExistsError(_exists_message(dest, "directory"))
+    check_space(dest, needed)
     tmp = _new_temp_name(dest)
     committed = False
     # The SIGTERM handler is in place before the temp dir exists and while it is removed,
     # so a SIGTERM at any point leaves no temp behind.
-    with _sigterm_raises():
+    with _sigterm_raises(), no_space_as_error(dest, needed):
         try:
             try:
                 os.mkdir(tmp, 0o777)
             except OSError as e:  # e.g. a read-only or pseudo file system (/proc) that access() calls writable
+                if is_no_space(e):
+                    raise
                 raise ConfigError(f"cannot create a directory in {dest.parent} for output {dest} "
                                   f"({e.strerror or e}); choose a writable output path") from e
             logger.debug("building %s in %s", dest, tmp)
@@ -378,13 +449,14 @@ def _commit_dir(tmp: Path, dest: Path, overwrite: bool) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output_file(dest: PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_output_file(dest: PathLike, *, overwrite: bool = False, needed: int | None = None) -> Iterator[Path]:
     """Write a single output file atomically; yield the temp path to write to.
 
     The temp path lives beside ``dest`` and keeps its suffix (so ``np.savez``
     does not append ``.npz``); it is not created in advance. Refuses an
     existing ``dest`` unless ``overwrite``; on success fsyncs and
-    ``os.replace``s it into place, on failure removes it.
+    ``os.replace``s it into place, on failure removes it. A full disk is an
+    :class:`~lpo.errors.OutOfSpaceError`, as for :func:`atomic_output_dir`.
     """
     dest = _abs(dest)
     check_parent_writable(dest)
@@ -393,10 +465,11 @@ def atomic_output_file(dest: PathLike, *, overwrite: bool = False) -> Iterator[P
         raise OutputExistsError(f"output file {dest} is an existing directory; choose another path")
     if not overwrite and os.path.lexists(dest):
         raise OutputExistsError(_exists_message(dest, "file"))
+    check_space(dest, needed)
     tmp = _new_temp_name(dest, dest.suffix)
     committed = False
     try:
-        with _sigterm_raises():
+        with _sigterm_raises(), no_space_as_error(dest, needed):
             yield tmp
             if not tmp.is_file():
                 raise InternalError(f"nothing was written to the temporary output {tmp} for {dest}")
@@ -433,6 +506,31 @@ def atomic_symlink(target: str, link: PathLike) -> Path:
         raise
     _fsync_path(link.parent, directory=True)
     return link
+
+
+def write_text(dest: PathLike, text: str, *, overwrite: bool = True) -> None:
+    """Write ``text`` (UTF-8) to ``dest`` atomically (:func:`atomic_output_file`)."""
+    with atomic_output_file(dest, overwrite=overwrite) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+
+def dir_bytes(path: PathLike) -> int:
+    """Return the bytes of the files under ``path``: the one size lpo reports for a model.
+
+    A symlink to a file counts as its target (TensorFlow reads through it); symlinked
+    directories are not descended and broken links count nothing, so no file counts twice.
+    """
+    total = 0
+    for root, _dirs, files in os.walk(os.fspath(path)):
+        for f in files:
+            try:
+                st = os.stat(os.path.join(root, f))
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total
 
 
 def tree_checksum(path: PathLike) -> str:

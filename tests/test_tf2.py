@@ -119,7 +119,7 @@ def test_keras_int8(sample_keras, keras_opt, keras_base):
     data, label = heldout(sample_keras)
     p = serve(out, data)
     assert auc(label, keras_base[0]) - auc(label, p) <= 0.002
-    from lpo.core.savedmodel import dir_bytes
+    from lpo.fsutil import dir_bytes
 
     var_bytes = dir_bytes(os.path.join(out, "variables"))
     assert var_bytes / _served_fp32_bytes(sample_keras.model_path) <= 0.30
@@ -271,6 +271,7 @@ def test_keras_cli_inspect_and_input_untouched(sample_keras, tmp_path):
     assert tree_checksum(sample_keras.model_path) == before
 
 
+@pytest.mark.slow
 def test_tf_module_with_hash_table(tmp_path):
     """Captured non-variable resources (a StaticHashTable, initialized by the init op) survive the lowering."""
     import tensorflow as tf
@@ -319,7 +320,7 @@ def test_dcn_inspect_finds_cross_layer_chain(sample_dcn):
 def test_dcn_optimize_and_serve(sample_dcn, dcn_base, tmp_path, dtype):
     import tensorflow as tf
 
-    from lpo.core.savedmodel import dir_bytes
+    from lpo.fsutil import dir_bytes
 
     out = str(tmp_path / "m")
     result = lpo.optimize(sample_dcn.model_path, out, data_type=dtype, calib_file=sample_dcn.calib_path, quiet=True)
@@ -370,6 +371,7 @@ def test_tensordot_dense_layers(sample_keras, keras_base, tmp_path):
             assert sum(v.name == want for v in reader.get_variable_to_dtype_map().values()) == 16
 
 
+@pytest.mark.slow
 def test_tf_keras_model_save(tmp_path):
     """Keras 2 (tf-keras) ``model.save(path, save_format='tf')``: lowered, optimized, served."""
     pytest.importorskip("tf_keras")
@@ -394,7 +396,7 @@ def test_tf_keras_model_save(tmp_path):
         p = serve(out, data)
         if dtype == "INT8":
             assert auc(label, base) - auc(label, p) <= 0.002
-            from lpo.core.savedmodel import dir_bytes  # tf-keras also saves the Adam slots: compare to what serving reads
+            from lpo.fsutil import dir_bytes  # tf-keras also saves the Adam slots: compare to what serving reads
 
             assert dir_bytes(os.path.join(out, "variables")) / _served_fp32_bytes(s.model_path) <= 0.30
         else:

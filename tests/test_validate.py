@@ -29,7 +29,7 @@ def perturbed(sample_resource, tmp_path_factory):
     manifest = {"format": 1, "lpo_version": "0.1.0", "data_type": "BF16", "conversions": [
         {"kind": "embedding", "node": "dlrm/embeddings/C1", "dtype": "BF16",
          "scheme": "per_dim", "variables": []},
-        {"kind": "dense", "node": "dlrm/top_mlp/layer0/MatMul", "dtype": "BF16",
+        {"kind": "dense", "node": "dlrm/top_mlp/layer0/MatMul", "dtype": "BF16", "scheme": "cast",
          "variables": []}]}
     with open(os.path.join(dst, "assets.extra", "lpo_manifest.json"), "w") as f:
         json.dump(manifest, f)

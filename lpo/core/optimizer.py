@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass, field
 from lpo import __version__
 from lpo.errors import CalibrationError, CheckpointError, ConfigError, closest
 from lpo import options as opts
+from lpo.fsutil import dir_bytes
 from lpo.core.plan import MANIFEST_DIR, MANIFEST_NAME, Conversion, Plan, read_manifest
 from lpo.core.savedmodel import (
-    VarSpec, check_servable, check_variables, copy_model_files, dir_bytes, is_tf2, read_saved_model,
+    SAVED_MODEL_PB, VarSpec, check_servable, check_variables, copy_model_files, is_tf2, read_saved_model,
     rebuild_saver, select_meta_graph, variable_specs, variables_prefix, write_saved_model,
 )
 
@@ -209,8 +210,7 @@ def _calibrate(model_path, tags, convs: list[Conversion], calib_file, *, allow_p
     from lpo.core.signature import load_signature_specs
 
     specs = load_signature_specs(model_path, tags=opts.normalize_tags(tags))
-    input_specs = {k: (v.dtype, tuple(v.shape)) for k, v in specs.items()}
-    batches = load_calibration(calib_file, input_specs, batch_size=batch_size, allow_pickle=allow_pickle,
+    batches = load_calibration(calib_file, specs, batch_size=batch_size, allow_pickle=allow_pickle,
                                max_batches=max_batches)
     observers = [make_observer(method) for _ in convs]
     tensors = [c.targets["activation"] for c in convs]
@@ -375,7 +375,7 @@ def _write_optimized(model_path, save_path, sm, plan: Plan, tags, *, overwrite, 
     from lpo.fsutil import atomic_output_dir
 
     targets = _target_specs(select_meta_graph(sm, tags))
-    with atomic_output_dir(save_path, overwrite=overwrite) as tmp:
+    with atomic_output_dir(save_path, overwrite=overwrite, needed=_output_bytes(model_path, sm, targets)) as tmp:
         tmp = os.fspath(tmp)
         write_saved_model(sm, tmp)
         copy_model_files(model_path, tmp, skip_extra={MANIFEST_NAME})
@@ -389,6 +389,16 @@ def _write_optimized(model_path, save_path, sm, plan: Plan, tags, *, overwrite, 
                            quiet=quiet)
         shutil.rmtree(work)
         _verify_written(variables_prefix(tmp), targets)
+
+
+def _output_bytes(model_path, sm, targets: list[VarSpec]) -> int:
+    """A lower bound of the optimized model's bytes: its graph, the model's other files, the converted variables."""
+    import tensorflow as tf
+
+    variables = sum(int(np.prod(t.shape)) * tf.as_dtype(t.dtype).size for t in targets)
+    others = dir_bytes(model_path) - dir_bytes(os.path.join(model_path, "variables"))
+    pb = os.path.join(model_path, SAVED_MODEL_PB)
+    return variables + sm.ByteSize() + max(0, others - (os.path.getsize(pb) if os.path.isfile(pb) else 0))
 
 
 def _optimize_result(model_path, save_path, found, plan: Plan) -> OptimizeResult:
@@ -459,10 +469,12 @@ def convert_ckpt(ckpt_prefix, save_prefix, opt_model_path, *, overwrite=False, q
 
         raise OutputExistsError(f"checkpoint {save_prefix} already exists ({existing[0]}); pass overwrite=True "
                                 "(CLI --overwrite) or choose another prefix")
-    from lpo.fsutil import _sigterm_raises, cleanup_stale_temps
+    from lpo.fsutil import _sigterm_raises, check_space, cleanup_stale_temps, no_space_as_error
 
     cleanup_stale_temps(save_prefix)  # temps of killed earlier runs (their pid is in the name)
-    with _sigterm_raises():  # SIGTERM removes the temp dir too
+    needed = dir_bytes(os.path.join(opt_model_path, "variables"))
+    check_space(save_prefix, needed)
+    with _sigterm_raises(), no_space_as_error(save_prefix, needed):  # SIGTERM removes the temp dir too
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(save_prefix)}.lpo-tmp-{os.getpid()}-", dir=parent)
         try:
             tmp_prefix = os.path.join(tmp, "ckpt")
@@ -491,7 +503,7 @@ def refresh(opt_model_path, ckpt_prefix, save_path, *, overwrite=False, quiet=Fa
     save_path = os.path.abspath(os.fspath(save_path))
     ckpt_prefix = os.path.abspath(os.fspath(ckpt_prefix))
     _check_output(save_path, opt_model_path, overwrite)
-    with atomic_output_dir(save_path, overwrite=overwrite) as tmp:
+    with atomic_output_dir(save_path, overwrite=overwrite, needed=dir_bytes(opt_model_path)) as tmp:
         tmp = os.fspath(tmp)
         write_saved_model(sm, tmp)
         copy_model_files(opt_model_path, tmp)

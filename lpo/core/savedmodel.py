@@ -56,19 +56,25 @@ def tag_sets(sm: saved_model_pb2.SavedModel) -> list[list[str]]:
 
 
 def select_meta_graph(sm: saved_model_pb2.SavedModel, tags=None) -> meta_graph_pb2.MetaGraphDef:
-    """Return the MetaGraph whose tags equal ``tags`` (default: the one tagged ``serve``)."""
-    want = {"serve"} if tags is None else ({tags} if isinstance(tags, str) else set(tags))
+    """Return the MetaGraph for ``tags`` (default ``serve``; a list or a comma-separated string).
+
+    The one tag-matching rule of lpo: the MetaGraph whose tag set equals ``tags``, else the only
+    one whose tags include all of them (a model tagged ``{serve, gpu}`` is found by ``serve``).
+    TF loaders are given that MetaGraph's own full tag set.
+    """
+    from lpo.options import normalize_tags
+
+    want = set(normalize_tags(tags))
     for m in sm.meta_graphs:
         if set(m.meta_info_def.tags) == want:
             return m
-    if tags is None:
-        for m in sm.meta_graphs:
-            if "serve" in m.meta_info_def.tags:
-                return m
-    raise ModelFormatError(
-        f"the SavedModel has no MetaGraph tagged {sorted(want)}; available tag sets: {tag_sets(sm)}. "
-        "Pass tags= (CLI --tags) with one of them"
-    )
+    wider = [m for m in sm.meta_graphs if want <= set(m.meta_info_def.tags)]
+    if len(wider) == 1:
+        return wider[0]
+    available = ", ".join(repr(",".join(t) or "<no tags>") for t in tag_sets(sm))
+    what = "several MetaGraphs are tagged" if wider else "the SavedModel has no MetaGraph tagged"
+    raise ModelFormatError(f"{what} {','.join(sorted(want))!r}; available tag sets: {available}. "
+                           "Pass tags= (CLI --tags) with one of them")
 
 
 def is_tf2(mg: meta_graph_pb2.MetaGraphDef) -> bool:
@@ -308,12 +314,3 @@ def copy_model_files(src: str, dst: str, skip_extra: set[str] | None = None) -> 
             shutil.copytree(s, d, ignore=lambda _dir, names: [n for n in names if n in skip_extra])
         else:
             shutil.copy2(s, d)
-
-
-def dir_bytes(path: str) -> int:
-    """Return the total size of the files under ``path``."""
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for f in files:
-            total += os.path.getsize(os.path.join(root, f))
-    return total

@@ -10,6 +10,7 @@ from typing import NamedTuple
 import numpy as np
 
 from lpo.errors import ModelFormatError
+from lpo.options import DEFAULT_SIGNATURE, DEFAULT_TAGS
 
 __all__ = [
     "InputSpec",
@@ -20,8 +21,6 @@ __all__ = [
     "load_output_specs",
 ]
 
-DEFAULT_TAGS = ("serve",)
-DEFAULT_SIGNATURE = "serving_default"
 
 
 class InputSpec(NamedTuple):
@@ -47,26 +46,11 @@ def load_saved_model_proto(model_path):
     return read_saved_model(os.fspath(model_path))
 
 
-def _tags(tags) -> set:
-    if tags is None:
-        tags = DEFAULT_TAGS
-    if isinstance(tags, str):
-        tags = [t for t in tags.split(",") if t]
-    return set(tags)
-
-
 def find_meta_graph(saved_model, tags=None):
-    """Return the MetaGraphDef whose tag set equals ``tags`` (default ``('serve',)``)."""
-    want = _tags(tags)
-    available = []
-    for mg in saved_model.meta_graphs:
-        have = set(mg.meta_info_def.tags)
-        if have == want:
-            return mg
-        available.append(",".join(sorted(have)) or "<no tags>")
-    raise ModelFormatError(
-        f"no MetaGraph with tag set {','.join(sorted(want))!r}; "
-        f"available tag sets: {', '.join(repr(a) for a in available)}")
+    """Return the MetaGraphDef ``tags`` selects (:func:`lpo.core.savedmodel.select_meta_graph`'s rule)."""
+    from lpo.core.savedmodel import select_meta_graph
+
+    return select_meta_graph(saved_model, tags)
 
 
 def find_signature(meta_graph, signature=DEFAULT_SIGNATURE):

@@ -19,7 +19,8 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-from lpo.errors import CalibrationError, ConfigError, closest
+from lpo.data.cast import cast_array
+from lpo.errors import CalibrationError, ConfigError, DataError, closest
 
 log = logging.getLogger(__name__)
 
@@ -44,99 +45,12 @@ def _row_count(arrays: Mapping[str, np.ndarray]) -> int:
     return next(iter(counts.values()), 0)
 
 
-def _is_string_dtype(dt: np.dtype) -> bool:
-    return dt.kind in "OSU"
-
-
-def _to_object_bytes(arr: np.ndarray, name: str) -> np.ndarray:
-    if arr.dtype.kind == "U":
-        flat = [s.encode("utf-8") for s in arr.ravel().tolist()]
-    elif arr.dtype.kind == "S":
-        flat = arr.ravel().tolist()
-    elif arr.dtype.kind == "O":
-        flat = []
-        for s in arr.ravel().tolist():
-            if isinstance(s, bytes):
-                flat.append(s)
-            elif isinstance(s, str):
-                flat.append(s.encode("utf-8"))
-            else:
-                raise CalibrationError(
-                    f"input {name!r} is a string input but holds {type(s).__name__} "
-                    f"values; store strings (or bytes)")
-    else:
-        raise CalibrationError(
-            f"input {name!r} is a string input but the calibration data has dtype "
-            f"{arr.dtype}; store it as strings (a '<U..' or 'S..' array)")
-    out = np.empty(len(flat), dtype=object)
-    out[:] = flat
-    return out.reshape(arr.shape)
-
-
-def _cast_numeric(arr: np.ndarray, dt: np.dtype, name: str) -> np.ndarray:
-    if arr.dtype == dt:
-        return arr
-    bad = (f"input {name!r} expects {dt} but the calibration data has dtype {arr.dtype}")
-    if arr.dtype.kind not in "biuf":
-        raise CalibrationError(f"{bad}, which cannot be cast; store it as {dt}")
-    if dt.kind == "b":
-        if arr.dtype.kind == "b" or np.isin(arr, (0, 1)).all():
-            return arr.astype(dt)
-        raise CalibrationError(f"{bad} with values other than 0/1")
-    if dt.kind in "iu":
-        if arr.dtype.kind == "f":
-            if not np.all(np.isfinite(arr)) or np.any(np.floor(arr) != arr):
-                raise CalibrationError(f"{bad} with non-integral values; store integers")
-        if arr.size:
-            info = np.iinfo(dt)
-            lo, hi = arr.min(), arr.max()
-            if lo < info.min or hi > info.max:
-                raise CalibrationError(f"{bad} with values in [{lo}, {hi}] outside the "
-                                       f"{dt} range [{info.min}, {info.max}]")
-        return arr.astype(dt)
-    if dt.kind == "f":
-        with np.errstate(over="ignore"):
-            out = arr.astype(dt)
-        if arr.dtype.kind == "f" and np.count_nonzero(~np.isfinite(out)) > \
-                np.count_nonzero(~np.isfinite(arr)):
-            raise CalibrationError(f"{bad} with values that overflow {dt}")
-        return out
-    if np.can_cast(arr.dtype, dt, "same_kind"):
-        return arr.astype(dt)
-    raise CalibrationError(f"{bad}, which cannot be cast safely")
-
-
 def _conform(arr, name: str, spec, where: str) -> np.ndarray:
-    """Cast ``arr`` to the spec dtype and check its rank/shape."""
-    dt, shape = np.dtype(spec[0]), spec[1]
-    arr = np.asarray(arr)
-    if _is_string_dtype(dt):
-        arr = _to_object_bytes(arr, name)
-    elif _is_string_dtype(arr.dtype):
-        raise CalibrationError(
-            f"input {name!r}{where} expects {dt} but the calibration data holds strings "
-            f"({arr.dtype}); store numbers")
-    else:
-        arr = _cast_numeric(arr, dt, name)
-    if shape is not None:
-        shape = tuple(shape)
-        if arr.ndim != len(shape):
-            hint = ""
-            if arr.ndim + 1 == len(shape) and shape[-1] == 1:
-                hint = f"; reshape it to {arr.shape + (1,)}"
-            raise CalibrationError(
-                f"input {name!r}{where} has shape {arr.shape} (rank {arr.ndim}) but the "
-                f"signature expects rank {len(shape)} {_fmt_shape(shape)}{hint}")
-        for i, (got, want) in enumerate(zip(arr.shape, shape)):
-            if i > 0 and want is not None and want >= 0 and got != want:
-                raise CalibrationError(
-                    f"input {name!r}{where} has shape {arr.shape} but the signature "
-                    f"expects {_fmt_shape(shape)} (dimension {i} differs)")
-    return arr
-
-
-def _fmt_shape(shape) -> str:
-    return "(" + ", ".join("None" if d is None or d < 0 else str(d) for d in shape) + ")"
+    """Cast ``arr`` to the spec by the one caster's rules (:mod:`lpo.data.cast`)."""
+    try:
+        return cast_array(arr, spec, name, where)
+    except DataError as e:
+        raise CalibrationError(str(e)) from None
 
 
 def _missing_error(missing, present, path) -> CalibrationError:
@@ -208,7 +122,7 @@ def _load_npz(path, specs, batch_size, max_batches):
                     f"input {name!r} in {path} is an object (pickled) array; store "
                     f"strings as fixed-width '<U..' or 'S..' arrays (see "
                     f"save_calibration_npz)") from e
-            arrays[name] = _conform(raw, name, spec, "")
+            arrays[name] = _conform(raw, name, spec, os.path.basename(path))
     n = _row_count(arrays)
     if n == 0:
         raise CalibrationError(f"calibration file {path} has 0 rows; it needs at least one")
@@ -276,7 +190,7 @@ def _load_legacy(path, specs, allow_pickle, max_batches, tensor_names):
             if key is None:
                 missing.append(name)
             else:
-                batch[name] = _conform(lookup[key], name, spec, f" (feed dict {i})")
+                batch[name] = _conform(lookup[key], name, spec, f"{os.path.basename(path)} feed dict {i}")
         if missing:
             raise _missing_error(missing, [str(k) for k in feed], f"{path} (feed dict {i})")
         if _row_count(batch) == 0 and any(np.ndim(v) for v in batch.values()):
@@ -287,7 +201,8 @@ def _load_legacy(path, specs, allow_pickle, max_batches, tensor_names):
     return batches
 
 
-def _to_storable(arr: np.ndarray, name: str) -> np.ndarray:
+def to_storable(arr: np.ndarray, name: str) -> np.ndarray:
+    """Return ``arr`` in a dtype ``np.savez`` stores without pickle (object strings -> ``S``/``<U``)."""
     arr = np.asarray(arr)
     if arr.dtype.kind != "O":
         return arr
@@ -302,11 +217,11 @@ def _to_storable(arr: np.ndarray, name: str) -> np.ndarray:
                            f"it cannot be stored without pickle")
 
 
-def save_calibration_npz(batches_or_arrays, path) -> str:
+def save_calibration_npz(batches_or_arrays, path, *, overwrite: bool = True) -> str:
     """Write ``{name: array}`` or a list of feed dicts (concatenated on axis 0) to ``path``.
 
     Object string arrays become fixed-width bytes/unicode so the file loads without
-    pickle. The file is written to a temporary sibling and renamed into place.
+    pickle. The file is written atomically (:func:`lpo.fsutil.atomic_output_file`).
     """
     path = os.fspath(path)
     if isinstance(batches_or_arrays, Mapping):
@@ -322,18 +237,14 @@ def save_calibration_npz(batches_or_arrays, path) -> str:
                                        f"{sorted(keys)}")
         arrays = {k: np.concatenate([np.asarray(b[k]) for b in batches], axis=0)
                   for k in keys}
-    arrays = {str(k): _to_storable(v, str(k)) for k, v in arrays.items()}
+    arrays = {str(k): to_storable(v, str(k)) for k, v in arrays.items()}
     _row_count(arrays)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
+    from lpo.fsutil import atomic_output_file
+
+    needed = sum(a.nbytes for a in arrays.values())
+    with atomic_output_file(path, overwrite=overwrite, needed=needed) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

@@ -12,22 +12,25 @@ import gzip
 import io
 import logging
 import os
-import tempfile
 import zipfile
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Iterator
 
 import numpy as np
 
-from lpo.errors import ConfigError, DataError, OutputExistsError, closest
+from lpo import options as opts
 from lpo.core.signature import InputSpec, load_signature_specs
+from lpo.data.calibration import save_calibration_npz, to_storable
+from lpo.data.cast import cast_array, rows_shape
+from lpo.errors import ConfigError, DataError, OutputExistsError, closest
+from lpo.fsutil import atomic_output_file
 
 log = logging.getLogger(__name__)
 
 __all__ = ["CalibrationResult", "make_calibration", "reservoir_sample", "detect_format",
            "CRITEO_COLUMNS", "cast_column", "cast_array"]
 
-FORMATS = ("csv", "tsv", "tfrecord", "npz")
+FORMATS = opts.DATA_FORMATS
 CRITEO_COLUMNS = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
 _RNG_BLOCK = 4096
 
@@ -133,28 +136,6 @@ def _dtype_label(spec: InputSpec) -> str:
     return "string" if _kind(spec.dtype) == "string" else spec.dtype.name
 
 
-def _target_shape(spec: InputSpec, n: int, per_row: int, name: str, where: str):
-    """Shape of ``n`` rows of ``per_row`` values each, fitted to ``spec.shape``."""
-    shape = spec.shape
-    if shape is None:
-        return (n,) if per_row == 1 else (n, per_row)
-    if len(shape) == 0:
-        raise DataError(f"serving input {name!r} is a scalar (shape ()); it cannot take a "
-                        "batch of rows")
-    inner = list(shape[1:])
-    known = int(np.prod([d for d in inner if d is not None])) if inner else 1
-    unknown = [i for i, d in enumerate(inner) if d is None]
-    if len(unknown) > 1 or (not unknown and known != per_row) or (
-            unknown and (known == 0 or per_row % known)):
-        raise DataError(
-            f"{where}: serving input {name!r} expects {list(shape)} per batch "
-            f"({known if not unknown else 'a multiple of ' + str(known)} values per row) "
-            f"but the source has {per_row} value(s) per row")
-    if unknown:
-        inner[unknown[0]] = per_row // known
-    return (n, *inner)
-
-
 def _parse_scalar(text: str, kind: str):
     if kind == "float":
         return float(text) if text.strip() else 0.0
@@ -179,76 +160,33 @@ def _parse_scalar(text: str, kind: str):
     raise ValueError(f"unsupported dtype {kind}")
 
 
-def _check_range(arr: np.ndarray, dtype: np.dtype, name: str, where: str):
-    if dtype.kind in ("i", "u") and arr.size and arr.dtype.kind in ("i", "u"):
-        info = np.iinfo(dtype)
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo < info.min or hi > info.max:
-            raise DataError(f"{where}: values of {name!r} ({lo}..{hi}) do not fit serving "
-                            f"input dtype {dtype.name}")
-
-
 def cast_column(values: list, spec: InputSpec, name: str, row_numbers: list, column: str,
                 where: str) -> np.ndarray:
-    """Cast one sampled text column (list of str) to ``spec``; errors name row and column."""
+    """Parse one sampled text column (list of str) and cast it to ``spec``; errors name row and column."""
     kind = _kind(spec.dtype)
     n = len(values)
     if kind == "string":
-        arr = np.array([v.encode("utf-8") for v in values], dtype=bytes)
-        if arr.dtype.itemsize == 0 or n == 0:
-            arr = arr.astype("S1")
-        return arr.reshape(_target_shape(spec, n, 1, name, where))
-    missing = 0
-    out = []
-    for v, r in zip(values, row_numbers):
-        if not v.strip():
-            missing += 1
-        try:
-            out.append(_parse_scalar(v, kind))
-        except (ValueError, OverflowError) as e:
-            raise DataError(
-                f"{where}: cannot parse value {v!r} in column {column!r} at data row {r} "
-                f"as {_dtype_label(spec)} (serving input {name!r}): {e}") from None
-    if missing:
-        log.warning("column %r: %d empty value(s) filled with 0", column, missing)
-    raw = np.array(out, dtype=np.int64 if kind == "int" else None)
-    _check_range(raw, spec.dtype, name, where)
-    arr = raw.astype(spec.dtype)
-    return arr.reshape(_target_shape(spec, n, 1, name, where))
-
-
-def cast_array(arr: np.ndarray, spec: InputSpec, name: str, where: str) -> np.ndarray:
-    """Cast an npz/TFRecord array (rows on axis 0) to ``spec`` or raise a dtype mismatch."""
-    want, have = _kind(spec.dtype), _kind(arr.dtype)
-    if want == "string":
-        if have != "string":
-            raise DataError(f"{where}: dtype mismatch for serving input {name!r}: expects "
-                            f"string but the source has {arr.dtype}")
-        if arr.dtype.kind == "U":
-            arr = np.char.encode(arr, "utf-8")
-        elif arr.dtype.kind == "O":
-            arr = np.array([x if isinstance(x, bytes) else str(x).encode("utf-8")
-                            for x in arr.ravel()], dtype=bytes).reshape(arr.shape)
-        if arr.dtype.itemsize == 0:
-            arr = arr.astype("S1")
+        raw = np.array([v.encode("utf-8") for v in values], dtype=object)
     else:
-        if have not in ("float", "int", "bool"):
-            raise DataError(f"{where}: dtype mismatch for serving input {name!r}: expects "
-                            f"{spec.dtype.name} but the source has {arr.dtype}")
-        if want in ("int", "bool") and have == "float":
-            if arr.size and not np.all(np.isfinite(arr) & (arr == np.round(arr))):
-                raise DataError(f"{where}: dtype mismatch for serving input {name!r}: "
-                                f"expects {spec.dtype.name} but the source has "
-                                f"non-integer {arr.dtype} values")
-            arr = arr.astype(np.int64)
-        _check_range(arr, spec.dtype, name, where)
-        arr = arr.astype(spec.dtype)
-    n = arr.shape[0]
-    per_row = int(np.prod(arr.shape[1:])) if arr.ndim > 1 else 1
-    if spec.shape is not None and arr.ndim == len(spec.shape) and all(
-            d is None or d == a for d, a in zip(spec.shape[1:], arr.shape[1:])):
-        return arr
-    return arr.reshape(_target_shape(spec, n, per_row, name, where))
+        missing = 0
+        out = []
+        for v, r in zip(values, row_numbers):
+            if not v.strip():
+                missing += 1
+            try:
+                out.append(_parse_scalar(v, kind))
+            except (ValueError, OverflowError) as e:
+                raise DataError(
+                    f"{where}: cannot parse value {v!r} in column {column!r} at data row {r} "
+                    f"as {_dtype_label(spec)} (serving input {name!r}): {e}") from None
+        if missing:
+            log.warning("column %r: %d empty value(s) filled with 0", column, missing)
+        try:
+            raw = np.array(out, dtype=np.int64 if kind == "int" else None)
+        except OverflowError:
+            raise DataError(f"{where}: values of {name!r} do not fit serving input dtype {spec.dtype.name}") \
+                from None
+    return cast_array(raw.reshape(rows_shape(spec.shape, n, 1, name, where)), spec, name, where)
 
 
 # --------------------------------------------------------------------------- mapping
@@ -429,12 +367,11 @@ def _read_tfrecord(path, specs, *, num_rows, seed, mapping):
                                 f"record {i + 1} but {per_row} in earlier records")
             values.append(v)
         if kind == "string":
-            arr = np.array(values, dtype=bytes)
-            if arr.dtype.itemsize == 0:
-                arr = arr.astype("S1")
+            arr = np.empty((len(values), per_row or 0), dtype=object)
+            arr[:] = values
         else:
             arr = np.array(values, dtype=np.float64 if kind == "float" else np.int64)
-        arr = arr.reshape(len(values), per_row or 0)
+        arr = arr.reshape(rows_shape(spec.shape, len(values), per_row or 0, name, where))
         arrays[name] = cast_array(arr, spec, name, where)
     return arrays, total
 
@@ -478,38 +415,6 @@ def _read_npz(path, specs, *, num_rows, seed, mapping):
 
 
 # --------------------------------------------------------------------------- writing
-def _atomic_write(dest: str, write_fn, overwrite: bool):
-    """Write ``dest`` through ``write_fn(fileobj)`` atomically (lpo.fsutil when available)."""
-    try:
-        from lpo.fsutil import atomic_output_file  # type: ignore
-    except ImportError:
-        atomic_output_file = None
-    if atomic_output_file is not None:
-        with atomic_output_file(dest, overwrite=overwrite) as tmp:
-            if isinstance(tmp, (str, os.PathLike)):
-                with open(tmp, "wb") as f:
-                    write_fn(f)
-            else:
-                write_fn(tmp)
-        return
-    if os.path.exists(dest) and not overwrite:
-        raise OutputExistsError(f"{dest} exists; pass overwrite=True to replace it")
-    d = os.path.dirname(os.path.abspath(dest))
-    if not os.path.isdir(d):
-        raise ConfigError(f"output directory does not exist: {d}")
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(dest) + ".", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _legacy_feeds(arrays: dict, specs: dict, batch_size: int) -> np.ndarray:
     n = next(iter(arrays.values())).shape[0]
     starts = list(range(0, n, batch_size))
@@ -520,9 +425,9 @@ def _legacy_feeds(arrays: dict, specs: dict, batch_size: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- API
-def make_calibration(source, save_path, model_path, *, num_rows=1024, seed=0, format=None,
-                     columns=None, mapping=None, delimiter=None, has_header=True, tags=None,
-                     signature="serving_default", legacy_npy=False, legacy_batch_size=256,
+def make_calibration(source, save_path, model_path, *, num_rows=opts.CALIBRATE.num_rows, seed=opts.CALIBRATE.seed,
+                     format=None, columns=None, mapping=None, delimiter=None, has_header=True, tags=None,
+                     signature=opts.DEFAULT_SIGNATURE, legacy_npy=False, legacy_batch_size=opts.OPTIMIZE.calib_batch_size,
                      overwrite=False) -> CalibrationResult:
     """Sample ``num_rows`` rows of ``source`` into a calibration ``.npz`` for ``model_path``.
 
@@ -553,8 +458,7 @@ def make_calibration(source, save_path, model_path, *, num_rows=1024, seed=0, fo
         for p in filter(None, (save_path, legacy_path)):
             if os.path.exists(p):
                 raise OutputExistsError(f"{p} exists; pass overwrite=True to replace it")
-    specs = load_signature_specs(model_path, tags=tags if tags is not None else ("serve",),
-                                 signature=signature)
+    specs = load_signature_specs(model_path, tags=tags, signature=signature)
     if not specs:
         raise DataError(f"signature {signature!r} of {model_path} has no inputs")
 
@@ -580,10 +484,12 @@ def make_calibration(source, save_path, model_path, *, num_rows=1024, seed=0, fo
         log.info("sampled %d of %d rows from %s (seed %d)", rows, total,
                  os.path.basename(source), seed)
 
-    _atomic_write(save_path, lambda f: np.savez(f, **arrays), overwrite)
+    arrays = {k: to_storable(a, k) for k, a in arrays.items()}
+    save_calibration_npz(arrays, save_path, overwrite=overwrite)
     if legacy_path:
         feeds = _legacy_feeds(arrays, specs, legacy_batch_size)
-        _atomic_write(legacy_path, lambda f: np.save(f, feeds, allow_pickle=True), overwrite)
+        with atomic_output_file(legacy_path, overwrite=overwrite) as tmp, open(tmp, "wb") as f:
+            np.save(f, feeds, allow_pickle=True)
         log.info("wrote legacy feed-dict file %s (%d batches)", legacy_path, len(feeds))
     log.info("wrote calibration file %s (%d rows, inputs: %s)", save_path, rows,
              ", ".join(arrays))

@@ -433,21 +433,12 @@ def predict(model_path: str, data: dict[str, np.ndarray], *,
     ``data`` maps input names to arrays (extra keys are ignored). The signature
     must have exactly one output. Rows are fed in batches of ``batch_size``.
     """
-    import tensorflow as tf
+    from lpo.validation.runner import SignatureRunner
 
-    v1 = tf.compat.v1
-    g = tf.Graph()
-    with v1.Session(graph=g, config=_session_config()) as sess, _quiet_deprecations():
-        mg = v1.saved_model.load(sess, ["serve"], model_path)
-        sig = mg.signature_def[signature]
-        (out_info,) = sig.outputs.values()
-        out_t = g.get_tensor_by_name(out_info.name)
-        in_t = {k: g.get_tensor_by_name(v.name) for k, v in sig.inputs.items()}
-        n = len(data[next(iter(in_t))])
-        parts = []
-        for s in range(0, n, batch_size):
-            parts.append(sess.run(out_t, {t: data[k][s:s + batch_size] for k, t in in_t.items()}))
-    return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
+    with _quiet_deprecations(), SignatureRunner(model_path, signature=signature,
+                                                session_config=_session_config()) as runner:
+        (out,) = runner.output_names
+        return runner.predict(data, batch_size)[out]
 
 
 def build_sample(out_dir: str, *, variant: str = "resource", seed: int = 0,

@@ -315,26 +315,14 @@ def render_html(d: dict, plots: dict | None) -> str:
 
 
 # --------------------------------------------------------------------------- API
-def _write_text(path: str, text: str):
-    try:
-        from lpo.fsutil import atomic_output_file
-    except ImportError:  # pragma: no cover
-        atomic_output_file = None
-    if atomic_output_file is None:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-        return
-    with atomic_output_file(path, overwrite=True) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-
 def write_report(report, report_dir) -> dict:
     """Write ``report.json``, ``report.md`` and ``report.html`` into ``report_dir``.
 
     Creates ``report_dir`` if needed and replaces existing report files. Returns
     ``{"json": path, "markdown": path, "html": path}``.
     """
+    from lpo.fsutil import write_text
+
     report_dir = os.fspath(report_dir)
     os.makedirs(report_dir, exist_ok=True)
     paths = {"json": os.path.join(report_dir, "report.json"),
@@ -342,8 +330,8 @@ def write_report(report, report_dir) -> dict:
              "html": os.path.join(report_dir, "report.html")}
     report.report_files = dict(paths)
     d = report.to_dict()
-    _write_text(paths["json"], json.dumps(d, indent=2, sort_keys=False, allow_nan=False) + "\n")
-    _write_text(paths["markdown"], render_markdown(d))
+    write_text(paths["json"], json.dumps(d, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    write_text(paths["markdown"], render_markdown(d))
     try:
         plots = make_plots(report)
     except Exception as ex:  # noqa: BLE001 - a plotting bug must not lose the report
@@ -351,6 +339,6 @@ def write_report(report, report_dir) -> dict:
         plots = {}
     if plots is None:
         log.warning("matplotlib is not installed: report.html has no plots")
-    _write_text(paths["html"], render_html(d, plots))
+    write_text(paths["html"], render_html(d, plots))
     log.info("wrote validation report to %s", report_dir)
     return paths

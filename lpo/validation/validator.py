@@ -7,7 +7,6 @@ that machine drift affects both models alike.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -20,7 +19,7 @@ import numpy as np
 
 from lpo import options as opts
 from lpo.errors import ConfigError, DataError, ModelFormatError, ValidationFailed, closest
-from lpo.core.signature import load_output_specs, load_signature_specs
+from lpo.core.signature import load_signature_specs
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +31,6 @@ __all__ = ["ValidationReport", "validate", "DEFAULT_THRESHOLDS"]
 #: min_size_reduction is 1 - variables(optimized) / variables(original).
 DEFAULT_THRESHOLDS = opts.THRESHOLDS.to_dict()
 PREDICTION_NAMES = ("probabilities", "predictions", "prob")
-MANIFEST = os.path.join("assets.extra", "lpo_manifest.json")
 _PREDICT_CHUNK = 2048
 _PLOT_POINTS = 20000
 
@@ -134,54 +132,12 @@ def _positive_int(name, value, minimum=1):
 
 
 # --------------------------------------------------------------------------- models
-class _Model:
-    """A SavedModel loaded into its own graph and session."""
-
-    def __init__(self, path, tags, signature, input_names, session_config=None):
-        import tensorflow as tf
-
-        self.path = path
-        self.graph = tf.Graph()
-        self.session = tf.compat.v1.Session(graph=self.graph, config=session_config)
-        try:
-            with self.graph.as_default():
-                mg = tf.compat.v1.saved_model.load(self.session, list(tags), path)
-        except Exception as e:  # noqa: BLE001 - TF raises many kinds
-            self.session.close()
-            raise ModelFormatError(f"cannot load SavedModel {path}: "
-                                   f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") \
-                from e
-        sig = mg.signature_def[signature]
-        self.input_names = list(input_names)
-        self.output_names = sorted(sig.outputs.keys())
-        self.feed = [self.graph.get_tensor_by_name(sig.inputs[n].name) for n in self.input_names]
-        self.fetch = [self.graph.get_tensor_by_name(sig.outputs[n].name)
-                      for n in self.output_names]
-        self.call = self.session.make_callable(self.fetch, feed_list=self.feed)
-
-    def run(self, batch: list) -> dict:
-        """Run one batch (arrays in ``input_names`` order); return ``{output: array}``."""
-        return dict(zip(self.output_names, self.call(*batch)))
-
-    def close(self):
-        """Close the session."""
-        self.session.close()
-
-
-def _dir_bytes(path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for f in files:
-            p = os.path.join(dirpath, f)
-            if not os.path.islink(p):
-                total += os.path.getsize(p)
-    return total
-
-
 def _size_info(original, optimized) -> dict:
-    o_var = _dir_bytes(os.path.join(original, "variables"))
-    n_var = _dir_bytes(os.path.join(optimized, "variables"))
-    o_tot, n_tot = _dir_bytes(original), _dir_bytes(optimized)
+    from lpo.fsutil import dir_bytes
+
+    o_var = dir_bytes(os.path.join(original, "variables"))
+    n_var = dir_bytes(os.path.join(optimized, "variables"))
+    o_tot, n_tot = dir_bytes(original), dir_bytes(optimized)
     vr = n_var / o_var if o_var else float("nan")
     return {
         "original": {"variables_bytes": o_var, "total_bytes": o_tot},
@@ -192,22 +148,17 @@ def _size_info(original, optimized) -> dict:
     }
 
 
-def _read_manifest(optimized) -> tuple[list, dict, str | None]:
-    path = os.path.join(optimized, MANIFEST)
-    if not os.path.isfile(path):
-        return [], {}, (f"no {MANIFEST} in the optimized model (not written by lpo?): "
-                        "the list of optimized nodes is empty")
+def _manifest_info(optimized) -> tuple[list, dict, str | None]:
+    """Return (optimized nodes, manifest summary, note) from the optimized model's plan."""
+    from lpo.core.plan import MANIFEST_FORMAT, read_manifest
+
     try:
-        with open(path, encoding="utf-8") as f:
-            m = json.load(f)
-    except (OSError, ValueError) as e:
-        return [], {}, f"cannot read {MANIFEST}: {e}"
-    nodes = []
-    for c in m.get("conversions", []) or []:
-        if isinstance(c, dict):
-            nodes.append({"kind": c.get("kind"), "node": c.get("node"), "dtype": c.get("dtype"),
-                          "scheme": c.get("scheme")})
-    info = {k: m.get(k) for k in ("format", "lpo_version", "data_type", "requires") if k in m}
+        plan = read_manifest(optimized)
+    except ModelFormatError as e:
+        return [], {}, f"{e} (the list of optimized nodes is empty)"
+    nodes = [{"kind": c.kind, "node": c.node, "dtype": c.dtype, "scheme": c.scheme} for c in plan.conversions]
+    info = {"format": MANIFEST_FORMAT, "lpo_version": plan.lpo_version, "data_type": plan.data_type,
+            "requires": plan.requires}
     return nodes, info, None
 
 
@@ -239,7 +190,7 @@ def _environment() -> dict:
 
 # --------------------------------------------------------------------------- data
 def _load_data(path, specs, label_key, max_rows):
-    from lpo.data.sources import cast_array
+    from lpo.data.cast import cast_array
 
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -278,7 +229,7 @@ def _load_data(path, specs, label_key, max_rows):
     return arrays, labels, n
 
 
-def _pick_prediction(outputs: dict, specs: dict) -> str | None:
+def _pick_prediction(outputs: dict) -> str | None:
     for name in PREDICTION_NAMES:
         if name in outputs and outputs[name].dtype.kind == "f":
             return name
@@ -346,14 +297,8 @@ def validate(original, optimized, data, *, batch_sizes=opts.VALIDATE.batch_sizes
     ``ValidationFailed`` is raised (after the report is written) if ``raise_on_fail``.
     """
     t_start = time.perf_counter()
-    thresholds = {
-        "max_auc_drop": _check_threshold("max_auc_drop", max_auc_drop),
-        "max_abs_diff": _check_threshold("max_abs_diff", max_abs_diff),
-        "max_latency_ratio": _check_threshold("max_latency_ratio", max_latency_ratio,
-                                              lo_open=True),
-        "min_size_reduction": _check_threshold("min_size_reduction", min_size_reduction,
-                                               hi=1.0, hi_open=True),
-    }
+    thresholds = _thresholds(max_auc_drop=max_auc_drop, max_abs_diff=max_abs_diff,
+                             max_latency_ratio=max_latency_ratio, min_size_reduction=min_size_reduction)
     batch_sizes = list(opts.normalize_batch_sizes(batch_sizes))
     warmup = _positive_int("warmup", warmup, minimum=0)
     iters = _positive_int("iters", iters)
@@ -363,20 +308,7 @@ def validate(original, optimized, data, *, batch_sizes=opts.VALIDATE.batch_sizes
     original, optimized, data = os.fspath(original), os.fspath(optimized), os.fspath(data)
     if report_dir is not None:
         _check_report_dir(os.fspath(report_dir), (original, optimized))
-    from lpo.core.deeprec import check_runnable
-    from lpo.core.savedmodel import read_saved_model, select_meta_graph
-
-    for path in (original, optimized):  # e.g. DeepRec models: say so before loading anything
-        check_runnable(select_meta_graph(read_saved_model(path), tags), path, "lpo validate runs both models")
-
-    specs = load_signature_specs(original, tags=tags, signature=signature)
-    opt_specs = load_signature_specs(optimized, tags=tags, signature=signature)
-    if set(specs) != set(opt_specs):
-        raise ModelFormatError(
-            f"the models' {signature!r} inputs differ: original {sorted(specs)}, "
-            f"optimized {sorted(opt_specs)}")
-    out_specs = load_output_specs(original, tags=tags, signature=signature)
-    opt_out_specs = load_output_specs(optimized, tags=tags, signature=signature)
+    specs = _common_inputs(original, optimized, tags, signature)
 
     report = ValidationReport(original=original, optimized=optimized, data=data, rows=0,
                               thresholds=thresholds)
@@ -386,36 +318,75 @@ def validate(original, optimized, data, *, batch_sizes=opts.VALIDATE.batch_sizes
     report.environment = _environment()
     arrays, labels, n = _load_data(data, specs, label_key, max_rows)
     report.rows = int(n)
-    names = sorted(specs)
+    preds = _run_models(report, (original, optimized), arrays, tags=tags, signature=signature,
+                        session_config=session_config, batch_sizes=batch_sizes, warmup=warmup, iters=iters)
+    common = _compare_outputs(report, preds)
+    _accuracy(report, preds, common, labels, label_key)
+    _size_and_manifest(report, original, optimized)
+    _check(report, thresholds, batch_sizes)
+    report.timings["total_s"] = time.perf_counter() - t_start
+    log.info("validation %s (%d rows): %s", "passed" if report.passed else "FAILED", n,
+             report.summary())
 
+    if report_dir is not None:
+        from lpo.validation.report import write_report
+
+        report.report_files = write_report(report, report_dir)
+    if not report.passed and raise_on_fail:
+        raise ValidationFailed(
+            "validation failed: " + "; ".join(b["message"] for b in report.breaches),
+            report=report)
+    return report
+
+
+def _thresholds(**given) -> dict:
+    """Check the thresholds (None = off) and return them by name."""
+    bounds = {"max_latency_ratio": {"lo_open": True}, "min_size_reduction": {"hi": 1.0, "hi_open": True}}
+    return {name: _check_threshold(name, given[name], **bounds.get(name, {})) for name in opts.Thresholds.names()}
+
+
+def _common_inputs(original, optimized, tags, signature) -> dict:
+    """Return the original's serving input specs, checking that both models run here with the same inputs."""
+    from lpo.core.deeprec import check_runnable
+    from lpo.core.savedmodel import read_saved_model, select_meta_graph
+
+    for path in (original, optimized):  # e.g. DeepRec models: say so before loading anything
+        check_runnable(select_meta_graph(read_saved_model(path), tags), path, "lpo validate runs both models")
+    specs = load_signature_specs(original, tags=tags, signature=signature)
+    opt_specs = load_signature_specs(optimized, tags=tags, signature=signature)
+    if set(specs) != set(opt_specs):
+        raise ModelFormatError(
+            f"the models' {signature!r} inputs differ: original {sorted(specs)}, "
+            f"optimized {sorted(opt_specs)}")
+    return specs
+
+
+def _run_models(report, paths, arrays, *, tags, signature, session_config, batch_sizes, warmup, iters):
+    """Load both models, predict every row with each, and measure interleaved latency."""
+    from lpo.validation.runner import SignatureRunner
+
+    names = sorted(arrays)
+    n = len(arrays[names[0]])
     t0 = time.perf_counter()
     models = []
     try:
-        for path in (original, optimized):
-            models.append(_Model(path, tags, signature, names, session_config))
+        for path in paths:
+            models.append(SignatureRunner(path, tags, signature, session_config=session_config, input_names=names))
         report.timings["load_s"] = time.perf_counter() - t0
-
-        # ---- predictions over the whole data, chunked
         t0 = time.perf_counter()
-        preds = ({}, {})
-        for s in range(0, n, _PREDICT_CHUNK):
-            batch = [arrays[k][s:s + _PREDICT_CHUNK] for k in names]
-            for k, m in enumerate(models):
-                for name, v in m.run(batch).items():
-                    preds[k].setdefault(name, []).append(np.asarray(v))
-        preds = tuple({name: np.concatenate(v, axis=0) for name, v in p.items()}
-                      for p in preds)
+        preds = tuple(m.predict(arrays, _PREDICT_CHUNK) for m in models)
         report.timings["predict_s"] = time.perf_counter() - t0
-
-        # ---- latency
         t0 = time.perf_counter()
         report.latency = _latency(models, arrays, n, batch_sizes, warmup, iters)
         report.timings["latency_s"] = time.perf_counter() - t0
     finally:
         for m in models:
             m.close()
+    return preds
 
-    # ---- per-output diffs
+
+def _compare_outputs(report, preds) -> list[str]:
+    """Fill ``report.outputs`` with each common output's differences; return the common names."""
     common = [o for o in sorted(preds[0]) if o in preds[1]]
     for o in sorted(set(preds[0]) ^ set(preds[1])):
         report.notes.append(f"output {o!r} exists in only one model; not compared")
@@ -437,56 +408,47 @@ def validate(original, optimized, data, *, batch_sizes=opts.VALIDATE.batch_sizes
             entry.update(mismatches=mism, max_abs_diff=0.0 if mism == 0 else float("inf"),
                          mean_abs_diff=None, p99_abs_diff=None)
         report.outputs[name] = entry
+    return common
 
-    # ---- accuracy
-    pred_name = _pick_prediction({k: preds[0][k] for k in common}, out_specs)
+
+def _accuracy(report, preds, common, labels, label_key) -> None:
+    """Pick the prediction output, keep plot samples, and compute AUC/logloss when there are labels."""
+    n = report.rows
+    pred_name = _pick_prediction({k: preds[0][k] for k in common})
     report.prediction_output = pred_name
-    if pred_name is not None:
-        pa = preds[0][pred_name].reshape(n, -1)[:, 0].astype(np.float64)
-        pb = preds[1][pred_name].reshape(n, -1)[:, 0].astype(np.float64)
-        if n > _PLOT_POINTS:
-            pick = np.random.default_rng(0).choice(n, _PLOT_POINTS, replace=False)
-            report.samples = {"original": pa[pick], "optimized": pb[pick]}
-        else:
-            report.samples = {"original": pa, "optimized": pb}
-        if labels is not None:
-            from lpo.validation.metrics import auc, logloss
-
-            ao, an = auc(labels, pa), auc(labels, pb)
-            lo, ln = logloss(labels, pa), logloss(labels, pb)
-            report.accuracy = {"label_key": label_key, "auc_original": ao, "auc_optimized": an,
-                               "auc_delta": an - ao, "logloss_original": lo,
-                               "logloss_optimized": ln, "logloss_delta": ln - lo,
-                               "positives": int((labels > 0.5).sum()), "rows": int(n)}
-        else:
-            report.notes.append(f"no {label_key!r} array in the data: AUC/logloss not computed")
-    else:
+    if pred_name is None:
         report.notes.append("no single-column float output: AUC/logloss not computed")
+        return
+    pa = preds[0][pred_name].reshape(n, -1)[:, 0].astype(np.float64)
+    pb = preds[1][pred_name].reshape(n, -1)[:, 0].astype(np.float64)
+    if n > _PLOT_POINTS:
+        pick = np.random.default_rng(0).choice(n, _PLOT_POINTS, replace=False)
+        report.samples = {"original": pa[pick], "optimized": pb[pick]}
+    else:
+        report.samples = {"original": pa, "optimized": pb}
+    if labels is None:
+        report.notes.append(f"no {label_key!r} array in the data: AUC/logloss not computed")
+        return
+    from lpo.validation.metrics import auc, logloss
 
-    # ---- size and manifest
+    ao, an = auc(labels, pa), auc(labels, pb)
+    lo, ln = logloss(labels, pa), logloss(labels, pb)
+    report.accuracy = {"label_key": label_key, "auc_original": ao, "auc_optimized": an,
+                       "auc_delta": an - ao, "logloss_original": lo,
+                       "logloss_optimized": ln, "logloss_delta": ln - lo,
+                       "positives": int((labels > 0.5).sum()), "rows": int(n)}
+
+
+def _size_and_manifest(report, original, optimized) -> None:
+    """Fill the sizes and the optimized nodes; note a oneDNN requirement this process does not meet."""
     report.size = _size_info(original, optimized)
-    report.optimized_nodes, report.manifest, note = _read_manifest(optimized)
+    report.optimized_nodes, report.manifest, note = _manifest_info(optimized)
     if note:
         report.notes.append(note)
     req = (report.manifest.get("requires") or {}).get("TF_ENABLE_ONEDNN_OPTS")
     if req is not None and os.environ.get("TF_ENABLE_ONEDNN_OPTS") != str(req):
         report.notes.append(f"the optimized model asks for TF_ENABLE_ONEDNN_OPTS={req} but it "
                             f"is {report.environment['TF_ENABLE_ONEDNN_OPTS']} here")
-
-    _check(report, thresholds, batch_sizes)
-    report.timings["total_s"] = time.perf_counter() - t_start
-    log.info("validation %s (%d rows): %s", "passed" if report.passed else "FAILED", n,
-             report.summary())
-
-    if report_dir is not None:
-        from lpo.validation.report import write_report
-
-        report.report_files = write_report(report, report_dir)
-    if not report.passed and raise_on_fail:
-        raise ValidationFailed(
-            "validation failed: " + "; ".join(b["message"] for b in report.breaches),
-            report=report)
-    return report
 
 
 def _check(report, thresholds, batch_sizes):
