@@ -1,7 +1,7 @@
-"""Logging setup for lpo and a tiny dependency-free progress bar.
+"""Logging setup for lpo, TensorFlow's start-up noise, and the progress bar (``rich.progress``).
 
-Library modules call ``get_logger(__name__)`` and log; only the CLI calls
-:func:`configure_logging`, which sends lpo's records to stderr as
+Library modules log to ``logging.getLogger(__name__)`` (under ``lpo``); only the CLI
+calls :func:`configure_logging`, which sends lpo's records to stderr as
 ``lpo: message``. :func:`progress` draws a bar on stderr only when stderr is a
 terminal and output is not quiet; otherwise it is silent and logs one summary
 line at DEBUG when done.
@@ -18,16 +18,12 @@ import threading
 import time
 from typing import IO, Iterable, Iterator, Optional, Union
 
+from lpo.fsutil import human_bytes
+
+
 ROOT = "lpo"
 
 _state = {"quiet": False}
-
-
-def get_logger(name: str) -> logging.Logger:
-    """Return the logger for ``name``, placed under the ``lpo`` hierarchy."""
-    if name == ROOT or name.startswith(ROOT + "."):
-        return logging.getLogger(name)
-    return logging.getLogger(f"{ROOT}.{name}")
 
 
 class _Formatter(logging.Formatter):
@@ -196,23 +192,36 @@ def quiet_tensorflow_process() -> None:
     atexit.register(cm.__exit__, None, None, None)
 
 
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
+def _rich_bar(stream: IO[str]):
+    """A ``rich.progress.Progress`` drawing on ``stream``: description, bar, n/total, %, bytes, time."""
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, ProgressColumn, TaskProgressColumn, TextColumn,
+                               TimeElapsedColumn)
+    from rich.progress import Progress as RichProgress
+    from rich.text import Text
+
+    class BytesColumn(ProgressColumn):
+        """``done/total`` bytes of a task that counts them (blank otherwise)."""
+
+        def render(self, task) -> Text:
+            total, done = task.fields.get("total_bytes"), task.fields.get("nbytes", 0)
+            if not total and not done:
+                return Text("")
+            return Text(f"{human_bytes(done)}/{human_bytes(total)}" if total else human_bytes(done))
+
+    return RichProgress(TextColumn("{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(),
+                        TaskProgressColumn(), BytesColumn(), TimeElapsedColumn(),
+                        console=Console(file=stream, force_terminal=True), transient=False)
 
 
 class Progress:
-    """A progress bar over an iterable, or a counter updated by hand.
+    """A progress bar (``rich.progress``) over an iterable, or a counter updated by hand.
 
-    Iterate over it to advance one item at a time, or call :meth:`update`.
-    Use as a context manager (or call :meth:`close`) to finish the line.
+    Iterate over it to advance one item at a time, or call :meth:`update`. Use it as a
+    context manager (or call :meth:`close`) to finish the line. Drawn only on a terminal
+    and when neither ``quiet`` nor the CLI's ``--quiet`` is set; always logs one DEBUG
+    summary line when done.
     """
-
-    WIDTH = 24
-    MIN_INTERVAL = 0.1  # seconds between redraws
 
     def __init__(self, iterable: Optional[Iterable] = None, total: Optional[int] = None,
                  desc: str = "", total_bytes: Optional[int] = None, quiet: bool = False,
@@ -220,10 +229,8 @@ class Progress:
         self.iterable = iterable
         self.total = total
         self.desc = desc
-        self.total_bytes = total_bytes
         self.n = 0
         self.nbytes = 0
-        self._stream = stream
         s = stream if stream is not None else sys.stderr
         try:
             tty = bool(s.isatty())
@@ -231,14 +238,12 @@ class Progress:
             tty = False
         self.enabled = tty and not quiet and not _state["quiet"]
         self._start = time.monotonic()
-        self._last_draw = 0.0
         self._closed = False
-        self._drawn = False
-
-    @property
-    def stream(self) -> IO[str]:
-        """The stream drawn on (stderr unless one was given)."""
-        return self._stream if self._stream is not None else sys.stderr
+        self._bar = None
+        if self.enabled:
+            self._bar = _rich_bar(s)
+            self._task = self._bar.add_task(desc, total=total, total_bytes=total_bytes, nbytes=0)
+            self._bar.start()
 
     def __iter__(self) -> Iterator:
         if self.iterable is None:
@@ -257,71 +262,34 @@ class Progress:
         self.close()
 
     def update(self, n: int = 1, nbytes: int = 0) -> None:
-        """Advance by ``n`` items and ``nbytes`` bytes; redraw at most 10 times a second."""
+        """Advance by ``n`` items and ``nbytes`` bytes."""
         self.n += n
         self.nbytes += nbytes
-        if self.enabled:
-            now = time.monotonic()
-            if now - self._last_draw >= self.MIN_INTERVAL or (self.total and self.n >= self.total):
-                self._last_draw = now
-                self._draw()
-
-    def _line(self) -> str:
-        parts = [self.desc] if self.desc else []
-        if self.total:
-            frac = min(1.0, self.n / self.total)
-            filled = int(round(frac * self.WIDTH))
-            parts.append("[" + "#" * filled + "." * (self.WIDTH - filled) + "]")
-            parts.append(f"{self.n}/{self.total} {frac * 100:3.0f}%")
-        else:
-            parts.append(str(self.n))
-        if self.total_bytes or self.nbytes:
-            b = _human_bytes(self.nbytes)
-            parts.append(f"{b}/{_human_bytes(self.total_bytes)}" if self.total_bytes else b)
-        parts.append(f"{time.monotonic() - self._start:.1f}s")
-        return " ".join(parts)
-
-    def _draw(self) -> None:
-        try:
-            self.stream.write("\r" + self._line() + "\x1b[K")
-            self.stream.flush()
-            self._drawn = True
-        except (OSError, ValueError):
-            self.enabled = False
+        if self._bar is not None:
+            self._bar.update(self._task, advance=n, nbytes=self.nbytes)
 
     def close(self) -> None:
         """Finish the bar (final redraw and newline) and log a DEBUG summary."""
         if self._closed:
             return
         self._closed = True
-        if self.enabled:
-            self._draw()
-            try:
-                self.stream.write("\n")
-                self.stream.flush()
-            except (OSError, ValueError):
-                pass
-        elapsed = time.monotonic() - self._start
-        extra = f", {_human_bytes(self.nbytes)}" if self.nbytes else ""
-        get_logger("progress").debug("%s: %d items%s in %.2fs", self.desc or "progress",
-                                     self.n, extra, elapsed)
+        if self._bar is not None:
+            self._bar.stop()
+        extra = f", {human_bytes(self.nbytes)}" if self.nbytes else ""
+        logging.getLogger("lpo.progress").debug("%s: %d items%s in %.2fs", self.desc or "progress", self.n, extra,
+                                                time.monotonic() - self._start)
 
 
 def progress(iterable_or_total: Union[Iterable, int, None], desc: str = "",
              total_bytes: Optional[int] = None, quiet: bool = False,
              stream: Optional[IO[str]] = None) -> Progress:
-    """Return a :class:`Progress` over an iterable, or a manual counter for an int total.
-
-    Drawn on stderr only when it is a TTY and neither ``quiet`` nor the CLI's
-    ``--quiet`` is set; otherwise silent apart from one DEBUG summary line.
-    """
+    """Return a :class:`Progress` over an iterable, or a manual counter for an int total."""
     if iterable_or_total is None or isinstance(iterable_or_total, int):
-        return Progress(None, total=iterable_or_total, desc=desc, total_bytes=total_bytes,
-                        quiet=quiet, stream=stream)
-    total = None
+        return Progress(None, total=iterable_or_total, desc=desc, total_bytes=total_bytes, quiet=quiet,
+                        stream=stream)
     try:
         total = len(iterable_or_total)  # type: ignore[arg-type]
     except TypeError:
-        pass
-    return Progress(iterable_or_total, total=total, desc=desc, total_bytes=total_bytes,
-                    quiet=quiet, stream=stream)
+        total = None
+    return Progress(iterable_or_total, total=total, desc=desc, total_bytes=total_bytes, quiet=quiet,
+                    stream=stream)

@@ -140,7 +140,8 @@ def _load_model(model_path, tags):
     return sm, mg
 
 
-def _find(mg, prefix=None):
+def _find(mg, prefix=None) -> list:
+    """Return every pass family's candidates in ``mg`` (``prefix``: the model's checkpoint, for EVs)."""
     from lpo import passes
     from lpo.passes.surgery import Surgery
 
@@ -150,7 +151,7 @@ def _find(mg, prefix=None):
     found = []
     for family in passes.names():
         found.extend(passes.get(family).find(surgery, specs))
-    return surgery, found
+    return found
 
 
 def _as_candidate(c) -> Candidate:
@@ -162,7 +163,7 @@ def _as_candidate(c) -> Candidate:
 def inspect_model(model_path, tags=None) -> InspectResult:
     """List the optimizable nodes of a SavedModel (the valid opt_config keys)."""
     _sm, mg = _load_model(model_path, tags)
-    _s, found = _find(mg, variables_prefix(os.fspath(model_path)))
+    found = _find(mg, variables_prefix(os.fspath(model_path)))
     return InspectResult(os.fspath(model_path), [_as_candidate(c) for c in found])
 
 
@@ -340,7 +341,7 @@ def _plan_conversions(model_path, mg, opt_config, options: opts.OptimizeOptions)
     """Find the candidates of ``mg``, check the model's checkpoint, and plan each assigned one."""
     from lpo.core.checkpoint import check_checkpoint
 
-    _surgery, found = _find(mg, variables_prefix(model_path))
+    found = _find(mg, variables_prefix(model_path))
     assigned = _assign(found, opt_config, options.data_type)
     check_checkpoint(variables_prefix(model_path), _target_specs(mg))  # fail fast, before any work
     convs = [_plan_node(c, assigned[c.name], options) for c in found if c.name in assigned]
