@@ -4,6 +4,7 @@ Pure protobuf: nothing here executes a graph or touches tensor values.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -50,36 +51,147 @@ class Use:
     port: int
 
 
+class _UsesView(Mapping):
+    """Read-only ``{source node: [consumers...]}`` view of a :class:`GraphIndex`.
+
+    Lists are in the order a from-scratch scan of the index would give: consumers
+    by when they entered the index, then by input position. A name maps to a list
+    when it is a node or some node reads it; other names raise KeyError.
+    """
+
+    def __init__(self, index: "GraphIndex", control: bool):
+        self._index = index
+        self._control = control
+
+    def _edges(self) -> dict:
+        return self._index._ctrl if self._control else self._index._data
+
+    def __getitem__(self, src: str) -> list:
+        edges = self._edges().get(src)
+        if not edges:
+            if src in self._index.nodes:
+                return []
+            raise KeyError(src)
+        return self._index._sorted(src, self._control)
+
+    def __contains__(self, src) -> bool:
+        return src in self._index.nodes or bool(self._edges().get(src))
+
+    def __iter__(self):
+        seen = set(self._index.nodes)
+        yield from self._index.nodes
+        for src, edges in self._edges().items():
+            if edges and src not in seen:
+                yield src
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 class GraphIndex:
     """Nodes by name and their data consumers, over a GraphDef that may be edited.
 
-    Edits go through :meth:`add`, :meth:`remove` and :meth:`set_input`, which keep
-    the index consistent; :meth:`to_graph_def` writes the result back in the
-    original node order (new nodes appended), so output is deterministic.
+    Edits go through :meth:`add`, :meth:`remove`, :meth:`replace` and
+    :meth:`set_input`, which update the index incrementally: each costs time in the
+    inputs of the edited node, not in the size of the graph. A NodeDef edited in
+    place must be handed back with :meth:`replace` (the index keeps a snapshot of
+    each node's inputs and op to undo). :meth:`to_graph_def` writes the result back
+    in the original node order (new nodes appended), so output is deterministic.
     """
 
     def __init__(self, graph_def: graph_pb2.GraphDef):
         self._base = graph_def
         self.nodes: dict[str, node_def_pb2.NodeDef] = {}
         self.order: list[str] = []
+        self._pos: dict[str, int] = {}  # position in ``order`` (kept for removed names)
+        self._seq: dict[str, int] = {}  # when a node (re-)entered ``nodes``: consumer order
+        self._next_seq = 0
+        self._indexed: dict[str, tuple[str, tuple[str, ...]]] = {}  # name -> (op, inputs) as indexed
+        self._data: dict[str, dict[tuple[str, int], int]] = {}  # src -> {(consumer, input index): port}
+        self._ctrl: dict[str, dict[tuple[str, int], None]] = {}  # src -> {(consumer, input index)}
+        self._ops: dict[str, set[str]] = {}  # op -> names
+        self._cache: dict[tuple[str, bool], list] = {}  # sorted use lists, dropped on change
+        self._suffix: dict[str, int] = {}  # unique_name: the last suffix handed out per base name
+        self.uses = _UsesView(self, control=False)
+        self.control_uses = _UsesView(self, control=True)
         for n in graph_def.node:
             copy = node_def_pb2.NodeDef()
             copy.CopyFrom(n)
-            self.nodes[n.name] = copy
-            self.order.append(n.name)
-        self._ordered = set(self.order)
-        self._reindex()
+            self._enter(copy)
 
-    def _reindex(self) -> None:
-        self.uses: dict[str, list[Use]] = {name: [] for name in self.nodes}
-        self.control_uses: dict[str, list[str]] = {name: [] for name in self.nodes}
-        for n in self.nodes.values():
-            for i, inp in enumerate(n.input):
-                src, port, ctrl = parse_input(inp)
-                if ctrl:
-                    self.control_uses.setdefault(src, []).append(n.name)
+    # --- internals -------------------------------------------------------------
+    def _enter(self, node: node_def_pb2.NodeDef) -> None:
+        name = node.name
+        self.nodes[name] = node
+        if name not in self._pos:
+            self._pos[name] = len(self.order)
+            self.order.append(name)
+        self._seq[name] = self._next_seq
+        self._next_seq += 1
+        self._index_node(name)
+
+    def _index_node(self, name: str) -> None:
+        node = self.nodes[name]
+        inputs = tuple(node.input)
+        op = node.op
+        self._indexed[name] = (op, inputs)
+        names = self._ops.get(op)
+        if names is None:
+            self._ops[op] = {name}
+        else:
+            names.add(name)
+        data, ctrl, cache = self._data, self._ctrl, self._cache
+        for i, inp in enumerate(inputs):
+            if inp[:1] == "^":
+                src = inp[1:]
+                edges = ctrl.get(src)
+                if edges is None:
+                    ctrl[src] = {(name, i): None}
                 else:
-                    self.uses.setdefault(src, []).append(Use(n.name, i, port))
+                    edges[(name, i)] = None
+                if cache:
+                    cache.pop((src, True), None)
+                continue
+            src, port, _ = parse_input(inp) if ":" in inp else (inp, 0, False)
+            edges = data.get(src)
+            if edges is None:
+                data[src] = {(name, i): port}
+            else:
+                edges[(name, i)] = port
+            if cache:
+                cache.pop((src, False), None)
+
+    def _unindex_node(self, name: str) -> None:
+        op, inputs = self._indexed.pop(name)
+        names = self._ops.get(op)
+        if names is not None:
+            names.discard(name)
+            if not names:
+                del self._ops[op]
+        for i, inp in enumerate(inputs):
+            src, _port, ctrl = parse_input(inp)
+            table = self._ctrl if ctrl else self._data
+            edges = table.get(src)
+            if edges is not None:
+                edges.pop((name, i), None)
+                if not edges:
+                    del table[src]
+            self._cache.pop((src, ctrl), None)
+
+    def _sorted(self, src: str, control: bool) -> list:
+        key = (src, control)
+        out = self._cache.get(key)
+        if out is None:
+            seq = self._seq
+            if control:
+                edges = sorted(self._ctrl.get(src, {}), key=lambda e: (seq[e[0]], e[1]))
+                out = [c for c, _i in edges]
+            else:
+                data = self._data.get(src, {})
+                edges = sorted(data, key=lambda e: (seq[e[0]], e[1]))
+                out = [Use(c, i, data[(c, i)]) for c, i in edges]
+            self._cache[key] = out
+        return out
 
     # --- queries -------------------------------------------------------------
     def __contains__(self, name: str) -> bool:
@@ -91,8 +203,10 @@ class GraphIndex:
 
     def consumers(self, name: str) -> list[node_def_pb2.NodeDef]:
         """Return the nodes that read any data output of ``name`` (each once)."""
+        if not self._data.get(name):
+            return []
         seen, out = set(), []
-        for u in self.uses.get(name, []):
+        for u in self._sorted(name, False):
             if u.consumer not in seen:
                 seen.add(u.consumer)
                 out.append(self.nodes[u.consumer])
@@ -104,15 +218,19 @@ class GraphIndex:
 
     def by_op(self, *ops: str) -> list[node_def_pb2.NodeDef]:
         """Return the nodes whose op is one of ``ops``, in graph order."""
-        return [self.nodes[n] for n in self.order if n in self.nodes and self.nodes[n].op in ops]
+        names = set()
+        for op in ops:
+            names.update(self._ops.get(op, ()))
+        return [self.nodes[n] for n in sorted(names, key=self._pos.__getitem__)]
 
     def unique_name(self, name: str) -> str:
         """Return ``name`` or ``name_N`` so that it does not clash with a node."""
         if name not in self.nodes:
             return name
-        i = 1
+        i = self._suffix.get(name, 0) + 1
         while f"{name}_{i}" in self.nodes:
             i += 1
+        self._suffix[name] = i
         return f"{name}_{i}"
 
     # --- edits ---------------------------------------------------------------
@@ -120,37 +238,32 @@ class GraphIndex:
         """Add ``node`` (its name must be new) and return it."""
         if node.name in self.nodes:
             raise ValueError(f"node {node.name!r} already exists")
-        self.nodes[node.name] = node
-        if node.name not in self._ordered:
-            self._ordered.add(node.name)
-            self.order.append(node.name)
-        self.uses.setdefault(node.name, [])
-        self.control_uses.setdefault(node.name, [])
-        for i, inp in enumerate(node.input):
-            src, port, ctrl = parse_input(inp)
-            if ctrl:
-                self.control_uses.setdefault(src, []).append(node.name)
-            else:
-                self.uses.setdefault(src, []).append(Use(node.name, i, port))
+        self._enter(node)
         return node
 
     def remove(self, name: str) -> node_def_pb2.NodeDef:
         """Remove node ``name``; the caller must have rewired its consumers."""
         node = self.nodes.pop(name)
-        self._reindex()
+        self._unindex_node(name)
+        del self._seq[name]
         return node
 
     def replace(self, node: node_def_pb2.NodeDef) -> None:
-        """Replace the node of the same name with ``node`` (keeping its position)."""
+        """Replace the node of the same name with ``node`` (keeping its position).
+
+        Also the way to re-index a node whose inputs or op were edited in place.
+        """
         if node.name not in self.nodes:
             raise ValueError(f"no node {node.name!r} to replace")
+        self._unindex_node(node.name)
         self.nodes[node.name] = node
-        self._reindex()
+        self._index_node(node.name)
 
     def set_input(self, name: str, index: int, inp: str) -> None:
         """Point data input ``index`` of node ``name`` at tensor ``inp``."""
+        self._unindex_node(name)
         self.nodes[name].input[index] = inp
-        self._reindex()
+        self._index_node(name)
 
     def to_graph_def(self) -> graph_pb2.GraphDef:
         """Return a new GraphDef with the edited nodes, versions and library kept."""

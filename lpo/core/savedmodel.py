@@ -173,14 +173,15 @@ def checkpoint_keys(mg: meta_graph_pb2.MetaGraphDef) -> dict[str, str]:
 
 def variable_specs(mg: meta_graph_pb2.MetaGraphDef, index: GraphIndex | None = None) -> dict[str, VarSpec]:
     """Map each variable node of the MetaGraph to its checkpoint key and slice."""
-    index = index or GraphIndex(mg.graph_def)
+    if index is None:  # only node lookups are needed here: a plain name -> node map
+        index = {n.name: n for n in mg.graph_def.node}
     specs: dict[str, VarSpec] = {}
     keys = checkpoint_keys(mg)
     for vd in variable_defs(mg):
         node_name = vd.variable_name.split(":")[0]
         if node_name not in index:
             continue
-        node = index.node(node_name)
+        node = index.node(node_name) if isinstance(index, GraphIndex) else index[node_name]
         if node.op == EV_HANDLE:  # DeepRec EmbeddingVariables: lpo.core.deeprec.ev_specs
             continue
         shape = shape_of(node) or []
@@ -233,6 +234,24 @@ def _first_line(e: BaseException) -> str:
     return (text[0] if text else type(e).__name__)[:400]
 
 
+def _graph_def_with_shapes(graph):
+    """Return ``graph``'s GraphDef as ``export_meta_graph(graph=...)`` writes it, in linear time.
+
+    Each op's NodeDef in creation order, with an ``_output_shapes`` attr when it has
+    outputs; versions and function library from ``as_graph_def``. (TensorFlow's own
+    loop reads ``Graph._nodes_by_id`` per node, which TF 2.x rebuilds on each access:
+    quadratic in the graph size.)
+    """
+    gd = graph.as_graph_def()
+    del gd.node[:]
+    for op in graph.get_operations():
+        node = gd.node.add()
+        node.CopyFrom(op.node_def)
+        if op.outputs and "_output_shapes" not in node.attr:
+            node.attr["_output_shapes"].list.shape.extend([o.get_shape().as_proto() for o in op.outputs])
+    return gd
+
+
 def rebuild_saver(mg: meta_graph_pb2.MetaGraphDef,
                   source: meta_graph_pb2.MetaGraphDef | None = None) -> meta_graph_pb2.MetaGraphDef:
     """Return ``mg`` with a fresh V2 Saver over its (possibly retyped) variables.
@@ -269,8 +288,10 @@ def rebuild_saver(mg: meta_graph_pb2.MetaGraphDef,
             if saver is None:
                 saver = tf.compat.v1.train.Saver(allow_empty=True)
             exported = tf.compat.v1.train.export_meta_graph(
-                graph=graph, saver_def=saver.as_saver_def(), clear_devices=False, clear_extraneous_savers=True
-            )
+                graph_def=_graph_def_with_shapes(graph), graph=graph, saver_def=saver.as_saver_def(),
+                clear_devices=False, clear_extraneous_savers=True)
+            if not exported.graph_def.library.ListFields():
+                exported.graph_def.ClearField("library")  # as the graph= path writes it
     except LpoError:
         raise
     except Exception as e:  # noqa: BLE001 - TF raises ValueError, KeyError, TypeError, OpError, ...

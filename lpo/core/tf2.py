@@ -202,6 +202,16 @@ def _save_keys(mg: meta_graph_pb2.MetaGraphDef, nodes: dict[str, node_def_pb2.No
 def _object_names(mg: meta_graph_pb2.MetaGraphDef, keys: dict[str, str]) -> dict[str, str]:
     """Return {var node: readable name} from the object graph (SavedVariable.name or object path)."""
     og = mg.object_graph_def
+    children: dict[int, dict[str, int]] = {}  # node id -> {local name: first child id}, built on demand
+
+    def child_of(node_id: int, part: str) -> int | None:
+        table = children.get(node_id)
+        if table is None:
+            table = children[node_id] = {}
+            for c in og.nodes[node_id].children:
+                table.setdefault(c.local_name, c.node_id)
+        return table.get(part)
+
     out = {}
     for var, key in keys.items():
         path = key[:-len(_KEY_SUFFIX)] if key.endswith(_KEY_SUFFIX) else key
@@ -209,9 +219,9 @@ def _object_names(mg: meta_graph_pb2.MetaGraphDef, keys: dict[str, str]) -> dict
         for part in path.split("/"):
             if not ok:
                 break
-            child = [c.node_id for c in og.nodes[node_id].children if c.local_name == part]
-            ok = bool(child)
-            node_id = child[0] if child else node_id
+            child = child_of(node_id, part)
+            ok = child is not None
+            node_id = child if ok else node_id
         name = ""
         if ok and og.nodes[node_id].HasField("variable"):
             name = og.nodes[node_id].variable.name.split(":")[0]
@@ -314,6 +324,27 @@ def _used_functions(graph_def) -> set[str]:
     return used
 
 
+def _splice(order: list[str], expand: dict[str, list[str]]) -> list[str]:
+    """Return ``order`` with each inlined call replaced by its nodes, recursively, in one pass.
+
+    ``expand[call]`` lists the nodes replacing ``call``; it includes ``call`` itself
+    (the IdentityN taking its name), which is kept as it is.
+    """
+    out: list[str] = []
+    stack: list = list(reversed(order))
+    while stack:
+        item = stack.pop()
+        if isinstance(item, tuple):  # a node that replaced the call of the same name
+            out.append(item[0])
+            continue
+        sub = expand.pop(item, None)
+        if sub is None:
+            out.append(item)
+        else:
+            stack.extend(reversed([(n,) if n == item else n for n in sub]))
+    return out
+
+
 def lower_meta_graph(mg: meta_graph_pb2.MetaGraphDef) -> meta_graph_pb2.MetaGraphDef:
     """Return a TF1-style copy of TF2 MetaGraph ``mg`` (see the module docstring)."""
     import tensorflow as tf
@@ -341,6 +372,7 @@ def lower_meta_graph(mg: meta_graph_pb2.MetaGraphDef) -> meta_graph_pb2.MetaGrap
     nodes = {n: nodes[n] for n in order}
 
     work = [n for n in order if nodes[n].op in CALL_OPS]
+    expand: dict[str, list[str]] = {}  # call node -> the nodes replacing it (spliced into order below)
     count = 0
     while work:
         name = work.pop()
@@ -351,8 +383,7 @@ def lower_meta_graph(mg: meta_graph_pb2.MetaGraphDef) -> meta_graph_pb2.MetaGrap
         if call.attr["f"].func.name not in inliner.lib:
             raise _err(f"node {name} calls {call.attr['f'].func.name!r}, which is not in the library")
         new_nodes = inliner.inline(call)
-        pos = order.index(name)
-        order[pos:pos + 1] = [n.name for n in new_nodes]
+        expand[name] = [n.name for n in new_nodes]
         for n in new_nodes:
             if n.name != name and n.name in nodes:
                 raise _err(f"inlining {name} would duplicate node {n.name}")
@@ -360,6 +391,7 @@ def lower_meta_graph(mg: meta_graph_pb2.MetaGraphDef) -> meta_graph_pb2.MetaGrap
             if n.op in CALL_OPS:
                 work.append(n.name)
 
+    order = _splice(order, expand)
     keep = _reachable(nodes, roots)
     order = [n for n in order if n in keep]
     variables = [n for n in order if nodes[n].op == "VarHandleOp"]
@@ -374,10 +406,11 @@ def lower_meta_graph(mg: meta_graph_pb2.MetaGraphDef) -> meta_graph_pb2.MetaGrap
     for v in variables:
         want, i = readable[v], 1
         cand = want
-        while cand in taken or cand in rename.values():
+        while cand in taken:
             cand = f"{want}_{i}"
             i += 1
         rename[v] = cand
+        taken.add(cand)
     # a readable name may collide with another (non-variable) node's name prefix; that's fine
     renamed_nodes = {}
     for n in order:

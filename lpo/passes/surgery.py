@@ -29,17 +29,18 @@ class VariableTable:
 
     def __init__(self, mg: meta_graph_pb2.MetaGraphDef):
         self.defs = variable_defs(mg)
+        self._by_node: dict[str, variable_pb2.VariableDef] = {}
+        for vd in self.defs:
+            self._by_node.setdefault(vd.variable_name.split(":")[0], vd)
 
     def get(self, node: str) -> variable_pb2.VariableDef | None:
-        """Return the VariableDef of variable node ``node``."""
-        for vd in self.defs:
-            if vd.variable_name.split(":")[0] == node:
-                return vd
-        return None
+        """Return the (first) VariableDef of variable node ``node``."""
+        return self._by_node.get(node)
 
     def add(self, vd: variable_pb2.VariableDef) -> None:
         """Append a VariableDef."""
         self.defs.append(vd)
+        self._by_node.setdefault(vd.variable_name.split(":")[0], vd)
 
     def write(self, mg: meta_graph_pb2.MetaGraphDef) -> None:
         """Store the VariableDefs into ``mg``'s variables collection."""
