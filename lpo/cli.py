@@ -172,8 +172,16 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 def cmd_convert_ckpt(args: argparse.Namespace) -> int:
     """``lpo convert-ckpt``: convert an FP32 checkpoint for an optimized model."""
     lpo = _import_lpo()
-    result = lpo.convert_ckpt(args.ckpt_prefix, args.save_prefix, args.opt_model,
-                              overwrite=args.overwrite, quiet=args.quiet)
+    result = lpo.convert_ckpt(args.ckpt_prefix, args.save_prefix, args.opt_model, shard=args.shard,
+                              num_shards=args.num_shards, overwrite=args.overwrite, quiet=args.quiet)
+    _emit(result, args.json)
+    return 0
+
+
+def cmd_merge_ckpt(args: argparse.Namespace) -> int:
+    """``lpo merge-ckpt``: merge the shard checkpoints of a sharded convert-ckpt."""
+    lpo = _import_lpo()
+    result = lpo.merge_ckpt(args.shard_prefixes, args.save_prefix, overwrite=args.overwrite)
     _emit(result, args.json)
     return 0
 
@@ -349,12 +357,25 @@ def _convert_ckpt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("save_prefix", metavar="SAVE_PREFIX", help="output checkpoint prefix")
     p.add_argument("opt_model", metavar="OPT_MODEL", help="optimized SavedModel (has the plan)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing SAVE_PREFIX")
+    p.add_argument("--shard", type=int, default=None, metavar="I",
+                   help="convert only shard I (0-based) of --num-shards: a deterministic, size-balanced "
+                        "share of the tensors, merged afterwards with `lpo merge-ckpt`")
+    p.add_argument("--num-shards", type=int, default=None, metavar="N", help="number of shards (with --shard)")
+    _add_json(p)
+
+
+def _merge_ckpt_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("save_prefix", metavar="SAVE_PREFIX", help="output checkpoint prefix")
+    p.add_argument("shard_prefixes", metavar="SHARD_PREFIX", nargs="+",
+                   help="the shard checkpoints written by `lpo convert-ckpt --shard I --num-shards N`, all of them")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing SAVE_PREFIX")
     _add_json(p)
 
 
 def _refresh_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("opt_model", metavar="OPT_MODEL", help="optimized SavedModel")
-    p.add_argument("new_ckpt", metavar="NEW_CKPT", help="new FP32 checkpoint prefix")
+    p.add_argument("new_ckpt", metavar="NEW_CKPT", help="new FP32 checkpoint prefix (or one merge-ckpt wrote: "
+                   "already converted, taken as it is)")
     p.add_argument("out", metavar="OUT", help="output SavedModel directory")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     _add_json(p)
@@ -464,7 +485,12 @@ _COMMANDS = (
      "not exist or be empty unless --overwrite is given, and is written atomically.", _optimize_args),
     ("convert-ckpt", cmd_convert_ckpt, "convert a new FP32 checkpoint for an already optimized model",
      "Replay the optimized model's plan on a new FP32 checkpoint (CKPT_PREFIX) and write "
-     "the converted checkpoint to SAVE_PREFIX.", _convert_ckpt_args),
+     "the converted checkpoint to SAVE_PREFIX (its directory is created if missing). With "
+     "--shard I --num-shards N, convert only shard I's share, to be merged by merge-ckpt.", _convert_ckpt_args),
+    ("merge-ckpt", cmd_merge_ckpt, "merge the shards of a sharded convert-ckpt into one checkpoint",
+     "Check that SHARD_PREFIX... are every shard of one sharded convert-ckpt run and merge them "
+     "into SAVE_PREFIX (equal to the unsharded conversion; refresh takes it as NEW_CKPT). The "
+     "shards are left as they are.", _merge_ckpt_args),
     ("refresh", cmd_refresh, "rebuild an optimized model with a new FP32 checkpoint",
      "Write OUT: a copy of OPT_MODEL whose variables come from NEW_CKPT, converted "
      "exactly as a fresh optimization would.", _refresh_args),

@@ -569,3 +569,95 @@ def tree_checksum(path: PathLike) -> str:
             else:
                 h.update(b"O\0" + rel.encode("utf-8", "surrogateescape") + b"\0")
     return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+_CKPT_TMP_NAME = "ckpt"
+
+
+def checkpoint_files(prefix: PathLike) -> list[Path]:
+    """Return the files of checkpoint ``prefix`` (``prefix.index``, ``prefix.data-*``, sidecars), sorted."""
+    prefix = _abs(prefix)
+    if not prefix.parent.is_dir():
+        return []
+    start = prefix.name + "."
+    return sorted(p for p in prefix.parent.iterdir() if p.name.startswith(start) and p.is_file())
+
+
+def _missing_top(directory: Path) -> Path | None:
+    """Return the topmost missing ancestor of ``directory`` (itself included), or None if it exists.
+
+    Raises ConfigError when the deepest existing ancestor is not a directory.
+    """
+    top, p = None, directory
+    while not os.path.lexists(p):
+        top, p = p, p.parent
+    if not p.is_dir():
+        raise ConfigError(f"{p} is not a directory; the checkpoint prefix {directory} cannot be created under it")
+    return top
+
+
+@contextlib.contextmanager
+def atomic_checkpoint(save_prefix: PathLike, *, overwrite: bool = False, require_index: bool = True,
+                      needed: int | None = None) -> Iterator[str]:
+    """Write a checkpoint (``.index``, ``.data-*`` and ``save_prefix.*`` sidecars) atomically.
+
+    Yields a temporary prefix to write to. When the directory of ``save_prefix``
+    exists, the files are built in a temp sibling directory, fsynced and moved next to
+    ``save_prefix`` with the ``.index`` last (old ``save_prefix.*`` files, refused unless
+    ``overwrite``, go index first), so a reader never sees an index with foreign data.
+    When it does not exist (the parent tool's ``convert_ckpt`` creates it), the missing
+    directories are built in a temp sibling of the topmost missing one and renamed into
+    place at once: the new directory appears complete or not at all, and one created
+    meanwhile by someone else is never clobbered. ``require_index=False`` allows an
+    output of sidecars alone (an empty shard). A full disk is an OutOfSpaceError, raised
+    before any work when fewer than ``needed`` bytes are free.
+    """
+    dest = _abs(save_prefix)
+    if not dest.name or dest.name in (".", ".."):
+        raise ConfigError(f"checkpoint prefix {save_prefix} has no file name part; pass e.g. DIR/variables")
+    top = _missing_top(dest.parent)
+    if top is not None:
+        with atomic_output_dir(top, needed=needed) as tmp:
+            d = tmp / dest.parent.relative_to(top)
+            d.mkdir(parents=True, exist_ok=True)
+            yield str(d / dest.name)
+        return
+    check_parent_writable(dest)
+    if not overwrite and checkpoint_files(dest):
+        raise OutputExistsError(f"checkpoint {dest} already exists ({checkpoint_files(dest)[0].name}); pass "
+                                "overwrite=True (CLI --overwrite) or choose another prefix")
+    cleanup_stale_temps(dest)  # temps of killed earlier runs (their pid is in the name)
+    check_space(dest, needed)
+    tmp = _new_temp_name(dest)
+    with _sigterm_raises(), no_space_as_error(dest, needed):  # SIGTERM removes the temp dir too
+        try:
+            os.mkdir(tmp, 0o777)
+            yield str(tmp / _CKPT_TMP_NAME)
+            new = sorted(p for p in tmp.iterdir() if p.name.startswith(_CKPT_TMP_NAME + "."))
+            if not new or (require_index and not any(p.name == _CKPT_TMP_NAME + ".index" for p in new)):
+                raise InternalError(f"no checkpoint index was written for {dest}")
+            for p in new:
+                _fsync_path(p)
+            old = checkpoint_files(dest)
+            if old and not overwrite:  # someone wrote it while we were working
+                raise OutputExistsError(f"checkpoint {dest} already exists ({old[0].name}); pass overwrite=True "
+                                        "(CLI --overwrite) or choose another prefix")
+            for p in sorted(old, key=lambda p: not p.name.endswith(".index")):
+                p.unlink()
+            for p in sorted(new, key=lambda p: p.name.endswith(".index")):
+                os.replace(p, dest.parent / (dest.name + p.name[len(_CKPT_TMP_NAME):]))
+            _fsync_path(dest.parent, directory=True)
+        finally:
+            _remove(tmp)
+
+
+def link_or_copy(src: PathLike, dst: PathLike) -> bool:
+    """Hard-link ``src`` to ``dst`` (same file system), else copy it; return True when linked."""
+    try:
+        os.link(src, dst)
+        return True
+    except OSError:
+        shutil.copyfile(src, dst)
+        return False

@@ -337,21 +337,26 @@ def check_checkpoint(prefix: str, targets: list[VarSpec], plan: Plan | None = No
 
 
 def convert_checkpoint(src_prefix: str, dst_prefix: str, plan: Plan, targets: list[VarSpec], *,
-                       work_dir: str, quiet: bool = False) -> ConvertStats:
+                       work_dir: str, quiet: bool = False, select: set | None = None) -> ConvertStats:
     """Write at ``dst_prefix`` the checkpoint of the optimized model from FP32 ``src_prefix``.
 
     ``targets`` are the variables the optimized graph restores (key, slice, dtype);
     planned ones are converted, the others copied unchanged, the scale variables
-    produced with their tables. ``work_dir`` holds the temporary shards.
+    produced with their tables. ``work_dir`` holds the temporary shards. ``select``,
+    a set of source ``(key, slice)``, limits the output to those tensors (and their
+    scales): one shard of a sharded conversion (lpo.core.shards).
     """
     reader = open_reader(src_prefix)
     dtypes = _check_source(reader, src_prefix, targets, plan)
     convs = plan.by_target()
     side_keys = plan.side_keys()
-    order = sorted((t for t in targets if t.key not in side_keys and t.kind != "ev"), key=lambda t: (t.key, t.slice))
+    order = sorted((t for t in targets if t.key not in side_keys and t.kind != "ev"
+                    and (select is None or (t.key, t.slice) in select)), key=lambda t: (t.key, t.slice))
     ev_src = _ev_sources(plan)
     shapes = reader.get_variable_to_shape_map()
-    evs = [(t, ev_src.get(t.key)) for t in sorted((t for t in targets if t.kind == "ev"), key=lambda t: t.key)]
+    evs = [(t, ev_src.get(t.key)) for t in sorted((t for t in targets if t.kind == "ev"
+                                                   and (select is None or (t.key, t.slice) in select)),
+                                                  key=lambda t: t.key)]
     ev_bytes = {k: int(np.prod(shapes[k])) * dtypes[k].size
                 for t, vc in evs for k in ev_group(shapes, vc.key if vc else t.key)}
     stats = ConvertStats()

@@ -107,6 +107,25 @@ class ConvertResult:
     tensors_copied: int
     bytes_read: int
     bytes_written: int
+    shard: int | None = None  # a sharded run: which shard of num_shards
+    num_shards: int | None = None
+    skipped: bool = False  # the shard was already converted (a re-run finds it complete)
+
+    def to_dict(self) -> dict:
+        """Return a JSON-able dict."""
+        return asdict(self)
+
+
+@dataclass
+class MergeResult:
+    """What merge_ckpt() wrote."""
+
+    save_prefix: str
+    num_shards: int
+    tensors: int
+    files_linked: int
+    files_copied: int
+    source_bytes: int
 
     def to_dict(self) -> dict:
         """Return a JSON-able dict."""
@@ -447,57 +466,147 @@ def _convert_into(ckpt_prefix, dst_prefix, sm, plan, work_dir, quiet) -> Convert
                          stats.bytes_written)
 
 
-def convert_ckpt(ckpt_prefix, save_prefix, opt_model_path, *, overwrite=False, quiet=False) -> ConvertResult:
+def convert_ckpt(ckpt_prefix, save_prefix, opt_model_path, *, shard=None, num_shards=None, overwrite=False,
+                 quiet=False) -> ConvertResult:
     """Convert a new FP32 checkpoint into the variables of an already optimized model.
 
     Replays the plan stored in ``opt_model_path`` (its manifest): converted variables
     get the same dtype and scheme, INT8 dense layers keep the calibration ranges of
     the first run (they live in the graph). Writes ``save_prefix.index`` and
-    ``save_prefix.data-*`` only when everything succeeded.
-    """
-    import tempfile
+    ``save_prefix.data-*`` only when everything succeeded; a missing directory of
+    ``save_prefix`` is created (it appears complete, with the checkpoint in it).
 
+    With ``shard=i, num_shards=n`` only shard ``i``'s deterministic, size-balanced share
+    of the tensors is converted, into a shard checkpoint at ``save_prefix`` that
+    :func:`merge_ckpt` combines with the others. Re-running a shard that is already
+    complete at ``save_prefix`` does nothing (``skipped=True``).
+    """
+    from lpo.core.shards import check_shard_args
+    from lpo.fsutil import atomic_checkpoint
+
+    sharding = check_shard_args(shard, num_shards)
     ckpt_prefix, save_prefix = os.path.abspath(os.fspath(ckpt_prefix)), os.path.abspath(os.fspath(save_prefix))
     if ckpt_prefix == save_prefix:
         raise ConfigError(f"save_prefix equals ckpt_prefix ({ckpt_prefix}); choose a different prefix")
     opt_model_path, sm, plan = _opt_model(opt_model_path)
-    parent = os.path.dirname(save_prefix)
-    if not os.path.isdir(parent):
-        raise ConfigError(f"directory {parent} for save_prefix does not exist; create it first")
-    existing = [f for f in os.listdir(parent) if f.startswith(os.path.basename(save_prefix) + ".")]
-    if existing and not overwrite:
-        from lpo.errors import OutputExistsError
-
-        raise OutputExistsError(f"checkpoint {save_prefix} already exists ({existing[0]}); pass overwrite=True "
-                                "(CLI --overwrite) or choose another prefix")
-    from lpo.fsutil import _sigterm_raises, check_space, cleanup_stale_temps, no_space_as_error
-
-    cleanup_stale_temps(save_prefix)  # temps of killed earlier runs (their pid is in the name)
+    if sharding is not None:
+        return _convert_shard(ckpt_prefix, save_prefix, sm, plan, *sharding, overwrite=overwrite, quiet=quiet)
     needed = dir_bytes(os.path.join(opt_model_path, "variables"))
-    check_space(save_prefix, needed)
-    with _sigterm_raises(), no_space_as_error(save_prefix, needed):  # SIGTERM removes the temp dir too
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(save_prefix)}.lpo-tmp-{os.getpid()}-", dir=parent)
-        try:
-            tmp_prefix = os.path.join(tmp, "ckpt")
-            work = os.path.join(tmp, "shards")
-            os.makedirs(work)
-            result = _convert_into(ckpt_prefix, tmp_prefix, sm, plan, work, quiet)
-            # the .index goes first and comes back last: a reader never sees an index with foreign data
-            for f in sorted(existing, key=lambda f: not f.endswith(".index")):
-                os.remove(os.path.join(parent, f))
-            for f in sorted(os.listdir(tmp), key=lambda f: f.endswith(".index")):
-                if f.startswith("ckpt."):
-                    os.replace(os.path.join(tmp, f), save_prefix + f[len("ckpt"):])
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_checkpoint(save_prefix, overwrite=overwrite, needed=needed) as tmp_prefix:
+        work = os.path.join(os.path.dirname(tmp_prefix), ".lpo-work")
+        os.makedirs(work)
+        result = _convert_into(ckpt_prefix, tmp_prefix, sm, plan, work, quiet)
+        shutil.rmtree(work)
     result.save_prefix = save_prefix
     log.info("Converted %d tensors, copied %d, into %s", result.tensors_converted, result.tensors_copied,
              save_prefix)
     return result
 
 
+def _convert_shard(ckpt_prefix, save_prefix, sm, plan, shard, num_shards, *, overwrite, quiet) -> ConvertResult:
+    """convert_ckpt of one shard: its units, its record, idempotent when already complete."""
+    from lpo.core import shards as sh
+    from lpo.core.checkpoint import ConvertStats, check_checkpoint, convert_checkpoint, open_reader
+    from lpo.fsutil import atomic_checkpoint
+
+    targets = _all_targets(sm)
+    check_checkpoint(ckpt_prefix, targets, plan)
+    reader = open_reader(ckpt_prefix)
+    all_units = sh.units(targets, plan, reader.get_variable_to_shape_map(), reader.get_variable_to_dtype_map())
+    mine = sh.assign(all_units, num_shards)[shard]
+    outputs = [list(o) for u in mine for o in u.outputs]
+    record = sh.ShardRecord(shard=shard, num_shards=num_shards, plan_digest=sh.plan_digest(plan),
+                            source_digest=sh.source_digest(ckpt_prefix), units_digest=sh.units_digest(all_units),
+                            total_outputs=sum(len(u.outputs) for u in all_units), outputs=outputs,
+                            source_bytes=sum(u.nbytes for u in mine))
+    if os.path.isfile(sh.record_path(save_prefix)):
+        try:
+            done = sh.read_record(save_prefix)
+            sh.check_index(save_prefix, done)
+        except CheckpointError:
+            done = None
+        if done is not None and sh.matches(done, record):
+            log.info("Shard %d of %d is already converted at %s; nothing to do", shard, num_shards, save_prefix)
+            return ConvertResult(save_prefix, 0, 0, 0, 0, shard=shard, num_shards=num_shards, skipped=True)
+    wanted = {tuple(o) for o in outputs}
+    stats = ConvertStats()
+    with atomic_checkpoint(save_prefix, overwrite=overwrite, require_index=bool(mine)) as tmp_prefix:
+        if mine:  # an empty shard (more shards than tensors) is its record alone
+            work = os.path.join(os.path.dirname(tmp_prefix), ".lpo-work")
+            os.makedirs(work)
+            stats = convert_checkpoint(ckpt_prefix, tmp_prefix, plan, targets, work_dir=work, quiet=quiet,
+                                       select={(u.key, u.slice) for u in mine})
+            shutil.rmtree(work)
+            done = {(u.key, u.slice) for u in mine}
+            _verify_written(tmp_prefix, [t for t in targets if (t.key, t.slice) in done or (t.key, t.slice) in wanted])
+        sh.write_record(tmp_prefix, record)
+    log.info("Converted shard %d of %d (%d tensors, %.1f MB of the source) into %s", shard, num_shards,
+             len(mine), record.source_bytes / 1e6, save_prefix)
+    return ConvertResult(save_prefix, stats.tensors_converted, stats.tensors_copied, stats.bytes_read,
+                         stats.bytes_written, shard=shard, num_shards=num_shards)
+
+
+def merge_ckpt(shard_prefixes, save_prefix, *, overwrite=False) -> MergeResult:
+    """Merge the shard checkpoints of one sharded ``convert_ckpt`` into the checkpoint ``save_prefix``.
+
+    Fails clearly (CheckpointError) unless the shards come from one conversion (same
+    optimized model, same source checkpoint, same ``num_shards``), every shard is
+    present and complete, and every planned tensor is in exactly one shard. The result
+    equals the unsharded conversion tensor for tensor; ``refresh`` takes it as its
+    checkpoint. The shards are left as they are (their files are hard-linked, or copied
+    across file systems), so a merge can be re-run.
+    """
+    from lpo.core.shards import merge_shards
+    from lpo.fsutil import atomic_checkpoint
+
+    if isinstance(shard_prefixes, (str, os.PathLike)):
+        shard_prefixes = [shard_prefixes]
+    prefixes = [os.path.abspath(os.fspath(p)) for p in shard_prefixes]
+    save_prefix = os.path.abspath(os.fspath(save_prefix))
+    if save_prefix in prefixes:
+        raise ConfigError(f"save_prefix {save_prefix} is one of the shards; choose a different prefix")
+    with atomic_checkpoint(save_prefix, overwrite=overwrite) as tmp_prefix:
+        stats = merge_shards(prefixes, tmp_prefix)
+    log.info("Merged %d shards into %s", stats.num_shards, save_prefix)
+    return MergeResult(save_prefix, stats.num_shards, stats.tensors, stats.linked_files, stats.copied_files,
+                       stats.source_bytes)
+
+
+def _is_converted(ckpt_prefix: str, targets: list[VarSpec], plan: Plan) -> bool:
+    """True when ``ckpt_prefix`` already holds the optimized model's variables (e.g. merged shards)."""
+    from lpo.core.checkpoint import open_reader
+
+    convs = plan.var_conversions()
+    if not convs:
+        return False
+    dtypes = open_reader(ckpt_prefix).get_variable_to_dtype_map()
+    keys = [(t.key + "-values" if t.kind == "ev" else t.key, t.dtype) for t in targets]  # an EV: its values
+    return all(k in dtypes and dtypes[k].name == dt for k, dt in keys)
+
+
+def _take_converted(ckpt_prefix: str, dst_prefix: str, targets: list[VarSpec]) -> ConvertResult:
+    """Hard-link (or copy) an already converted checkpoint's files to ``dst_prefix``."""
+    from lpo.fsutil import checkpoint_files, link_or_copy
+
+    _verify_written(ckpt_prefix, targets)
+    nbytes = 0
+    base = os.path.basename(ckpt_prefix)
+    for f in checkpoint_files(ckpt_prefix):
+        suffix = f.name[len(base):]
+        if suffix == ".index" or suffix.startswith(".data-"):
+            link_or_copy(f, dst_prefix + suffix)
+            nbytes += f.stat().st_size
+    log.info("%s is already converted: its files were taken as they are", ckpt_prefix)
+    return ConvertResult(dst_prefix, 0, len(targets), nbytes, nbytes)
+
+
 def refresh(opt_model_path, ckpt_prefix, save_path, *, overwrite=False, quiet=False) -> RefreshResult:
-    """Write a servable SavedModel: the optimized graph plus a converted new checkpoint."""
+    """Write a servable SavedModel: the optimized graph plus a converted new checkpoint.
+
+    ``ckpt_prefix`` is a new FP32 checkpoint, converted by the model's plan, or one that
+    already holds the optimized variables (the output of :func:`merge_ckpt`), whose
+    files are then taken as they are (hard-linked, or copied across file systems).
+    """
     from lpo.fsutil import atomic_output_dir
 
     opt_model_path, sm, plan = _opt_model(opt_model_path)
@@ -509,14 +618,18 @@ def refresh(opt_model_path, ckpt_prefix, save_path, *, overwrite=False, quiet=Fa
         write_saved_model(sm, tmp)
         copy_model_files(opt_model_path, tmp)
         os.makedirs(os.path.join(tmp, "variables"))
-        work = os.path.join(tmp, ".lpo-shards")
-        os.makedirs(work)
-        conv = _convert_into(ckpt_prefix, variables_prefix(tmp), sm, plan, work, quiet)
-        shutil.rmtree(work)
+        targets = _all_targets(sm)
+        if _is_converted(ckpt_prefix, targets, plan):  # e.g. merge_ckpt's output: take it as it is
+            conv = _take_converted(ckpt_prefix, variables_prefix(tmp), targets)
+        else:
+            work = os.path.join(tmp, ".lpo-shards")
+            os.makedirs(work)
+            conv = _convert_into(ckpt_prefix, variables_prefix(tmp), sm, plan, work, quiet)
+            shutil.rmtree(work)
     conv.save_prefix = variables_prefix(save_path)
     log.info("Refreshed %s from %s", save_path, ckpt_prefix)
     return RefreshResult(save_path, ckpt_prefix, conv)
 
 
-__all__ = ["optimize", "inspect_model", "convert_ckpt", "refresh", "OptimizeResult", "InspectResult",
-           "ConvertResult", "RefreshResult", "Candidate", "NodeReport", "CheckpointError"]
+__all__ = ["optimize", "inspect_model", "convert_ckpt", "merge_ckpt", "refresh", "OptimizeResult", "InspectResult",
+           "ConvertResult", "MergeResult", "RefreshResult", "Candidate", "NodeReport", "CheckpointError"]
