@@ -1,4 +1,4 @@
-"""The lpo KFP pipelines: ``optimize_pipeline`` and ``refresh_pipeline``.
+"""The lpo KFP pipelines: ``optimize_pipeline``, ``refresh_pipeline`` and ``sharded_refresh_pipeline``.
 
 Defined here (shipped as ``lpo.components.pipelines``) so that an installed lpo
 can run them; ``pipelines/kfp/`` re-exports them and compiles them to IR YAML.
@@ -10,8 +10,11 @@ from kfp import dsl
 from kfp.dsl import HTML, Metrics, Model
 
 from lpo.components.calibrate import calibrate
+from lpo.components.convert_shard import convert_shard
+from lpo.components.merge_ckpt import merge_refresh
 from lpo.components.optimize import optimize
 from lpo.components.refresh import refresh
+from lpo.components.shard_indices import shard_indices
 from lpo.components.validate import validate
 
 
@@ -100,3 +103,51 @@ def refresh_pipeline(
     outputs = NamedTuple("Outputs", refreshed=Model, metrics=Metrics, report=HTML)
     return outputs(refreshed=ref.outputs["refreshed"], metrics=gate.outputs["metrics"],
                    report=gate.outputs["report"])
+
+
+def make_sharded_refresh_pipeline(pvc_name: str | None = None, mount_path: str = "/mnt/lpo"):
+    """Return the sharded refresh pipeline, optionally with a PersistentVolumeClaim on every task.
+
+    With ``pvc_name`` (``kfp-kubernetes``' ``mount_pvc``), each task mounts the claim at
+    ``mount_path``: pass ``opt_model_path``, ``ckpt_prefix`` and ``work_dir`` under it and
+    nothing large goes through artifact storage (the shards are written to ``work_dir``
+    and read there by the merge). Without it, the inputs are paths every task can read
+    (e.g. a bucket the cluster mounts) and the shards travel as artifacts.
+    """
+
+    def mount(task):
+        if pvc_name:
+            from kfp import kubernetes
+
+            kubernetes.mount_pvc(task, pvc_name=pvc_name, mount_path=mount_path)
+        return task
+
+    @dsl.pipeline(name="lpo-sharded-refresh",
+                  description="convert a new FP32 checkpoint in N parallel shards -> merge -> refreshed model")
+    def sharded_refresh_pipeline(
+        opt_model_path: str,
+        ckpt_prefix: str,
+        num_shards: int = 4,
+        work_dir: str = "",
+    ) -> Model:
+        """Refresh the optimized model at ``opt_model_path`` with ``ckpt_prefix``, converted in shards.
+
+        Args:
+            opt_model_path: optimized SavedModel directory (read in place).
+            ckpt_prefix: new FP32 checkpoint prefix from the training job (read in place).
+            num_shards: number of parallel conversion tasks.
+            work_dir: optional shared-volume directory for the shard checkpoints.
+        """
+        indices = mount(shard_indices(num_shards=num_shards))
+        with dsl.ParallelFor(items=indices.output) as shard:
+            conv = mount(convert_shard(opt_model_path=opt_model_path, ckpt_prefix=ckpt_prefix, shard=shard,
+                                       num_shards=num_shards, work_dir=work_dir))
+        merged = mount(merge_refresh(opt_model_path=opt_model_path,
+                                     shards=dsl.Collected(conv.outputs["shard_ckpt"])))
+        return merged.outputs["refreshed"]
+
+    return sharded_refresh_pipeline
+
+
+#: the sharded refresh pipeline without a volume mount (see :func:`make_sharded_refresh_pipeline`)
+sharded_refresh_pipeline = make_sharded_refresh_pipeline()

@@ -1,7 +1,8 @@
 """Compile the lpo pipelines to KFP IR YAML.
 
 Usage: ``python -m pipelines.kfp.compile [--out-dir DIR]`` (``make pipelines``).
-Writes ``optimize_pipeline.yaml`` and ``refresh_pipeline.yaml`` (default: build/pipelines).
+Writes ``optimize_pipeline.yaml``, ``refresh_pipeline.yaml`` and ``sharded_refresh_pipeline.yaml``
+(default: build/pipelines).
 """
 from __future__ import annotations
 
@@ -14,14 +15,15 @@ log = logging.getLogger("lpo.pipelines")
 
 
 def compile_all(out_dir: str) -> dict[str, str]:
-    """Compile both pipelines into ``out_dir``; return ``{name: yaml path}``."""
+    """Compile the pipelines into ``out_dir``; return ``{name: yaml path}``."""
     from kfp import compiler
 
-    from lpo.components.pipelines import optimize_pipeline, refresh_pipeline
+    from lpo.components.pipelines import optimize_pipeline, refresh_pipeline, sharded_refresh_pipeline
 
     os.makedirs(out_dir, exist_ok=True)
     paths = {}
-    for name, func in (("optimize_pipeline", optimize_pipeline), ("refresh_pipeline", refresh_pipeline)):
+    for name, func in (("optimize_pipeline", optimize_pipeline), ("refresh_pipeline", refresh_pipeline),
+                       ("sharded_refresh_pipeline", sharded_refresh_pipeline)):
         path = os.path.join(out_dir, f"{name}.yaml")
         compiler.Compiler().compile(pipeline_func=func, package_path=path)
         log.info("compiled %s -> %s", name, path)
