@@ -9,7 +9,8 @@ point, which calls :func:`get_provider_info`. The operators live in
 from __future__ import annotations
 
 OPERATOR_CLASSES = ("LpoCalibrateOperator", "LpoOptimizeOperator", "LpoValidateOperator",
-                    "LpoRefreshOperator", "LpoPublishOperator", "LpoFindInputsOperator", "LpoMarkReadyOperator")
+                    "LpoRefreshOperator", "LpoPublishOperator", "LpoFindInputsOperator", "LpoMarkReadyOperator",
+                    "LpoConvertShardOperator", "LpoMergeCkptOperator")
 
 
 def get_provider_info() -> dict:

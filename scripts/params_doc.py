@@ -23,7 +23,7 @@ import sys
 import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DAG_FILES = ("lpo_retrain_dag.py", "lpo_refresh_dag.py", "lpo_ready_dags.py")
+DAG_FILES = ("lpo_retrain_dag.py", "lpo_refresh_dag.py", "lpo_ready_dags.py", "lpo_sharded_refresh_dag.py")
 
 
 def _cell(value) -> str:

@@ -218,3 +218,29 @@ def test_refresh_newest_checkpoint_failed_gate_and_nothing_new(airflow_env, serv
                   inputs={"fp32_model": sample_resource.model_path, "ckpt_prefix": ckpt})
     out = _run(airflow_env, "lpo_refresh_dag.py", "lpo_refresh", dict(conf, max_abs_diff=-1))
     assert out["state"] == "success" and out["tasks"]["find_inputs"] == "skipped", out
+    assert os.readlink(tmp_path / "serving" / "current") == "versions/20250102T000000"  # unchanged
+
+
+@pytest.mark.slow
+def test_sharded_refresh_dag_maps_shards_and_merges(airflow_env, served, sample_resource, tmp_path):
+    """convert_shard mapped over 3 shards (.expand), merge, refresh: equal to an unsharded refresh."""
+    import tensorflow as tf
+
+    import lpo
+    from lpo.samples.tf1 import perturb_checkpoint
+
+    opt = os.path.realpath(served / "current")
+    ckpt = perturb_checkpoint(sample_resource.model_path, str(tmp_path / "ckpts" / "model.ckpt-100"))
+    work = tmp_path / "work"
+    conf = {"opt_model": opt, "ckpt_prefix": ckpt, "work_dir": str(work), "num_shards": 3}
+    out = _run(airflow_env, "lpo_sharded_refresh_dag.py", "lpo_sharded_refresh", conf)
+    assert out["state"] == "success", out
+    assert out["tasks"]["merge"] == "success" and out["tasks"]["refresh"] == "success"
+    assert sorted(os.listdir(work / "shards")) == ["shard-00000", "shard-00001", "shard-00002"]
+    assert out["xcom"]["merge"]["num_shards"] == 3
+    want = lpo.refresh(opt, ckpt, str(tmp_path / "unsharded"), quiet=True)
+    a = tf.train.load_checkpoint(str(work / "refreshed" / "variables" / "variables"))
+    b = tf.train.load_checkpoint(os.path.join(want.save_path, "variables", "variables"))
+    assert a.get_variable_to_dtype_map() == b.get_variable_to_dtype_map()
+    for k in b.get_variable_to_shape_map():
+        assert a.get_tensor(k).tobytes() == b.get_tensor(k).tobytes(), k
