@@ -280,3 +280,24 @@ def test_cli_convert_ckpt_shards_and_merge_ckpt(sample_resource, work, optimized
     assert tensors(str(d / "m" / "variables")) == tensors(os.path.join(opt, "variables", "variables"))
     r = _cli("convert-ckpt", src, str(d / "x" / "variables"), opt, "--shard", "0")
     assert r.returncode == 2 and "num_shards" in r.stderr
+
+
+@pytest.mark.parametrize("dtype", ["INT8", "BF16"])
+def test_deeprec_embedding_variables_shard_as_one_unit(work, dtype):
+    """An EV's -keys/-values/-freqs/... (and its scale) land in one shard; the merge equals unsharded."""
+    from lpo.samples.deeprec import build_ev_model
+
+    ev = build_ev_model(str(work / f"ev-{dtype}" / "model"))
+    opt = str(work / f"ev-{dtype}" / "opt")
+    lpo.optimize(ev.path, opt, data_type=dtype, int8_dense="weight_only", quiet=True)
+    src = os.path.join(ev.path, "variables", "variables")
+    whole = lpo.convert_ckpt(src, str(work / f"ev-{dtype}" / "whole" / "variables"), opt, quiet=True)
+    prefixes = run_shards(src, opt, str(work / f"ev-{dtype}" / "shards"), 3)
+    for p in prefixes:
+        keys = [k for k, _s in sh.read_record(p).outputs]
+        for name in {k.rsplit("-", 1)[0] for k in keys if k.endswith("-values")}:
+            assert {k for k in keys if k.startswith(name + "-")} >= {name + "-keys", name + "-values"}
+    merged = lpo.merge_ckpt(prefixes, str(work / f"ev-{dtype}" / "merged" / "variables"))
+    assert tensors(merged.save_prefix) == tensors(whole.save_prefix)
+    refreshed = lpo.refresh(opt, merged.save_prefix, str(work / f"ev-{dtype}" / "refreshed"), quiet=True)
+    assert refreshed.convert.tensors_converted == 0
