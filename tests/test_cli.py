@@ -226,17 +226,22 @@ def test_inspect_table_and_json(fake_api, capsys):
 
 
 def test_convert_refresh_calibrate_validate_wiring(fake_api, capsys):
-    for name in ("convert_ckpt", "refresh", "make_calibration", "validate"):
+    for name in ("convert_ckpt", "merge_ckpt", "refresh", "make_calibration", "validate"):
         fake_api.install(name, _Result())
     assert cli.main(["convert-ckpt", "ck", "save", "opt"]) == 0
+    assert cli.main(["convert-ckpt", "ck", "save1", "opt", "--shard", "1", "--num-shards", "4"]) == 0
+    assert cli.main(["merge-ckpt", "merged", "s0", "s1", "--overwrite"]) == 0
     assert cli.main(["refresh", "opt", "ck", "out", "--overwrite"]) == 0
     assert cli.main(["calibrate", "data.csv", "c.npz", "--model", "m", "--rows", "64", "--seed",
                      "3", "--format", "CSV", "--columns", "a,b", "--map", "a=C1", "--map",
                      "b = C2", "--legacy-npy"]) == 0
     assert cli.main(["validate", "orig", "opt", "held.npz", "--report-dir", "rep",
                      "--max-abs-diff", "0.05"]) == 0
+    calls = [(args, kwargs) for name, args, kwargs in fake_api if name == "convert_ckpt"]
+    assert calls == [(("ck", "save", "opt"), {"shard": None, "num_shards": None, "overwrite": False, "quiet": False}),
+                     (("ck", "save1", "opt"), {"shard": 1, "num_shards": 4, "overwrite": False, "quiet": False})]
     got = {name: (args, kwargs) for name, args, kwargs in fake_api}
-    assert got["convert_ckpt"] == (("ck", "save", "opt"), {"overwrite": False, "quiet": False})
+    assert got["merge_ckpt"] == ((["s0", "s1"], "merged"), {"overwrite": True})
     assert got["refresh"] == (("opt", "ck", "out"), {"overwrite": True, "quiet": False})
     assert got["make_calibration"] == (("data.csv", "c.npz", "m"), dict(
         num_rows=64, seed=3, format="csv", columns=["a", "b"], mapping={"a": "C1", "b": "C2"},

@@ -14,7 +14,7 @@ import numpy as np
 from dataclasses import asdict, dataclass, field
 
 from lpo import __version__
-from lpo.errors import CalibrationError, CheckpointError, ConfigError, closest
+from lpo.errors import CalibrationError, CheckpointError, ConfigError, LpoError, closest
 from lpo import options as opts
 from lpo.fsutil import dir_bytes
 from lpo.core.plan import MANIFEST_DIR, MANIFEST_NAME, Conversion, Plan, read_manifest
@@ -222,8 +222,14 @@ def _plan_node(cand, node: opts.NodeChoice, options) -> Conversion:
 
 
 def _calibrate(model_path, tags, convs: list[Conversion], calib_file, *, allow_pickle, batch_size, method,
-               max_batches) -> None:
-    """Fill ``activation_range`` of static INT8 dense conversions from calibration data."""
+               max_batches, compact=None) -> None:
+    """Fill ``activation_range`` of static INT8 dense conversions from calibration data.
+
+    ``compact`` = ``(original model path, SavedModel, MetaGraph, tables)``: run the model
+    without loading its tables (lpo.core.calibrate.CompactRunner: memory follows the
+    calibration data and the largest table); without it, or when the graph does not allow
+    it, the whole model is loaded.
+    """
     from lpo.data.calibration import load_calibration
     from lpo.numerics.observers import activation_error, make_observer
     from lpo.validation.runner import SignatureRunner
@@ -236,12 +242,29 @@ def _calibrate(model_path, tags, convs: list[Conversion], calib_file, *, allow_p
     tensors = [c.targets["activation"] for c in convs]
     tensors = [t if ":" in t else t + ":0" for t in tensors]
     kept = [[] for _ in convs]  # the first few batches, to report each layer's quantization error
-    with SignatureRunner(model_path, tags=opts.normalize_tags(tags)) as runner:
-        for i, batch in enumerate(batches):
-            for obs, keep, value in zip(observers, kept, runner.fetch(batch, tensors)):
+
+    def observe(values_per_batch):
+        for i, values in enumerate(values_per_batch):
+            for obs, keep, value in zip(observers, kept, values):
                 obs.update(value)
                 if i < ERROR_SAMPLE_BATCHES:
                     keep.append(value)
+
+    runner = None
+    if compact is not None and compact[3]:
+        from lpo.core.calibrate import CompactRunner
+
+        src, sm, mg, tables = compact
+        try:
+            runner = CompactRunner(src, sm, mg, tables, batches, tags=opts.normalize_tags(tags))
+        except (ValueError, KeyError, LpoError) as e:  # a graph shape it does not handle: load everything
+            log.warning("Calibrating with the whole model loaded (%s)", e)
+    if runner is not None:
+        with runner:
+            observe(runner.fetch(tensors))
+    else:
+        with SignatureRunner(model_path, tags=opts.normalize_tags(tags)) as full:
+            observe(full.fetch(batch, tensors) for batch in batches)
     log.info("Calibrated %d dense layers on %d batches (%s)", len(convs), len(batches), method)
     for c, obs, keep in zip(convs, observers, kept):
         lo, hi = obs.range()
@@ -348,7 +371,7 @@ def optimize(model_path, save_path, opt_config=None, data_type=opts.OPTIMIZE.dat
     sm, mg = _load_model(model_path, tags)
     found, convs = _plan_conversions(model_path, mg, opt_config, options)
     _calibrate_static(model_path, sm, tags, convs, calib_file, options, allow_pickle=allow_pickle,
-                      max_batches=calib_max_batches)
+                      max_batches=calib_max_batches, found=found)
     plan = Plan(data_type=options.data_type, conversions=convs, lpo_version=__version__,
                 options={**options.plan_options(), "opt_config": opt_config})
     _rewrite_all(sm, plan)
@@ -368,7 +391,7 @@ def _plan_conversions(model_path, mg, opt_config, options: opts.OptimizeOptions)
 
 
 def _calibrate_static(model_path, sm, tags, convs: list[Conversion], calib_file, options: opts.OptimizeOptions, *,
-                      allow_pickle, max_batches) -> None:
+                      allow_pickle, max_batches, found=()) -> None:
     """Calibrate the static INT8 dense conversions of ``convs`` (no-op when there are none)."""
     static = [c for c in convs if c.kind == "dense" and c.mode == "static"]
     if not static:
@@ -385,8 +408,10 @@ def _calibrate_static(model_path, sm, tags, convs: list[Conversion], calib_file,
     from lpo.core.tf2 import lowered_model_dir
 
     with lowered_model_dir(model_path, sm) as calib_model:
+        tables = [c for c in found if getattr(c, "lookups", None) and getattr(c, "parts", None)]
         _calibrate(calib_model, tags, static, calib_file, allow_pickle=allow_pickle,
-                   batch_size=options.calib_batch_size, method=options.calib_method, max_batches=max_batches)
+                   batch_size=options.calib_batch_size, method=options.calib_method, max_batches=max_batches,
+                   compact=(model_path, sm, select_meta_graph(sm, tags), tables))
 
 
 def _write_optimized(model_path, save_path, sm, plan: Plan, tags, *, overwrite, quiet) -> None:
