@@ -7,9 +7,13 @@ Builds (or reuses from ``--cache-dir``) a TF1-graph SavedModel with 26 embedding
 * ``tf-baseline``: import TensorFlow and lpo and run one op (the RSS every step pays anyway);
 * ``plain-rw``: ``tf.train.load_checkpoint`` + ``get_tensor`` of every tensor + ``SaveV2``
   per tensor (+ ``MergeV2Checkpoints``): the cost of just reading and writing the bytes;
-* ``optimize-bf16``, ``optimize-int8`` (``int8_dense='weight_only'``: static INT8 dense
-  layers would run the FP32 model for calibration, which loads every variable);
-* ``convert-ckpt-int8``, ``convert-ckpt-bf16``: replay those plans on the FP32 checkpoint.
+* ``optimize-bf16``, ``optimize-int8`` (``int8_dense='weight_only'``);
+* ``optimize-int8-static``: INT8 with static calibration on a random 1024-row calibration file
+  (the calibration runs the model without its tables: lpo.core.calibrate);
+* ``convert-ckpt-int8``, ``convert-ckpt-bf16``: replay those plans on the FP32 checkpoint;
+* sharded INT8 conversion with ``--shards`` 1,2,4: each shard and the merge in its own child
+  (wall time, peak RSS), the merged checkpoint compared with the unsharded one tensor by
+  tensor, and a 2 TB extrapolation over ``--workers`` from the per-shard throughput.
 
 Peak RSS comes from ``os.wait4`` (the rusage of that child alone); wall time is the work
 inside the child, after its imports. MB/s is FP32 checkpoint bytes / wall time.
@@ -151,6 +155,33 @@ def _plain_rw(src: str, dst: str) -> None:
     tf.raw_ops.MergeV2Checkpoints(checkpoint_prefixes=shards, destination_prefix=dst, delete_old_dirs=False)
 
 
+def _same_checkpoint(a: str, b: str) -> bool:
+    """True when checkpoints ``a`` and ``b`` hold the same keys, dtypes, shapes and bytes (one tensor at a time)."""
+    import numpy as np
+    import tensorflow as tf
+
+    ra, rb = tf.train.load_checkpoint(a), tf.train.load_checkpoint(b)
+    if ra.get_variable_to_shape_map() != rb.get_variable_to_shape_map() or \
+            ra.get_variable_to_dtype_map() != rb.get_variable_to_dtype_map():
+        return False
+    for key in sorted(ra.get_variable_to_shape_map()):
+        x, y = np.ascontiguousarray(ra.get_tensor(key)), np.ascontiguousarray(rb.get_tensor(key))
+        if x.tobytes() != y.tobytes():
+            return False
+    return True
+
+
+def write_calibration(path: str, rows: list[int], n: int = 1024, seed: int = 0) -> None:
+    """Write a calibration .npz for the benchmark model: ``dense`` and one id column per table."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    data = {"dense": rng.standard_normal((n, NUM_DENSE), dtype=np.float32)}
+    for i, r in enumerate(rows):
+        data[f"C{i + 1}"] = rng.integers(0, r, n, dtype=np.int64)
+    np.savez(path, **data)
+
+
 def child_main(argv: list[str]) -> None:
     """Run one measured step (in a child process) and print its JSON result last."""
     step = argv[0]
@@ -165,11 +196,26 @@ def child_main(argv: list[str]) -> None:
         out = build(argv[1], float(argv[2]))
     elif step == "plain-rw":
         _plain_rw(argv[1], argv[2])
+    elif step == "optimize-int8-static":
+        import lpo
+
+        lpo.optimize(argv[1], argv[2], data_type="INT8", calib_file=argv[3], quiet=True)
     elif step.startswith("optimize"):
         import lpo
 
         dt = step.split("-")[1].upper()
         lpo.optimize(argv[1], argv[2], data_type=dt, int8_dense="weight_only", quiet=True)
+    elif step == "shard":
+        import lpo
+
+        out = lpo.convert_ckpt(argv[1], argv[2], argv[3], shard=int(argv[4]), num_shards=int(argv[5]),
+                               quiet=True).to_dict()
+    elif step == "merge":
+        import lpo
+
+        out = lpo.merge_ckpt(argv[3:], argv[2]).to_dict()
+    elif step == "compare":
+        out = {"equal": _same_checkpoint(argv[1], argv[2])}
     elif step.startswith("convert-ckpt"):
         import lpo
 
@@ -206,6 +252,64 @@ def _rm_prefix(prefix: str) -> None:
             os.remove(os.path.join(d, f))
 
 
+# ----------------------------------------------------------------------------- sharded conversion
+def _sharded(args, run: str, src: str, opt: dict, rows: list, fp32: int) -> list[dict]:
+    """Time INT8 conversion in N shards (each shard and the merge in its own child) for each N."""
+    counts = [int(n) for n in args.shards.split(",") if n.strip()]
+    if not counts:
+        return []
+    if "int8" not in opt or not os.path.isdir(opt["int8"]):
+        opt["int8"] = os.path.join(run, "opt-int8")
+        if not os.path.isdir(opt["int8"]):
+            _run_child(["optimize-int8", os.path.dirname(os.path.dirname(src)), opt["int8"]])
+    whole = os.path.join(run, "whole", "variables")
+    _run_child(["convert-ckpt-int8", src, whole, opt["int8"]])
+    out = []
+    for n in counts:
+        d = os.path.join(run, f"sharded-{n}")
+        prefixes, shards = [], []
+        for i in range(n):
+            p = os.path.join(d, f"shard{i}", "variables")
+            res, secs, rss = _run_child(["shard", src, p, opt["int8"], str(i), str(n)])
+            shards.append({"shard": i, "wall_s": secs, "peak_rss": rss, "bytes_read": res["bytes_read"]})
+            prefixes.append(p)
+        merged = os.path.join(d, "merged", "variables")
+        _res, merge_s, merge_rss = _run_child(["merge", "-", merged, *prefixes])
+        equal = _run_child(["compare", merged, whole])[0]["equal"]
+        row = {"num_shards": n, "shards": shards, "merge_s": merge_s, "merge_rss": merge_rss, "equal": equal}
+        out.append(row)
+        times = ", ".join(f"{s['wall_s']:.1f}s" for s in shards)
+        print(f"  {n} shard(s): shards {times}; merge {merge_s:.2f}s; merged == unsharded: {equal}", flush=True)
+        shutil.rmtree(d, ignore_errors=True)
+    shutil.rmtree(os.path.dirname(whole), ignore_errors=True)
+    return out
+
+
+def _print_sharded(shard_rows: list[dict], fp32: int, workers: str) -> None:
+    if not shard_rows:
+        return
+    print()
+    hdr = f"{'shards':>6} {'slowest shard s':>16} {'sum of shards s':>16} {'merge s':>8} {'MB/s per shard':>15} " \
+          f"{'peak RSS GB':>12} {'bit-equal':>9}"
+    print(hdr)
+    print("-" * len(hdr))
+    rates = []
+    for r in shard_rows:
+        slow = max(s["wall_s"] for s in r["shards"])
+        total = sum(s["wall_s"] for s in r["shards"])
+        rate = sum(s["bytes_read"] for s in r["shards"]) / 1e6 / total  # FP32 MB converted per shard-second
+        rates.append(rate)
+        print(f"{r['num_shards']:>6} {slow:>16.1f} {total:>16.1f} {r['merge_s']:>8.2f} {rate:>15.0f} "
+              f"{max(s['peak_rss'] for s in r['shards']) / GB:>12.2f} {str(r['equal']):>9}")
+    rate = min(rates)
+    merge = max(r["merge_s"] for r in shard_rows)
+    print(f"\nOn paper, a 2 TB FP32 checkpoint at the slowest measured per-shard rate ({rate:.0f} MB/s, one "
+          f"shard per worker, storage not the limit; the merge renames files: {merge:.1f}s measured here):")
+    for w in [int(x) for x in workers.split(",") if x.strip()]:
+        hours = 2e12 / (rate * 1e6 * w) / 3600
+        print(f"  W={w:>4}: {hours:6.2f} h  ({2e12 / w / 1e9:.0f} GB per worker)")
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     if argv is None:
@@ -218,8 +322,12 @@ def main(argv=None) -> int:
                     help="where the model is built once and the outputs go (default: %(default)s)")
     ap.add_argument("--gb", type=float, default=2.5, help="FP32 embedding GB (default: %(default)s)")
     ap.add_argument("--quick", action="store_true", help="smoke size: 0.3 GB")
-    ap.add_argument("--steps", default="optimize-bf16,optimize-int8,convert-ckpt-int8,convert-ckpt-bf16",
-                    help="comma-separated steps after tf-baseline and plain-rw (default: %(default)s)")
+    ap.add_argument("--steps", default="optimize-bf16,optimize-int8,optimize-int8-static,convert-ckpt-int8,"
+                    "convert-ckpt-bf16", help="comma-separated steps after tf-baseline and plain-rw "
+                    "(default: %(default)s)")
+    ap.add_argument("--shards", default="1,2,4", help="sharded INT8 conversions to time (shard counts; "
+                    "empty: none; default: %(default)s)")
+    ap.add_argument("--workers", default="1,8,32,128", help="worker counts of the 2 TB extrapolation")
     ap.add_argument("--keep", action="store_true", help="keep the outputs under CACHE_DIR/run")
     ap.add_argument("--json", default=None, help="also write the rows as JSON to this file")
     args = ap.parse_args(argv)
@@ -248,7 +356,12 @@ def main(argv=None) -> int:
     opt = {}
     for step in [s for s in args.steps.split(",") if s]:
         dt = step.rsplit("-", 1)[1]
-        if step.startswith("optimize"):
+        if step == "optimize-int8-static":
+            calib = os.path.join(run, "calib.npz")
+            write_calibration(calib, facts["rows"])
+            measure(step, [model, os.path.join(run, "opt-int8-static"), calib],
+                    cleanup=[os.path.join(run, "opt-int8-static")])
+        elif step.startswith("optimize"):
             opt[dt] = os.path.join(run, f"opt-{dt}")
             measure(step, [model, opt[dt]])
         elif step.startswith("convert-ckpt"):
@@ -263,6 +376,7 @@ def main(argv=None) -> int:
                     cleanup=[os.path.join(run, f"refresh-{dt}")])
         else:
             raise SystemExit(f"unknown step {step}")
+    shard_rows = _sharded(args, run, src, opt, rows, fp32)
     base_rss = rows[0]["peak_rss"]
     plain_s = rows[1]["wall_s"]
     print()
@@ -278,9 +392,14 @@ def main(argv=None) -> int:
         r["ratio_plain"] = r["wall_s"] / plain_s if r["step"] != "tf-baseline" else None
         print(f"{r['step']:<20} {r['wall_s']:>8.1f} {r['peak_rss'] / GB:>12.2f} {r['rss_over_largest']:>17.2f} "
               f"{(r['mb_s'] or 0):>10.0f} {(r['ratio_plain'] or 0):>12.2f}")
+    for r in rows:
+        if r["step"] == "optimize-int8-static":
+            print(f"\nINT8 optimize with static calibration: peak RSS {r['peak_rss'] / GB:.2f} GB = TF baseline + "
+                  f"{r['rss_over_largest']:.2f} x the largest table (done when <= 1.5)")
+    _print_sharded(shard_rows, fp32, args.workers)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"facts": facts, "rows": rows}, f, indent=1)
+            json.dump({"facts": facts, "rows": rows, "sharded": shard_rows}, f, indent=1)
     if not args.keep:
         shutil.rmtree(run, ignore_errors=True)
     return 0
