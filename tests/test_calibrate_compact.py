@@ -20,7 +20,7 @@ VARIANTS = ["sample_resource", "sample_ref", "sample_ref_gather", "sample_partit
 
 def _setup(sample):
     sm, mg = _load_model(sample.model_path, None)
-    _s, found = _find(mg)
+    found = _find(mg)
     tables = [c for c in found if getattr(c, "lookups", None)]
     dense = [c for c in found if c.kind == "dense"]
     return sm, mg, tables, dense
