@@ -18,8 +18,12 @@ def optimize(
     dense_mode: str = "weight_only",
     int8_dense: str = "static",
     calib_method: str = "l2",
+    eval_data: str = "",
+    max_auc_drop: float = 1e-4,
+    auto_max_evals: int = 200,
+    auto_seed: int = 0,
 ):
-    """Write a BF16/FP16/INT8 copy of ``model``; the SavedModel is the directory ``optimized.path``.
+    """Write a BF16/FP16/INT8 (or AUTO) copy of ``model``; the SavedModel is the directory ``optimized.path``.
 
     Args:
         model: FP32 SavedModel (read only).
@@ -32,19 +36,29 @@ def optimize(
         dense_mode: ``weight_only`` or ``compute`` for BF16/FP16 dense layers.
         int8_dense: ``static`` or ``weight_only``.
         calib_method: ``l2``, ``minmax`` or ``percentile``.
+        eval_data: ``data_type='AUTO'`` only: ``.npz`` of serving inputs + ``label`` (like validate's data).
+        max_auc_drop: AUTO's budget, largest ``|ΔAUC|`` vs FP32 (not the validate gate).
+        auto_max_evals: AUTO: most configurations evaluated.
+        auto_seed: AUTO: seed of the tuning/confirmation row split.
     """
     from lpo.log import quiet_tensorflow_process
 
     quiet_tensorflow_process()  # before TF loads: its start-up noise stays out of the step's log
     import lpo
-    from lpo.orchestration import calibration_file
+    from lpo.orchestration import auto_summary, calibration_file
 
+    auto = {}
+    if data_type.strip().upper() == "AUTO":
+        auto = {"eval_file": eval_data or None, "max_auc_drop": max_auc_drop,
+                "auto_options": {"max_evals": auto_max_evals, "seed": auto_seed}}
     result = lpo.optimize(
         model.path, optimized.path, opt_config=opt_config or None, data_type=data_type,
         calib_file=calibration_file(calibration.path) if calibration is not None else None,
         embedding_scheme=embedding_scheme, dense_mode=dense_mode, int8_dense=int8_dense,
-        calib_method=calib_method, quiet=True)
+        calib_method=calib_method, quiet=True, **auto)
     report = result.to_dict()
+    if report.get("auto"):
+        report["auto"] = auto_summary(report["auto"])
     optimized.metadata.update({
         "data_type": str(report.get("data_type", data_type)),
         "optimized_nodes": len(report.get("optimized") or []),

@@ -9,8 +9,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from lpo.errors import (  # noqa: E402
-    CalibrationError, CheckpointError, ConfigError, DataError, InternalError, LpoError, ModelFormatError,
-    OutputExistsError, ValidationFailed,
+    BudgetError, CalibrationError, CheckpointError, ConfigError, DataError, InternalError, LpoError,
+    ModelFormatError, OutputExistsError, ValidationFailed,
 )
 
 _LAZY = {
@@ -32,4 +32,4 @@ def __getattr__(name):
 
 
 __all__ = ["__version__", "LpoError", "ModelFormatError", "ConfigError", "OutputExistsError", "CalibrationError",
-           "DataError", "CheckpointError", "ValidationFailed", "InternalError", *_LAZY]
+           "DataError", "CheckpointError", "ValidationFailed", "BudgetError", "InternalError", *_LAZY]

@@ -160,11 +160,38 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     """``lpo optimize``: write a low-precision copy of a SavedModel."""
     opt_config = opts.load_opt_config(args.config) if args.config else None
     lpo = _import_lpo()
+    auto = {}
+    if args.data_type == opts.AUTO:
+        auto = {"eval_file": args.eval, "max_auc_drop": args.max_auc_drop, "report_dir": args.report_dir,
+                "auto_options": {k: v for k, v in (
+                    ("max_output_diff", args.max_output_diff), ("label_key", args.label_key),
+                    ("margin_sigmas", args.margin_sigmas),
+                    ("tune_fraction", args.tune_fraction), ("seed", args.seed), ("max_evals", args.max_evals),
+                    ("time_budget_s", args.time_budget), ("max_builds", args.max_builds),
+                    ("config_out", args.save_config)) if v is not None}}
+    elif args.eval is not None or args.report_dir is not None or args.save_config is not None:
+        from lpo.errors import ConfigError
+
+        raise ConfigError("--eval, --report-dir and --save-config are for --data-type auto")
     result = lpo.optimize(
         args.model, args.out, opt_config=opt_config, data_type=args.data_type,
         calib_file=args.calib, overwrite=args.overwrite, allow_pickle=args.allow_pickle,
         tags=args.tags, embedding_scheme=args.embedding_scheme, dense_mode=args.dense_mode,
-        int8_dense=args.int8_dense, calib_method=args.calib_method, quiet=args.quiet)
+        int8_dense=args.int8_dense, calib_method=args.calib_method, quiet=args.quiet, **auto)
+    if getattr(result, "auto", None) and not args.json:
+        a = result.auto
+        print(json.dumps(a["chosen"]["config"], indent=1, sort_keys=True))
+        conf = a["confirm"]
+        what = "|dAUC|" if a["budget"]["metric"] == "auc" else "p99 |dp|"
+        print(f"AUTO: size {result.size_ratio:.3f}x of FP32 variables; {what} {a['tune']['loss']:.3g} on "
+              f"{a['rows']['tune']} tuning rows, {conf['loss']:.3g} on {a['rows']['confirm']} rows it never saw "
+              f"(budget {a['budget'].get('max_auc_drop', a['budget'].get('max_output_diff')):g}); "
+              f"{len(a['trials'])} configurations in {a['seconds']:.1f} s")
+        for path in a["config_files"]:
+            print(f"opt_config written to {path} (reuse it with --config)")
+        for name in ("html",):
+            if a["report_files"].get(name):
+                print(f"report: {a['report_files'][name]}")
     _emit(result, args.json)
     return 0
 
@@ -322,8 +349,9 @@ def _inspect_args(p: argparse.ArgumentParser) -> None:
 def _optimize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="FP32 SavedModel directory (read only)")
     p.add_argument("out", metavar="OUT", help="output SavedModel directory")
-    _add_choice(p, "--data-type", opts.DATA_TYPES, opts.OPTIMIZE.data_type,
-                "target precision, case-insensitive; INT4: INT4 embedding tables with INT8 dense layers "
+    _add_choice(p, "--data-type", opts.DATA_TYPES + (opts.AUTO,), opts.OPTIMIZE.data_type,
+                "target precision, case-insensitive; INT4: INT4 embedding tables with INT8 dense layers; AUTO "
+                "searches per-node forms for the smallest model within --max-auc-drop on --eval rows "
                 "(default: %(default)s)", upper=True)
     p.add_argument("--config", metavar="OPT_JSON",
                    help='JSON object mapping node names to data types, e.g. {"emb/C1": "INT8"}; a table '
@@ -349,6 +377,35 @@ def _optimize_args(p: argparse.ArgumentParser) -> None:
                 "(default: %(default)s)")
     _add_choice(p, "--calib-method", opts.CALIB_METHODS, opts.OPTIMIZE.calib_method,
                 "activation range method for static INT8 (default: %(default)s)")
+    a = p.add_argument_group("AUTO (--data-type auto)",
+                             "Search each node's form (INT4/INT8/16-bit/FP32) for the smallest, then fastest, "
+                             "model whose |dAUC| vs FP32 on --eval rows stays within --max-auc-drop. --config pins "
+                             "nodes. The chosen opt_config is printed, stored in OUT and reusable with --config.")
+    a.add_argument("--eval", metavar="FILE", help=".npz of serving inputs and a 0/1 label array (like `lpo "
+                   "validate`'s data); part of it tunes, the rest confirms")
+    a.add_argument("--max-auc-drop", type=_float, default=opts.AUTO_OPTIONS.max_auc_drop, metavar="X",
+                   help="AUTO's budget: largest |AUC - AUC(FP32)| on --eval rows (default: %(default)g; not the "
+                        "`lpo validate` gate)")
+    a.add_argument("--margin-sigmas", type=_float, default=None, metavar="Z",
+                   help="the search needs |dAUC| + Z standard errors within the budget on the tuning rows "
+                        f"(default: {opts.AUTO_OPTIONS.margin_sigmas:g})")
+    a.add_argument("--max-output-diff", type=_float, default=None, metavar="X",
+                   help="budget used when --eval has no label: p99 |prediction - FP32 prediction| "
+                        f"(default: {opts.AUTO_OPTIONS.max_output_diff:g})")
+    a.add_argument("--label-key", default=None, metavar="NAME",
+                   help=f"label array of --eval (default: {opts.AUTO_OPTIONS.label_key})")
+    a.add_argument("--tune-fraction", type=_float, default=None, metavar="F",
+                   help=f"fraction of --eval rows the search sees (default: {opts.AUTO_OPTIONS.tune_fraction:g})")
+    a.add_argument("--seed", type=int, default=None, help=f"row split seed (default: {opts.AUTO_OPTIONS.seed})")
+    a.add_argument("--max-evals", type=_positive_int, default=None, metavar="N",
+                   help=f"most configurations evaluated (default: {opts.AUTO_OPTIONS.max_evals})")
+    a.add_argument("--time-budget", type=_float, default=None, metavar="SECONDS",
+                   help="stop the search after this many seconds (default: no limit)")
+    a.add_argument("--max-builds", type=int, default=None, metavar="N",
+                   help=f"most real builds in the speed phase (default: {opts.AUTO_OPTIONS.max_builds})")
+    a.add_argument("--report-dir", metavar="DIR",
+                   help="write the AUTO report (every configuration tried: size, dAUC, latency) as HTML/Markdown/JSON")
+    a.add_argument("--save-config", metavar="OPT_JSON", help="also write the chosen opt_config JSON here")
     _add_json(p)
 
 

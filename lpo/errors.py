@@ -65,6 +65,19 @@ class ValidationFailed(LpoError):
         self.report = report
 
 
+class BudgetError(LpoError):
+    """AUTO found no configuration within the accuracy budget (or it failed on unseen rows).
+
+    ``result`` is the search's :class:`lpo.tune.AutoResult` (every configuration tried).
+    """
+
+    exit_code = 3
+
+    def __init__(self, message: str, result=None):
+        super().__init__(message)
+        self.result = result
+
+
 class InternalError(LpoError):
     """A bug in lpo: please report it with the --debug traceback."""
 

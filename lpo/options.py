@@ -123,7 +123,69 @@ class ValidateOptions:
     label_key: str = "label"
 
 
+#: ``data_type`` value that searches per-node forms under an accuracy budget (lpo/tune).
+AUTO = "AUTO"
+
+#: AUTO's per-node forms, least accurate (smallest) first; a form whose dtype this lpo does
+#: not have, that its node's pass refuses, or that is not strictly smaller than the next
+#: form kept for that node (e.g. INT8 per_row on a D=1 table) is left out. FP16 is tried
+#: before BF16 at the same size (more mantissa); BF16 is used where FP16 overflows.
+AUTO_LADDERS = {
+    "embedding": ("INT4:per_dim", "INT4:per_row", "INT8:per_dim", "INT8:per_row", "BF16", "FP16", "FP32"),
+    "dense": ("INT8:weight_only", "BF16:weight_only", "FP16:weight_only", "FP32"),
+}
+#: Same-size forms that may run faster, tried on real builds after the size search (speed
+#: phase) and kept only when they hold the budget and measure faster than the form they
+#: replace. Empty while no such form exists: the static INT8 form (fake-quantized
+#: activations) is as large as INT8 weight-only, less accurate and adds an op, so it is
+#: never faster and AUTO does not offer it.
+AUTO_FASTER: dict = {}
+
+
+@dataclass(frozen=True)
+class AutoOptions:
+    """Defaults of ``data_type='AUTO'``: the smallest, then fastest, plan within an accuracy budget.
+
+    ``max_auc_drop`` here is AUTO's search budget, ``|AUC(AUTO) - AUC(FP32)|`` on the rows
+    of ``eval_file`` (either direction counts: a gain on the tuning rows is noise that can be
+    a loss on new rows). It is not :attr:`Thresholds.max_auc_drop`, the pass/fail gate of
+    ``lpo validate`` (default 0.001).
+    """
+
+    #: AUTO's accuracy budget: largest allowed |ΔAUC| vs FP32.
+    max_auc_drop: float = 1e-4
+    #: The search needs ``|ΔAUC| + margin_sigmas * SE(ΔAUC)`` within the budget on the tuning
+    #: rows (SE: paired DeLong standard error), so a choice does not rest on lucky rows.
+    margin_sigmas: float = 2.0
+    #: The budget used instead when ``eval_file`` has no label: p99 of |Δ prediction| vs FP32.
+    max_output_diff: float = 1e-3
+    #: The label array of ``eval_file``.
+    label_key: str = "label"
+    #: Fraction of ``eval_file`` rows the search sees; the rest only confirms the result.
+    tune_fraction: float = 0.5
+    #: Seeds the tuning/confirmation row split (everything else is deterministic).
+    seed: int = 0
+    #: Most configurations evaluated (simulated and built together).
+    max_evals: int = 200
+    #: Most seconds the search may take (None: no limit); checked between evaluations.
+    time_budget_s: Optional[float] = None
+    #: Most real builds (optimize + load) in the speed phase, besides the chosen one.
+    max_builds: int = 4
+    #: Latency of built candidates: p50 at this batch size, interleaved with FP32.
+    latency_batch: int = 512
+    latency_iters: int = 30
+    #: A same-size faster form is kept only when its p50 is at least this fraction lower.
+    min_speedup: float = 0.05
+    #: Where to also write the chosen opt_config JSON (None: only inside the model).
+    config_out: Optional[str] = None
+
+    def to_dict(self) -> dict:
+        """Return a JSON-able dict."""
+        return asdict(self)
+
+
 OPTIMIZE = OptimizeOptions()
+AUTO_OPTIONS = AutoOptions()
 CALIBRATE = CalibrateOptions()
 THRESHOLDS = Thresholds()
 VALIDATE = ValidateOptions()
@@ -271,6 +333,62 @@ def dtype_for(data_type: str, kind: str) -> str:
     return FAMILY_DTYPE.get(kind, {}).get(data_type, data_type)
 
 
+def normalize_auto_options(value: Any = None, **overrides) -> AutoOptions:
+    """Return :class:`AutoOptions` from ``None``, a dict or an AutoOptions, plus keyword overrides.
+
+    Unknown keys and out-of-range values are ConfigErrors.
+    """
+    if value is None:
+        d = AUTO_OPTIONS.to_dict()
+    elif isinstance(value, AutoOptions):
+        d = value.to_dict()
+    elif isinstance(value, dict):
+        d = AUTO_OPTIONS.to_dict()
+        names = list(d)
+        for k in value:
+            if k not in d:
+                near = closest(str(k), names, n=1)
+                raise ConfigError(f"unknown AUTO option {k!r}{f'; did you mean {near[0]}?' if near else ''} "
+                                  f"(valid: {', '.join(names)})")
+        d.update(value)
+    else:
+        raise ConfigError(f"auto_options must be a dict or AutoOptions, got {type(value).__name__}")
+    d.update({k: v for k, v in overrides.items() if v is not None})
+
+    def number(name, lo, hi=None, *, integer=False, lo_open=False, hi_open=False, optional=False):
+        v = d[name]
+        if v is None and optional:
+            return
+        ok = not isinstance(v, bool) and isinstance(v, (int, float)) and v == v
+        if ok and integer:
+            ok = float(v).is_integer()
+        if ok:
+            ok = (v > lo if lo_open else v >= lo) and (hi is None or (v < hi if hi_open else v <= hi))
+        if not ok:
+            rng = f"{'>' if lo_open else '>='} {lo:g}" + (f" and {'<' if hi_open else '<='} {hi:g}" if hi is not None
+                                                        else "")
+            raise ConfigError(f"AUTO option {name} must be {'an integer' if integer else 'a number'} {rng}, "
+                              f"got {v!r}")
+        d[name] = int(v) if integer else float(v)
+
+    number("max_auc_drop", 0.0)
+    number("max_output_diff", 0.0)
+    number("margin_sigmas", 0.0)
+    number("tune_fraction", 0.0, 1.0, lo_open=True, hi_open=True)
+    number("seed", 0, integer=True)
+    number("max_evals", 1, integer=True)
+    number("time_budget_s", 0.0, lo_open=True, optional=True)
+    number("max_builds", 0, integer=True)
+    number("latency_batch", 1, integer=True)
+    number("latency_iters", 1, integer=True)
+    number("min_speedup", 0.0, 1.0, hi_open=True)
+    if not isinstance(d["label_key"], str) or not d["label_key"]:
+        raise ConfigError(f"AUTO option label_key must be a non-empty string, got {d['label_key']!r}")
+    if d["config_out"] is not None:
+        d["config_out"] = os.fspath(d["config_out"])
+    return AutoOptions(**d)
+
+
 def normalize_tags(tags: Any) -> tuple[str, ...]:
     """Return MetaGraph tags as a tuple: ``None`` -> ``('serve',)``, ``"serve,gpu"`` -> ``('serve', 'gpu')``."""
     if tags is None:
@@ -398,6 +516,7 @@ __all__ = [
     "DATA_FORMATS", "PUBLISH_LAYOUTS", "AirflowOptions", "AIRFLOW", "DAG_PATHS", "airflow_root",
     "dag_path_default", "DEFAULT_TAGS", "DEFAULT_SIGNATURE", "OptimizeOptions", "CalibrateOptions", "Thresholds",
     "ValidateOptions", "OPTIMIZE", "CALIBRATE", "THRESHOLDS", "VALIDATE", "OFF", "choice", "normalize_dtype",
+    "AUTO", "AUTO_LADDERS", "AUTO_FASTER", "AutoOptions", "AUTO_OPTIONS", "normalize_auto_options",
     "NodeChoice", "VARIANT_SEP", "node_variants", "normalize_node_choice", "node_options",
     "normalize_tags", "normalize_batch_sizes", "optional_threshold", "load_opt_config", "normalize_opt_config",
 ]

@@ -32,6 +32,19 @@ def calibration_file(path: str) -> str:
     return path
 
 
+def auto_summary(auto: dict) -> dict:
+    """The headline of an AUTO result (``OptimizeResult.auto``) for orchestrator metadata/XCom.
+
+    Keeps the chosen opt_config, the budget, the tuning/confirmation figures and the row
+    counts; drops the per-trial frontier (it is in the AUTO report).
+    """
+    keep = ("budget", "chosen", "tune", "confirm", "rows", "stopped", "seconds", "notes", "config_files",
+            "report_files")
+    out = {k: auto.get(k) for k in keep if k in auto}
+    out["evaluations"] = len(auto.get("trials") or [])
+    return out
+
+
 def _finite(x: Any) -> Optional[float]:
     try:
         f = float(x)

@@ -149,18 +149,30 @@ class LpoOptimizeOperator(BaseOperator):
         calib_file: calibration ``.npz`` (needed for static INT8 dense layers).
         embedding_scheme, dense_mode, int8_dense, calib_method: as in :func:`lpo.optimize`.
         overwrite: replace a non-empty ``save_path`` (default True: reruns are idempotent).
+        eval_file: ``data_type='AUTO'`` only: ``.npz`` of serving inputs + ``label``.
+        max_auc_drop: AUTO's budget, largest ``|ΔAUC|`` vs FP32 (not the validate gate).
+        auto_options: AUTO options (:class:`lpo.options.AutoOptions` fields) as a dict or JSON string.
+        report_dir: AUTO's frontier report directory (optional).
+
+    Returns (XCom): ``OptimizeResult.to_dict()``; for AUTO its ``auto`` entry is the headline
+    (chosen opt_config, budget, tuning/confirmation figures), not every trial.
     """
 
     template_fields: Sequence[str] = ("model_path", "save_path", "data_type", "opt_config", "calib_file",
                                       "embedding_scheme", "dense_mode", "int8_dense", "calib_method",
-                                      "overwrite")
+                                      "overwrite", "eval_file", "max_auc_drop", "auto_options", "report_dir")
     ui_color = "#dcebf7"
 
     def __init__(self, *, model_path: str, save_path: str, data_type: str = "BF16", opt_config: Any = None,
                  calib_file: Optional[str] = None, embedding_scheme: str = "per_dim",
                  dense_mode: str = "weight_only", int8_dense: str = "static", calib_method: str = "l2",
-                 overwrite: Any = True, **kwargs):
+                 overwrite: Any = True, eval_file: Optional[str] = None, max_auc_drop: Any = 1e-4,
+                 auto_options: Any = None, report_dir: Optional[str] = None, **kwargs):
         super().__init__(**kwargs)
+        self.eval_file = eval_file
+        self.max_auc_drop = max_auc_drop
+        self.auto_options = auto_options
+        self.report_dir = report_dir
         self.model_path = model_path
         self.save_path = save_path
         self.data_type = data_type
@@ -182,15 +194,31 @@ class LpoOptimizeOperator(BaseOperator):
         if calib is not None:
             calib = _path("calib_file", calib, must_exist=True)
         os.makedirs(os.path.dirname(os.path.abspath(save)), exist_ok=True)
+        auto = {}
+        if str(self.data_type).strip().upper() == "AUTO":
+            options = self.auto_options
+            if isinstance(options, str):
+                options = json.loads(options) if options.strip() else None
+            try:
+                budget = float(self.max_auc_drop)
+            except (TypeError, ValueError):
+                raise ValueError(f"max_auc_drop must be a number, got {self.max_auc_drop!r}") from None
+            auto = {"eval_file": _path("eval_file", self.eval_file, must_exist=True), "max_auc_drop": budget,
+                    "auto_options": options, "report_dir": _opt(self.report_dir)}
         try:
             result = lpo.optimize(
                 model, save, opt_config=self.opt_config or None, data_type=self.data_type,
                 calib_file=calib, overwrite=_bool(self.overwrite), embedding_scheme=self.embedding_scheme,
                 dense_mode=self.dense_mode, int8_dense=self.int8_dense, calib_method=self.calib_method,
-                quiet=True)
+                quiet=True, **auto)
         except lpo.LpoError as e:
             raise _lpo_error(e) from e
-        return json.loads(json.dumps(result.to_dict(), default=str))
+        out = result.to_dict()
+        if out.get("auto"):
+            from lpo.orchestration import auto_summary
+
+            out["auto"] = auto_summary(out["auto"])
+        return json.loads(json.dumps(out, default=str))
 
 
 class LpoValidateOperator(BaseOperator):

@@ -84,6 +84,8 @@ class OptimizeResult:
     total_bytes_after: int
     kept_fp32: list[str] = field(default_factory=list)
     requires: dict = field(default_factory=dict)
+    #: data_type='AUTO' only: the search's result (lpo.tune.AutoResult.to_dict())
+    auto: dict | None = None
 
     @property
     def size_ratio(self) -> float:
@@ -332,7 +334,9 @@ def optimize(model_path, save_path, opt_config=None, data_type=opts.OPTIMIZE.dat
              dense_mode=opts.OPTIMIZE.dense_mode, int8_dense=opts.OPTIMIZE.int8_dense,
              calib_method=opts.OPTIMIZE.calib_method, calib_batch_size=opts.OPTIMIZE.calib_batch_size,
              calib_max_batches=None,
-             dequantize_at_load=opts.OPTIMIZE.dequantize_at_load, quiet=False) -> OptimizeResult:
+             dequantize_at_load=opts.OPTIMIZE.dequantize_at_load, quiet=False, eval_file=None,
+             max_auc_drop=opts.AUTO_OPTIONS.max_auc_drop, auto_options=None, report_dir=None,
+             _auto=None) -> OptimizeResult:
     """Write at ``save_path`` a SavedModel whose embeddings and dense layers run in low precision.
 
     Args:
@@ -357,10 +361,28 @@ def optimize(model_path, save_path, opt_config=None, data_type=opts.OPTIMIZE.dat
         dequantize_at_load: for ``weight_only``/``static`` dense layers, dequantize the (small)
             dense weights once when the model loads into a float32 local variable, instead
             of on every call. The file keeps only low-precision weights.
+        eval_file, max_auc_drop, auto_options, report_dir: ``data_type='AUTO'`` only: search
+            per-node forms for the smallest, then fastest, model whose ``|ΔAUC|`` vs FP32 on
+            ``eval_file`` (serving inputs + label, .npz) stays within ``max_auc_drop`` (AUTO's
+            budget, default 1e-4; not the validation gate). ``opt_config`` then pins nodes.
+            ``auto_options``: :class:`lpo.options.AutoOptions` fields (seed, max_evals, ...);
+            ``report_dir``: the frontier report (HTML/Markdown/JSON). See :mod:`lpo.tune`.
 
     Returns:
         OptimizeResult with the optimized nodes and the bytes before and after.
     """
+    if isinstance(data_type, str) and data_type.strip().upper() == opts.AUTO:
+        from lpo.tune import auto_optimize
+
+        return auto_optimize(model_path, save_path, opt_config=opt_config, calib_file=calib_file,
+                             eval_file=eval_file, max_auc_drop=max_auc_drop, auto_options=auto_options,
+                             report_dir=report_dir, overwrite=overwrite, allow_pickle=allow_pickle, tags=tags,
+                             embedding_scheme=embedding_scheme, dense_mode=dense_mode, int8_dense=int8_dense,
+                             calib_method=calib_method, calib_batch_size=calib_batch_size,
+                             calib_max_batches=calib_max_batches, dequantize_at_load=dequantize_at_load, quiet=quiet)
+    if _auto is None and (eval_file is not None or report_dir is not None or auto_options is not None):
+        raise ConfigError("eval_file, auto_options and report_dir are for data_type='AUTO' only; use `lpo validate` "
+                          "to measure an optimized model")
     options = opts.OptimizeOptions(
         data_type=data_type, embedding_scheme=embedding_scheme, dense_mode=dense_mode, int8_dense=int8_dense,
         calib_method=calib_method, calib_batch_size=calib_batch_size,
@@ -372,10 +394,13 @@ def optimize(model_path, save_path, opt_config=None, data_type=opts.OPTIMIZE.dat
     found, convs = _plan_conversions(model_path, mg, opt_config, options)
     _calibrate_static(model_path, sm, tags, convs, calib_file, options, allow_pickle=allow_pickle,
                       max_batches=calib_max_batches, found=found)
-    plan = Plan(data_type=options.data_type, conversions=convs, lpo_version=__version__,
+    plan = Plan(data_type=opts.AUTO if _auto else options.data_type, conversions=convs, lpo_version=__version__,
                 options={**options.plan_options(), "opt_config": opt_config})
+    if _auto:  # the final write of data_type='AUTO' (lpo.tune): its summary and chosen opt_config
+        plan.options["auto"] = _auto["manifest"]
     _rewrite_all(sm, plan)
-    _write_optimized(model_path, save_path, sm, plan, tags, overwrite=overwrite, quiet=quiet)
+    _write_optimized(model_path, save_path, sm, plan, tags, overwrite=overwrite, quiet=quiet,
+                     assets=(_auto or {}).get("assets"))
     return _optimize_result(model_path, save_path, found, plan)
 
 
@@ -414,7 +439,7 @@ def _calibrate_static(model_path, sm, tags, convs: list[Conversion], calib_file,
                    compact=(model_path, sm, select_meta_graph(sm, tags), tables))
 
 
-def _write_optimized(model_path, save_path, sm, plan: Plan, tags, *, overwrite, quiet) -> None:
+def _write_optimized(model_path, save_path, sm, plan: Plan, tags, *, overwrite, quiet, assets=None) -> None:
     """Write the rewritten ``sm``, the model's other files, the manifest and the converted checkpoint."""
     from lpo.core.checkpoint import convert_checkpoint
     from lpo.fsutil import atomic_output_dir
@@ -427,6 +452,9 @@ def _write_optimized(model_path, save_path, sm, plan: Plan, tags, *, overwrite, 
         os.makedirs(os.path.join(tmp, MANIFEST_DIR), exist_ok=True)
         with open(os.path.join(tmp, MANIFEST_DIR, MANIFEST_NAME), "w", encoding="utf-8") as f:
             f.write(plan.dumps())
+        for name, text in (assets or {}).items():  # e.g. AUTO's chosen opt_config
+            with open(os.path.join(tmp, MANIFEST_DIR, name), "w", encoding="utf-8") as f:
+                f.write(text)
         os.makedirs(os.path.join(tmp, "variables"), exist_ok=True)
         work = os.path.join(tmp, ".lpo-shards")
         os.makedirs(work)
