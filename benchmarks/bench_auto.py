@@ -42,6 +42,10 @@ def run(variant: str, budgets, eval_rows: int, iters: int, work: str, auto_optio
         from lpo.samples.keras_models import cached_keras_sample
 
         sample = cached_keras_sample()
+    elif variant == "dcn":
+        from lpo.samples.keras_models import cached_dcn_sample
+
+        sample = cached_dcn_sample()
     else:
         from lpo.samples.tf1 import cached_sample
 
@@ -78,8 +82,8 @@ def run(variant: str, budgets, eval_rows: int, iters: int, work: str, auto_optio
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variant", nargs="+", default=["resource", "keras"],
-                    choices=("resource", "ref", "partitioned", "keras"))
+    ap.add_argument("--variant", nargs="+", default=["resource", "keras", "dcn"],
+                    choices=("resource", "ref", "partitioned", "keras", "dcn"))
     ap.add_argument("--budgets", nargs="+", type=float, default=[1e-4, 5e-4])
     ap.add_argument("--eval-rows", type=int, default=None,
                     help="rows given to AUTO (default: half the sample's held-out rows)")
@@ -91,7 +95,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="lpo-bench-auto-") as work:
         for variant in args.variant:
-            eval_rows = args.eval_rows or (10000 if variant != "keras" else 5000)
+            eval_rows = args.eval_rows or (10000 if variant not in ("keras", "dcn") else 5000)
             rows += run(variant, args.budgets, eval_rows, args.iters, work, json.loads(args.auto_options))
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -109,9 +113,9 @@ def main() -> None:
         forms = ", ".join(f"{k} x{v}" for k, v in sorted(r["forms"].items()))
         print(f"{r['variant']:<10}{r['budget']:>8.0e}{r['size']:>7.3f}x{r['auc_delta_unseen']:>+13.2e}"
               f"{r['unseen_rows']:>7}{r['lat_ratio']:>6.2f}x{r['search_s']:>10.1f}{r['evals']:>7}  {forms}")
-    if "keras" in args.variant:
+    if {"keras", "dcn"} & set(args.variant):
         print("note: a Keras export saves every variable twice and lpo's output keeps the one serving reads, "
-              "so the keras size column is half the ratio to the variables serving reads")
+              "so the keras/dcn size column is half the ratio to the variables serving reads")
     sys.stdout.flush()
 
 

@@ -167,6 +167,9 @@ class AutoOptions:
     seed: int = 0
     #: Most configurations evaluated (simulated and built together).
     max_evals: int = 200
+    #: Most configurations confirmed on the confirmation rows: when one misses the budget there,
+    #: the next larger one within the budget on the tuning rows is confirmed instead.
+    max_confirms: int = 3
     #: Most seconds the search may take (None: no limit); checked between evaluations.
     time_budget_s: Optional[float] = None
     #: Most real builds (optimize + load) in the speed phase, besides the chosen one.
@@ -379,6 +382,7 @@ def normalize_auto_options(value: Any = None, **overrides) -> AutoOptions:
     number("max_evals", 1, integer=True)
     number("time_budget_s", 0.0, lo_open=True, optional=True)
     number("max_builds", 0, integer=True)
+    number("max_confirms", 1, integer=True)
     number("latency_batch", 1, integer=True)
     number("latency_iters", 1, integer=True)
     number("min_speedup", 0.0, 1.0, hi_open=True)

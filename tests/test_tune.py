@@ -120,6 +120,19 @@ def test_search_stops_at_max_evals_with_the_best_feasible_so_far():
     assert best is None or best.feasible
 
 
+def test_next_safer_skips_configurations_that_are_nearly_as_harmful():
+    harm = {"a": {"INT4": 3e-4, "INT8": 3e-5}, "b": {"INT4": 2e-4, "INT8": 2e-5}, "c": {"INT4": 1e-4}}
+    sp = spaces3()
+    ev = FakeEvaluator(sp, harm, 1.0)
+    s = Search(ev, sp, opts.normalize_auto_options({}))
+    failed = ev.evaluate({"a": "INT8", "b": "INT8", "c": "INT4"}, "x")  # harm 1.5e-4
+    ev.evaluate({"a": "INT8", "b": "FP16", "c": "INT4"}, "x")  # 1.3e-4: not half
+    ev.evaluate({"a": "FP16", "b": "FP16", "c": "FP32"}, "x")  # 0: half or less, but larger
+    half = ev.evaluate({"a": "INT8", "b": "INT8", "c": "INT8"}, "x")  # 5e-5: half or less, smallest
+    assert s.next_safer(failed, exclude={ev.key(failed.config)}).id == half.id
+    assert s.next_safer(half, exclude={ev.key(half.config)}).config == {"a": "FP16", "b": "FP16", "c": "FP32"}
+
+
 def test_pareto_keeps_the_non_dominated_trials():
     trials = [{"id": 0, "nbytes": 10, "loss": 5.0}, {"id": 1, "nbytes": 20, "loss": 1.0},
               {"id": 2, "nbytes": 20, "loss": 2.0}, {"id": 3, "nbytes": 30, "loss": 1.0},
@@ -299,6 +312,21 @@ def test_simulation_equals_the_built_model(sample_keras, keras_files, tmp_path):
         built = np.asarray(next(iter(r.run(feed).values()))).reshape(-1)
     assert len(set(config.values())) >= 7
     assert np.max(np.abs(simulated - built)) <= 1e-6
+
+
+@pytest.mark.slow
+def test_a_choice_that_misses_on_the_confirmation_rows_gives_way_to_a_safer_one(sample_keras, keras_files,
+                                                                                 tmp_path):
+    """Without a margin (margin_sigmas=0) the tuning rows' winner overfits them; AUTO backs off, not re-rolls."""
+    res = lpo.optimize(sample_keras.model_path, str(tmp_path / "m"), data_type="AUTO",
+                       eval_file=str(keras_files / "eval.npz"), quiet=True,
+                       auto_options=dict(FAST, margin_sigmas=0, seed=0, max_builds=0))
+    conf = res.auto["confirmations"]
+    assert [c["passed"] for c in conf] == [False, True]
+    trials = {t["id"]: t for t in res.auto["trials"]}
+    assert trials[conf[1]["trial"]]["mse"] <= trials[conf[0]["trial"]]["mse"] / 2
+    assert conf[1]["size_ratio"] > conf[0]["size_ratio"] and res.auto["chosen"]["trial"] == conf[1]["trial"]
+    assert res.auto["confirm"]["loss"] <= 1e-4 and any("missed the budget" in n for n in res.auto["notes"])
 
 
 @pytest.mark.slow

@@ -5,13 +5,15 @@
 2. Search (:mod:`lpo.tune.search`) for the smallest, then fastest, configuration whose
    loss against FP32 on the tuning rows is within the budget: ``|ΔAUC| <= max_auc_drop``,
    or, when ``eval_file`` has no label, p99 ``|Δprediction| <= max_output_diff``.
-3. Confirm the chosen configuration, built for real, on the confirmation rows.
+3. Confirm the chosen configuration, built for real, on the confirmation rows; when it
+   misses there, a clearly safer one (half the harm) is confirmed instead, at most
+   ``max_confirms`` times (the confirmation rows decide pass or fail only).
 4. Write it with ``optimize(opt_config=<chosen>)``: the manifest holds the plan (and an
    ``auto`` summary), ``assets.extra/lpo_auto_config.json`` the chosen opt_config, reusable
    with ``--config``; ``convert_ckpt``/``refresh`` replay it like any other plan.
 
 When no configuration other than all-FP32 meets the budget (within ``max_evals`` /
-``time_budget_s``), or the chosen one misses it on the confirmation rows, AUTO raises
+``time_budget_s``), or no confirmation passes, AUTO raises
 :class:`lpo.errors.BudgetError` and writes no model: an "optimized" copy that is all FP32
 would only hide the problem. The report (with ``report_dir``) is written either way.
 """
@@ -53,6 +55,7 @@ class AutoResult:
     notes: list = field(default_factory=list)
     config_files: list = field(default_factory=list)
     report_files: dict = field(default_factory=dict)
+    confirmations: list = field(default_factory=list)
     options: dict = field(default_factory=dict)
 
     @property
@@ -171,8 +174,8 @@ def auto_optimize(model_path, save_path, *, opt_config=None, calib_file=None, ev
             ev = Evaluator(spaces, sim, tune, output, metric, _fp32_bytes(mg), build,
                            EvalBudget(auto.max_evals, auto.time_budget_s), latency_batch=auto.latency_batch,
                            latency_iters=auto.latency_iters)
-            chosen = _search(ev, spaces, auto, result)
-            _confirm(ev, chosen, confirm, fp32_confirm, output, metric.budget, tags, result)
+            search, chosen = _search(ev, spaces, auto, result)
+            _confirm(ev, search, chosen, confirm, fp32_confirm, output, metric.budget, tags, result, auto)
     except BudgetError:
         if report_dir is not None:
             result.seconds = time.perf_counter() - t_start
@@ -250,7 +253,7 @@ def _search(ev, spaces, auto, result):
     result.stopped, result.sensitivity = search.stopped, search.sensitivity
     result.trials = [t.to_dict() for t in ev.trials]
     if chosen is not None:
-        return chosen
+        return search, chosen
     tried = [t for t in ev.trials if any(c != opts.KEEP for c in t.config.values())]
     best = min(tried, key=lambda t: (t.score, t.nbytes), default=None)
     hint = (f"; the closest one tried (size {best.size_ratio:.3f}x) scored {best.score:.3g}" if best is not None
@@ -263,29 +266,52 @@ def _search(ev, spaces, auto, result):
                       "(nothing written)", result=result)
 
 
-def _confirm(ev, chosen, confirm, fp32_confirm, output, budget, tags, result) -> None:
-    """Score the built choice on the confirmation rows (``|ΔAUC| <= budget``); BudgetError when it misses."""
+def _confirm(ev, search, chosen, confirm, fp32_confirm, output, budget, tags, result, auto) -> None:
+    """Confirm the built choice on the confirmation rows: ``|ΔAUC| <= budget`` there.
+
+    When it misses, the smallest configuration within the budget on the tuning rows whose
+    harm (mean squared prediction change) is at most half the failed one's is confirmed
+    instead, at most ``max_confirms`` times in all: a clearly safer choice, never a re-roll of
+    a nearly equal one. The confirmation rows only decide pass or fail; the search never
+    ranks by them. BudgetError when none passes.
+    """
     from lpo.errors import BudgetError
     from lpo.tune.evaluate import Metric, prediction_vector, quiet_logs
     from lpo.validation.runner import SignatureRunner
 
-    t, path = ev.build(chosen.config, "confirm", "chosen configuration")
-    with quiet_logs(), SignatureRunner(path, tags=tags) as runner:
-        pred = np.concatenate([prediction_vector(runner.run(f), output) for f in confirm.feeds()])
-    conf = Metric(fp32_confirm, confirm.labels, budget).measure(pred)
-    result.trials = [x.to_dict() for x in ev.trials]
+    cand, tried, failed = chosen, [], set()
+    while True:
+        t, path = ev.build(cand.config, "confirm", "chosen configuration" if not tried else
+                           f"safer configuration (half the harm) after {len(tried)} missed")
+        with quiet_logs(), SignatureRunner(path, tags=tags) as runner:
+            pred = np.concatenate([prediction_vector(runner.run(f), output) for f in confirm.feeds()])
+        conf = Metric(fp32_confirm, confirm.labels, budget).measure(pred)
+        tried.append({"trial": t.id, "size_ratio": t.size_ratio, "tune_loss": t.loss, "tune_score": t.score,
+                      "confirm_loss": conf["loss"], "passed": conf["feasible"]})
+        log.info("AUTO: configuration %d (size %.3fx, tuning loss %.3g, score %.3g): confirmation loss %.3g, %s "
+                 "(budget %g)", t.id, t.size_ratio, t.loss, t.score, conf["loss"],
+                 "confirmed" if conf["feasible"] else "missed", budget)
+        result.trials = [x.to_dict() for x in ev.trials]
+        result.confirmations = tried
+        if conf["feasible"]:
+            break
+        failed.add(ev.key(cand.config))
+        nxt = search.next_safer(t, exclude=failed)
+        if nxt is None or len(tried) >= auto.max_confirms:
+            raise BudgetError(
+                f"AUTO's choice (size {t.size_ratio:.3f}x) met the budget on the {result.rows['tune']} tuning rows "
+                f"(loss {t.loss:.3g}, score {t.score:.3g}) but not on the {result.rows['confirm']} confirmation rows "
+                f"it never saw (loss {conf['loss']:.3g} > {budget:g}), after {len(tried)} confirmation(s): pass more "
+                "eval rows, raise margin_sigmas or loosen the budget (nothing written)", result=result)
+        cand = nxt
+    if len(tried) > 1:
+        result.notes.append(f"the first {len(tried) - 1} choice(s) missed the budget on the confirmation rows; AUTO "
+                            "took the smallest configuration within the budget with at most half the harm (the "
+                            "confirmation rows decided pass or fail only)")
     result.tune = {k: v for k, v in t.to_dict().items() if k != "config"}
     result.confirm = conf
     result.chosen = {"trial": t.id, "config": dict(t.config), "size_ratio": t.size_ratio, "nbytes": t.nbytes,
                      "latency_ratio": t.latency_ratio}
-    log.info("AUTO: chose configuration %d: size %.3fx, tuning loss %.3g (score %.3g), confirmation loss %.3g "
-             "(budget %g)", t.id, t.size_ratio, t.loss, t.score, conf["loss"], budget)
-    if not conf["feasible"]:
-        raise BudgetError(
-            f"AUTO's choice (size {t.size_ratio:.3f}x) met the budget on the {result.rows['tune']} tuning rows "
-            f"(loss {t.loss:.3g}, score {t.score:.3g}) but not on the {result.rows['confirm']} confirmation rows it "
-            f"never saw (loss {conf['loss']:.3g} > {budget:g}): pass more eval rows, raise margin_sigmas or loosen "
-            "the budget (nothing written)", result=result)
 
 
 def _write(model_path, save_path, result, auto, **kw):

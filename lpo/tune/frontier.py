@@ -69,6 +69,12 @@ def auto_tables(d: dict) -> list:
                 ["Search time", f"{d.get('seconds', 0):.1f} s"]]
     summary += [["opt_config written to", p] for p in d.get("config_files") or []]
     t.append(("Summary", ["Item", "Value"], summary))
+    confs = d.get("confirmations") or []
+    if confs:
+        t.append(("Confirmations (rows the search never saw)",
+                  ["#", "Size", "Tuning loss", "Tuning score", "Confirmation loss", "Passed"],
+                  [[c["trial"], _num(c["size_ratio"], 4), _num(c["tune_loss"]), _num(c["tune_score"]),
+                    _num(c["confirm_loss"]), "yes" if c["passed"] else "no"] for c in confs]))
     nodes = d.get("nodes") or []
     cfg = chosen.get("config") or {}
     sens = d.get("sensitivity") or {}

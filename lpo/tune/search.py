@@ -70,6 +70,17 @@ class Search:
             return None
         return min(ok, key=lambda t: (t.nbytes, t.latency_ratio if t.latency_ratio is not None else 1.0, t.id))
 
+    def next_safer(self, trial, exclude=()):
+        """The smallest trial within the budget whose harm (``mse``) is at most half of ``trial``'s.
+
+        A clearly safer configuration, not a re-roll of a nearly equal one (not all-FP32;
+        ``exclude``: config keys).
+        """
+        limit = (trial.mse if trial.mse is not None else trial.score) / 2.0
+        ok = [t for t in self.ev.trials if t.feasible and (t.mse if t.mse is not None else t.score) <= limit
+              and self.ev.key(t.config) not in exclude and any(c != opts.KEEP for c in t.config.values())]
+        return min(ok, key=lambda t: (t.nbytes, t.id), default=None)
+
     # ---- phases
     def run(self):
         """Run every phase; return the chosen trial, or None when no configuration holds the budget."""
