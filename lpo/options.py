@@ -136,10 +136,15 @@ AUTO_LADDERS = {
 }
 #: Same-size forms that may run faster, tried on real builds after the size search (speed
 #: phase) and kept only when they hold the budget and measure faster than the form they
-#: replace. Empty while no such form exists: the static INT8 form (fake-quantized
-#: activations) is as large as INT8 weight-only, less accurate and adds an op, so it is
-#: never faster and AUTO does not offer it.
-AUTO_FASTER: dict = {}
+#: replace. Offered only where the target CPU runs them natively (lpo.target: int8 kernels
+#: need oneDNN, BF16 compute AVX512_BF16/AMX); a form this lpo does not have is skipped. The
+#: static INT8 form with fake-quantized activations is as large as INT8 weight-only, less
+#: accurate and adds an op, so it is never faster and AUTO does not offer it.
+AUTO_FASTER = {
+    "INT8:weight_only": ("INT8:compute",),
+    "FP16:weight_only": ("BF16:compute",),
+    "BF16:weight_only": ("BF16:compute",),
+}
 
 
 @dataclass(frozen=True)

@@ -133,6 +133,15 @@ def test_next_safer_skips_configurations_that_are_nearly_as_harmful():
     assert s.next_safer(half, exclude={ev.key(half.config)}).config == {"a": "FP16", "b": "FP16", "c": "FP32"}
 
 
+def test_compute_forms_are_offered_only_with_a_target_notion(monkeypatch):
+    import sys
+
+    from lpo.tune.space import runs_natively
+
+    monkeypatch.setitem(sys.modules, "lpo.target", None)  # an lpo without lpo.target
+    assert not runs_natively("INT8:compute", opts.OPTIMIZE) and not runs_natively("BF16:compute", opts.OPTIMIZE)
+
+
 def test_pareto_keeps_the_non_dominated_trials():
     trials = [{"id": 0, "nbytes": 10, "loss": 5.0}, {"id": 1, "nbytes": 20, "loss": 1.0},
               {"id": 2, "nbytes": 20, "loss": 2.0}, {"id": 3, "nbytes": 30, "loss": 1.0},

@@ -97,6 +97,20 @@ def _try(cand, choice, options, read) -> Form | None:
         return None
 
 
+def runs_natively(choice: str, options) -> bool:
+    """True when the target CPU has native kernels for the compute form ``choice`` (speed phase only).
+
+    Uses lpo.target (the target CPU notion); without it, no compute form is offered.
+    """
+    try:
+        from lpo.target import get_target
+    except ImportError:
+        return False
+    target = get_target(getattr(options, "target", None))
+    dtype = choice.split(opts.VARIANT_SEP, 1)[0]
+    return bool(target.int8_compute() if dtype == "INT8" else target.bf16_compute())
+
+
 def node_space(cand, read, options, *, pinned: str | None = None, ladder=None, faster=None) -> NodeSpace:
     """Build the ladder of candidate ``cand``; ``read(key, slice)`` returns an FP32 checkpoint value.
 
@@ -118,7 +132,8 @@ def node_space(cand, read, options, *, pinned: str | None = None, ladder=None, f
         # the size search scores by exact simulation: a form it cannot simulate is not offered there
         forms = [f for f in forms if simulable(f) or log.debug("AUTO: %s: %s is not simulable", cand.name, f.choice)]
         faster = opts.AUTO_FASTER if faster is None else faster
-        alts = {f.choice: [g for g in (_try(cand, c, options, read) for c in faster.get(f.choice, ())) if g]
+        alts = {f.choice: [g for g in (_try(cand, c, options, read) for c in faster.get(f.choice, ())
+                                       if runs_natively(c, options)) if g]
                 for f in forms}
         alts = {k: v for k, v in alts.items() if v}
         kept = forms
