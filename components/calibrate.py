@@ -6,16 +6,20 @@ serving input), so that its file keeps the ``.npz`` suffix lpo needs.
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
 
+from lpo.components.defaults import with_defaults
 from lpo.components.image import LPO_IMAGE
+from lpo.options import CALIBRATE
 
 
 @dsl.component(base_image=LPO_IMAGE, install_kfp_package=False)
+@with_defaults(CALIBRATE)
 def calibrate(
     model: Input[Model],
     source: str,
     calibration: Output[Dataset],
-    num_rows: int = 1024,
-    seed: int = 0,
+    *,
+    num_rows: int,
+    seed: int,
     data_format: str = "",
 ):
     """Sample ``num_rows`` rows of ``source`` into a calibration Dataset for ``model``.
@@ -48,7 +52,7 @@ def calibrate_cli(
     model: Input[Model],
     source: str,
     calibration: Output[Dataset],
-    num_rows: int = 1024,
+    num_rows: int = CALIBRATE.num_rows,
 ):
     """The calibrate step as the ``lpo calibrate`` command in :data:`LPO_IMAGE`.
 

@@ -4,24 +4,29 @@ from typing import Optional
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
+from lpo.components.defaults import with_defaults
 from lpo.components.image import LPO_IMAGE
+from lpo.options import AUTO_OPTIONS, OPTIMIZE
 
 
 @dsl.component(base_image=LPO_IMAGE, install_kfp_package=False)
+@with_defaults(OPTIMIZE, max_auc_drop=AUTO_OPTIONS.max_auc_drop, auto_max_evals=AUTO_OPTIONS.max_evals,
+               auto_seed=AUTO_OPTIONS.seed)
 def optimize(
     model: Input[Model],
     optimized: Output[Model],
-    data_type: str = "BF16",
+    *,
+    data_type: str,
     opt_config: str = "",
     calibration: Optional[Input[Dataset]] = None,
-    embedding_scheme: str = "per_dim",
-    dense_mode: str = "weight_only",
-    int8_dense: str = "static",
-    calib_method: str = "l2",
+    embedding_scheme: str,
+    dense_mode: str,
+    int8_dense: str,
+    calib_method: str,
     eval_data: str = "",
-    max_auc_drop: float = 1e-4,
-    auto_max_evals: int = 200,
-    auto_seed: int = 0,
+    max_auc_drop: float,
+    auto_max_evals: int,
+    auto_seed: int,
 ):
     """Write a BF16/FP16/INT8 (or AUTO) copy of ``model``; the SavedModel is the directory ``optimized.path``.
 
@@ -70,11 +75,15 @@ def optimize(
 def optimize_cli(
     model: Input[Model],
     optimized: Output[Model],
-    data_type: str = "BF16",
+    data_type: str = OPTIMIZE.data_type,
     calibration: Optional[Input[Dataset]] = None,
     opt_config: Optional[Input[Artifact]] = None,
+    embedding_scheme: str = OPTIMIZE.embedding_scheme,
+    dense_mode: str = OPTIMIZE.dense_mode,
+    int8_dense: str = OPTIMIZE.int8_dense,
+    calib_method: str = OPTIMIZE.calib_method,
 ):
-    """The optimize step as ``lpo optimize`` in :data:`LPO_IMAGE`.
+    """The optimize step as ``lpo optimize`` in :data:`LPO_IMAGE` (the same options as :func:`optimize`).
 
     ``opt_config`` is a JSON file artifact here (the CLI's ``--config``);
     ``calibration`` is the directory written by a calibrate step.
@@ -83,6 +92,8 @@ def optimize_cli(
         image=LPO_IMAGE,
         command=["lpo"],
         args=["optimize", model.path, optimized.path, "--data-type", data_type, "--json",
+              "--embedding-scheme", embedding_scheme, "--dense-mode", dense_mode, "--int8-dense", int8_dense,
+              "--calib-method", calib_method,
               dsl.IfPresentPlaceholder(
                   input_name="calibration",
                   then=["--calib", dsl.ConcatPlaceholder([calibration.path, "/calibration.npz"])]),

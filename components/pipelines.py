@@ -16,6 +16,7 @@ from lpo.components.optimize import optimize
 from lpo.components.refresh import refresh
 from lpo.components.shard_indices import shard_indices
 from lpo.components.validate import validate
+from lpo.options import BATCH_SIZES_TEXT, CALIBRATE, OPTIMIZE, ORCHESTRATOR_THRESHOLDS, VALIDATE
 
 
 @dsl.pipeline(name="lpo-optimize",
@@ -24,15 +25,15 @@ def optimize_pipeline(
     model_uri: str,
     calib_source: str,
     heldout_data: str,
-    data_type: str = "BF16",
+    data_type: str = OPTIMIZE.data_type,
     opt_config: str = "",
-    calib_rows: int = 1024,
-    max_auc_drop: float = 0.001,
-    max_abs_diff: float = -1.0,
-    max_latency_ratio: float = -1.0,
-    min_size_reduction: float = -1.0,
-    validate_iters: int = 50,
-    validate_batch_sizes: str = "1,64,512",
+    calib_rows: int = CALIBRATE.num_rows,
+    max_auc_drop: float = ORCHESTRATOR_THRESHOLDS["max_auc_drop"],
+    max_abs_diff: float = ORCHESTRATOR_THRESHOLDS["max_abs_diff"],
+    max_latency_ratio: float = ORCHESTRATOR_THRESHOLDS["max_latency_ratio"],
+    min_size_reduction: float = ORCHESTRATOR_THRESHOLDS["min_size_reduction"],
+    validate_iters: int = VALIDATE.iters,
+    validate_batch_sizes: str = BATCH_SIZES_TEXT,
     validate_max_rows: int = 0,
 ) -> NamedTuple("Outputs", optimized=Model, metrics=Metrics, report=HTML):
     """Optimize ``model_uri`` to ``data_type`` and gate it on ``heldout_data``.
@@ -69,12 +70,12 @@ def refresh_pipeline(
     fp32_model_uri: str,
     ckpt_prefix: str,
     heldout_data: str,
-    max_auc_drop: float = 0.001,
-    max_abs_diff: float = -1.0,
-    max_latency_ratio: float = -1.0,
-    min_size_reduction: float = -1.0,
-    validate_iters: int = 50,
-    validate_batch_sizes: str = "1,64,512",
+    max_auc_drop: float = ORCHESTRATOR_THRESHOLDS["max_auc_drop"],
+    max_abs_diff: float = ORCHESTRATOR_THRESHOLDS["max_abs_diff"],
+    max_latency_ratio: float = ORCHESTRATOR_THRESHOLDS["max_latency_ratio"],
+    min_size_reduction: float = ORCHESTRATOR_THRESHOLDS["min_size_reduction"],
+    validate_iters: int = VALIDATE.iters,
+    validate_batch_sizes: str = BATCH_SIZES_TEXT,
     validate_max_rows: int = 0,
 ) -> NamedTuple("Outputs", refreshed=Model, metrics=Metrics, report=HTML):
     """Rebuild the optimized model ``opt_model_uri`` with ``ckpt_prefix`` and gate it.

@@ -2,15 +2,16 @@
 
 A breached threshold fails the step (``lpo.ValidationFailed``), which fails the run.
 """
-from typing import Optional
-
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Input, Markdown, Metrics, Model, Output
 
+from lpo.components.defaults import with_defaults
 from lpo.components.image import LPO_IMAGE
+from lpo.options import BATCH_SIZES_TEXT, ORCHESTRATOR_THRESHOLDS, VALIDATE
 
 
 @dsl.component(base_image=LPO_IMAGE, install_kfp_package=False)
+@with_defaults(VALIDATE, **ORCHESTRATOR_THRESHOLDS, batch_sizes=BATCH_SIZES_TEXT)
 def validate(
     original: Input[Model],
     optimized: Input[Model],
@@ -18,12 +19,13 @@ def validate(
     metrics: Output[Metrics],
     report: Output[HTML],
     report_md: Output[Markdown],
-    max_auc_drop: float = 0.001,
-    max_abs_diff: float = -1.0,
-    max_latency_ratio: float = -1.0,
-    min_size_reduction: float = -1.0,
-    iters: int = 50,
-    batch_sizes: str = "1,64,512",
+    *,
+    max_auc_drop: float,
+    max_abs_diff: float,
+    max_latency_ratio: float,
+    min_size_reduction: float,
+    iters: int,
+    batch_sizes: str,
     max_rows: int = 0,
 ):
     """Validate ``optimized`` against ``original`` on held-out ``data``; fail on a breach.
@@ -80,18 +82,22 @@ def validate_cli(
     optimized: Input[Model],
     data: str,
     report: Output[Artifact],
-    max_auc_drop: float = 0.001,
-    max_abs_diff: Optional[float] = None,
-    iters: int = 50,
-    batch_sizes: str = "1,64,512",
+    max_auc_drop: float = ORCHESTRATOR_THRESHOLDS["max_auc_drop"],
+    max_abs_diff: float = ORCHESTRATOR_THRESHOLDS["max_abs_diff"],
+    max_latency_ratio: float = ORCHESTRATOR_THRESHOLDS["max_latency_ratio"],
+    min_size_reduction: float = ORCHESTRATOR_THRESHOLDS["min_size_reduction"],
+    iters: int = VALIDATE.iters,
+    batch_sizes: str = BATCH_SIZES_TEXT,
 ):
     """The validate step as ``lpo validate`` in :data:`LPO_IMAGE` (exit 3 fails the step).
 
-    ``report`` is a directory with ``report.html``, ``report.md`` and ``report.json``.
+    Thresholds as in :func:`validate` (negative: not checked). ``report`` is a directory
+    with ``report.html``, ``report.md`` and ``report.json``.
     """
     return dsl.ContainerSpec(
         image=LPO_IMAGE,
         command=["lpo"],
         args=["validate", original.path, optimized.path, data, "--report-dir", report.path,
-              "--max-auc-drop", max_auc_drop, "--iters", iters, "--batch-sizes", batch_sizes,
-              dsl.IfPresentPlaceholder(input_name="max_abs_diff", then=["--max-abs-diff", max_abs_diff])])
+              "--max-auc-drop", max_auc_drop, "--max-abs-diff", max_abs_diff,
+              "--max-latency-ratio", max_latency_ratio, "--min-size-reduction", min_size_reduction,
+              "--iters", iters, "--batch-sizes", batch_sizes])

@@ -65,6 +65,13 @@ def _float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
+def _threshold(text: str) -> Optional[float]:
+    try:
+        return opts.optional_threshold(text)
+    except LpoError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _batch_sizes(text: str) -> tuple[int, ...]:
     try:
         return opts.normalize_batch_sizes(text)
@@ -480,8 +487,8 @@ def _validate_args(p: argparse.ArgumentParser) -> None:
     for name in opts.Thresholds.names():
         default = getattr(opts.THRESHOLDS, name)
         shown = "not checked" if default is None else "%(default)s"
-        p.add_argument("--" + name.replace("_", "-"), type=_float, default=default, metavar="X",
-                       help=f"{_THRESHOLD_HELP[name]} (default: {shown})")
+        p.add_argument("--" + name.replace("_", "-"), type=_threshold, default=default, metavar="X",
+                       help=f"{_THRESHOLD_HELP[name]}; negative: not checked (default: {shown})")
     _add_json(p, "the report")
 
 

@@ -199,6 +199,11 @@ THRESHOLDS = Thresholds()
 VALIDATE = ValidateOptions()
 #: Orchestrator parameters cannot always be null: a negative threshold there means "off".
 OFF = -1.0
+#: Threshold defaults as orchestrator params (KFP components and pipelines, Airflow operators and DAGs):
+#: a float each, :data:`OFF` where the library's default is None (read back with :func:`optional_threshold`).
+ORCHESTRATOR_THRESHOLDS = {k: OFF if v is None else v for k, v in THRESHOLDS.to_dict().items()}
+#: ``VALIDATE.batch_sizes`` as an orchestrator string param (``"1,64,512"``).
+BATCH_SIZES_TEXT = ",".join(str(b) for b in VALIDATE.batch_sizes)
 
 
 @dataclass(frozen=True)
@@ -213,9 +218,9 @@ class AirflowOptions:
     data_type: str = "INT8"
     calib_rows: int = CALIBRATE.num_rows
     max_auc_drop: float = THRESHOLDS.max_auc_drop
-    max_abs_diff: float = OFF
+    max_abs_diff: float = ORCHESTRATOR_THRESHOLDS["max_abs_diff"]
     validate_iters: int = VALIDATE.iters
-    validate_batch_sizes: str = ",".join(str(b) for b in VALIDATE.batch_sizes)
+    validate_batch_sizes: str = BATCH_SIZES_TEXT
     layout: str = "current"
 
     def to_dict(self) -> dict:
@@ -524,7 +529,8 @@ __all__ = [
     "dtype_for", "DENSE_MODES", "INT8_DENSE_MODES", "CALIB_METHODS",
     "DATA_FORMATS", "PUBLISH_LAYOUTS", "AirflowOptions", "AIRFLOW", "DAG_PATHS", "airflow_root",
     "dag_path_default", "DEFAULT_TAGS", "DEFAULT_SIGNATURE", "OptimizeOptions", "CalibrateOptions", "Thresholds",
-    "ValidateOptions", "OPTIMIZE", "CALIBRATE", "THRESHOLDS", "VALIDATE", "OFF", "choice", "normalize_dtype",
+    "ValidateOptions", "OPTIMIZE", "CALIBRATE", "THRESHOLDS", "VALIDATE", "OFF", "ORCHESTRATOR_THRESHOLDS",
+    "BATCH_SIZES_TEXT", "choice", "normalize_dtype",
     "AUTO", "AUTO_LADDERS", "AUTO_FASTER", "AutoOptions", "AUTO_OPTIONS", "normalize_auto_options",
     "NodeChoice", "VARIANT_SEP", "node_variants", "normalize_node_choice", "node_options",
     "normalize_tags", "normalize_batch_sizes", "optional_threshold", "load_opt_config", "normalize_opt_config",

@@ -22,6 +22,8 @@ from typing import Any, Optional, Sequence
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from lpo.options import AIRFLOW, AUTO_OPTIONS, CALIBRATE, OPTIMIZE, ORCHESTRATOR_THRESHOLDS, VALIDATE
+
 log = logging.getLogger(__name__)
 
 
@@ -108,8 +110,8 @@ class LpoCalibrateOperator(BaseOperator):
                                       "data_format", "overwrite")
     ui_color = "#e8f4e4"
 
-    def __init__(self, *, source: str, save_path: str, model_path: str, num_rows: Any = 1024,
-                 seed: Any = 0, data_format: Optional[str] = None, overwrite: Any = True, **kwargs):
+    def __init__(self, *, source: str, save_path: str, model_path: str, num_rows: Any = CALIBRATE.num_rows,
+                 seed: Any = CALIBRATE.seed, data_format: Optional[str] = None, overwrite: Any = True, **kwargs):
         super().__init__(**kwargs)
         self.source = source
         self.save_path = save_path
@@ -163,11 +165,13 @@ class LpoOptimizeOperator(BaseOperator):
                                       "overwrite", "eval_file", "max_auc_drop", "auto_options", "report_dir")
     ui_color = "#dcebf7"
 
-    def __init__(self, *, model_path: str, save_path: str, data_type: str = "BF16", opt_config: Any = None,
-                 calib_file: Optional[str] = None, embedding_scheme: str = "per_dim",
-                 dense_mode: str = "weight_only", int8_dense: str = "static", calib_method: str = "l2",
-                 overwrite: Any = True, eval_file: Optional[str] = None, max_auc_drop: Any = 1e-4,
-                 auto_options: Any = None, report_dir: Optional[str] = None, **kwargs):
+    def __init__(self, *, model_path: str, save_path: str, data_type: str = OPTIMIZE.data_type,
+                 opt_config: Any = None, calib_file: Optional[str] = None,
+                 embedding_scheme: str = OPTIMIZE.embedding_scheme, dense_mode: str = OPTIMIZE.dense_mode,
+                 int8_dense: str = OPTIMIZE.int8_dense, calib_method: str = OPTIMIZE.calib_method,
+                 overwrite: Any = True, eval_file: Optional[str] = None,
+                 max_auc_drop: Any = AUTO_OPTIONS.max_auc_drop, auto_options: Any = None,
+                 report_dir: Optional[str] = None, **kwargs):
         super().__init__(**kwargs)
         self.eval_file = eval_file
         self.max_auc_drop = max_auc_drop
@@ -245,9 +249,12 @@ class LpoValidateOperator(BaseOperator):
     ui_color = "#fdf1d6"
 
     def __init__(self, *, original: str, optimized: str, data: str, report_dir: Optional[str] = None,
-                 max_auc_drop: Any = 0.001, max_abs_diff: Any = None, max_latency_ratio: Any = None,
-                 min_size_reduction: Any = None, iters: Any = 50, batch_sizes: Any = (1, 64, 512),
-                 max_rows: Any = None, **kwargs):
+                 max_auc_drop: Any = ORCHESTRATOR_THRESHOLDS["max_auc_drop"],
+                 max_abs_diff: Any = ORCHESTRATOR_THRESHOLDS["max_abs_diff"],
+                 max_latency_ratio: Any = ORCHESTRATOR_THRESHOLDS["max_latency_ratio"],
+                 min_size_reduction: Any = ORCHESTRATOR_THRESHOLDS["min_size_reduction"],
+                 iters: Any = VALIDATE.iters, batch_sizes: Any = VALIDATE.batch_sizes, max_rows: Any = None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.original = original
         self.optimized = optimized
@@ -370,7 +377,7 @@ class LpoPublishOperator(BaseOperator):
     template_fields: Sequence[str] = ("model_path", "serving_dir", "version", "layout", "inputs")
     ui_color = "#e4f7ef"
 
-    def __init__(self, *, model_path: str, serving_dir: str, version: Any = "", layout: str = "current",
+    def __init__(self, *, model_path: str, serving_dir: str, version: Any = "", layout: str = AIRFLOW.layout,
                  inputs: Any = None, **kwargs):
         super().__init__(**kwargs)
         self.model_path = model_path

@@ -89,6 +89,10 @@ def _fill(item, values):
 
 def _run_cli_component(component, values, tmp_path, expect_rc=0):
     spec = _compile(component, tmp_path / f"{component.name}.yaml")
+    params = spec["root"]["inputDefinitions"].get("parameters", {})
+    defaults = {k: int(p["defaultValue"]) if p["parameterType"] == "NUMBER_INTEGER" else p["defaultValue"]
+                for k, p in params.items() if "defaultValue" in p}
+    values = {**defaults, **values}  # what the backend passes for a parameter the caller left out
     (executor,) = spec["deploymentSpec"]["executors"].values()
     c = executor["container"]
     assert c["image"] == LPO_IMAGE

@@ -31,6 +31,7 @@ from tensorflow.core.framework import variable_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from lpo.core.graph import dtype_attr, make_node, parse_input
+from lpo.options import DEFAULT_TAGS
 from lpo.core.savedmodel import VARIABLES_COLLECTION, VarSpec, rebuild_saver, write_saved_model
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ class CompactRunner:
     """
 
     def __init__(self, model_path: str, sm: saved_model_pb2.SavedModel, mg: meta_graph_pb2.MetaGraphDef, tables,
-                 batches: list[dict], tags=("serve",)):
+                 batches: list[dict], tags=DEFAULT_TAGS):
         from lpo.core.checkpoint import read_slice
         from lpo.core.savedmodel import variables_prefix
         from lpo.validation.runner import SignatureRunner

@@ -19,7 +19,6 @@ MANIFEST_NAME = "lpo_manifest.json"
 #: ``base_key``, ``out_shape``, ``out_slice``); format 1 manifests still replay (float32 scales).
 MANIFEST_FORMAT = 2
 READABLE_FORMATS = (1, 2)
-DTYPES = ("BF16", "FP16", "INT8", "INT4")
 
 
 @dataclass

@@ -59,7 +59,7 @@ class CalibrationResult:
 
 
 # --------------------------------------------------------------------------- sampling
-def reservoir_sample(items: Iterable, num: int, seed: int = 0):
+def reservoir_sample(items: Iterable, num: int, seed: int = opts.CALIBRATE.seed):
     """Seeded reservoir sample (algorithm R) of up to ``num`` items from a stream.
 
     Returns ``(sample, total)``: ``sample`` is a list of ``(index, item)`` sorted by

@@ -11,9 +11,10 @@ import numpy as np
 
 from lpo.errors import CalibrationError, ConfigError
 from lpo.numerics.quant import fake_quant
+from lpo.options import CALIB_METHODS, OPTIMIZE
 
-OBSERVER_METHODS = ("l2", "minmax", "percentile")
-DEFAULT_METHOD = "l2"
+OBSERVER_METHODS = CALIB_METHODS
+DEFAULT_METHOD = OPTIMIZE.calib_method
 _EMPTY_RANGE = (0.0, 1.0)
 
 

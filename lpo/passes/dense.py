@@ -36,8 +36,6 @@ from lpo.core.savedmodel import VarSpec
 
 #: The dtypes a dense layer can take.
 DTYPES = ("BF16", "FP16", "INT8")
-MODES_16 = ("compute", "weight_only")
-MODES_8 = ("static", "weight_only")
 
 
 @dataclass

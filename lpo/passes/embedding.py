@@ -49,7 +49,6 @@ GATHER_OPS = ("GatherV2", "Gather")
 SEGMENT_OPS = ("SparseSegmentSum", "SparseSegmentMean", "SparseSegmentSqrtN",
                "SparseSegmentSumWithNumSegments", "SparseSegmentMeanWithNumSegments",
                "SparseSegmentSqrtNWithNumSegments")
-SCHEMES = ("per_dim", "per_row")
 #: How each stored form keeps its scales: (table dtype, scheme) -> scale dtype.
 SCALE_DTYPE = {("INT8", "per_dim"): "FP32", ("INT8", "per_row"): "FP16",
                ("INT4", "per_dim"): "FP32", ("INT4", "per_row"): "FP16"}

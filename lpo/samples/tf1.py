@@ -54,6 +54,8 @@ from typing import Any
 
 import numpy as np
 
+from lpo import options as opts
+
 from lpo.validation.metrics import auc as _auc, logloss as _logloss
 
 log = logging.getLogger(__name__)
@@ -427,7 +429,7 @@ def _export(variant, lookup, ckpt_prefix, export_dir) -> tuple[list[str], list[s
 
 
 def predict(model_path: str, data: dict[str, np.ndarray], *,
-            signature: str = "serving_default", batch_size: int = 4096) -> np.ndarray:
+            signature: str = opts.DEFAULT_SIGNATURE, batch_size: int = 4096) -> np.ndarray:
     """Run one signature of a SavedModel (tag ``serve``) on ``data``; return its output.
 
     ``data`` maps input names to arrays (extra keys are ignored). The signature
@@ -652,7 +654,7 @@ def perturb_checkpoint(model_path: str, out_prefix: str, *, seed: int = 1,
     return out_prefix
 
 
-def graph_op_types(model_path: str, tags: tuple[str, ...] = ("serve",)) -> set[str]:
+def graph_op_types(model_path: str, tags: tuple[str, ...] = opts.DEFAULT_TAGS) -> set[str]:
     """Return the set of op types in the SavedModel's MetaGraph (functions included)."""
     from tensorflow.core.protobuf import saved_model_pb2
 

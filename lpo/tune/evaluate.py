@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from lpo.errors import DataError
+from lpo.options import DEFAULT_SIGNATURE, DEFAULT_TAGS
 
 log = logging.getLogger("lpo")
 
@@ -73,8 +74,8 @@ def _labels(npz, key: str, n: int, where: str) -> np.ndarray:
     return y
 
 
-def load_eval_data(path, model_dir: str, label_key: str, *, tags=("serve",),
-                   signature="serving_default") -> EvalData:
+def load_eval_data(path, model_dir: str, label_key: str, *, tags=DEFAULT_TAGS,
+                   signature=DEFAULT_SIGNATURE) -> EvalData:
     """Read ``path`` (.npz of serving inputs plus ``label_key``); labels are None when it is absent.
 
     Raises DataError for a missing or unreadable file, missing inputs and a bad label.

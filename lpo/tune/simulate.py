@@ -19,6 +19,8 @@ import logging
 
 import numpy as np
 
+from lpo.options import DEFAULT_SIGNATURE, DEFAULT_TAGS
+
 log = logging.getLogger("lpo")
 
 #: Conversion modes whose graph computes with float32 values of the stored weights.
@@ -97,7 +99,7 @@ class SimulatedModel:
         read: ``read(key, slice) -> FP32 value`` (the model's own checkpoint).
     """
 
-    def __init__(self, model_dir: str, var_nodes: dict, read, *, tags=("serve",), signature="serving_default"):
+    def __init__(self, model_dir: str, var_nodes: dict, read, *, tags=DEFAULT_TAGS, signature=DEFAULT_SIGNATURE):
         import tensorflow as tf
 
         from lpo.validation.runner import SignatureRunner
