@@ -142,6 +142,23 @@ def test_compute_forms_are_offered_only_with_a_target_notion(monkeypatch):
     assert not runs_natively("INT8:compute", opts.OPTIMIZE) and not runs_natively("BF16:compute", opts.OPTIMIZE)
 
 
+def test_an_evaluation_budget_too_small_for_every_form_still_measures_every_node():
+    harm = {"a": {"INT4": 3e-4, "INT8": 3e-5}, "b": {"INT4": 2e-4, "INT8": 2e-5}, "c": {"INT4": 1e-4}}
+    sp = spaces3()
+    for s in sp:  # weight errors, as node_space would compute them
+        for f, w in zip(s.forms, (16.0, 4.0, 1.0, 0.0)):
+            f.weight_error = w
+    ev = FakeEvaluator(sp, harm, 1e-4, max_evals=4)
+    search = Search(ev, sp, opts.normalize_auto_options({}))
+    ev.evaluate({"a": "INT4", "b": "INT4", "c": "INT4"}, "start")
+    got = search._sensitivity()
+    # every node's smallest form was measured before any second form
+    assert [t.config for t in ev.trials[1:]] == [{"a": "INT4", "b": "FP32", "c": "FP32"},
+                                                 {"a": "FP32", "b": "INT4", "c": "FP32"},
+                                                 {"a": "FP32", "b": "FP32", "c": "INT4"}]
+    assert got["a"][0] == 3e-4 and got["a"][1] == pytest.approx(3e-4 / 4) and got["a"][3] == 0.0
+
+
 def test_pareto_keeps_the_non_dominated_trials():
     trials = [{"id": 0, "nbytes": 10, "loss": 5.0}, {"id": 1, "nbytes": 20, "loss": 1.0},
               {"id": 2, "nbytes": 20, "loss": 2.0}, {"id": 3, "nbytes": 30, "loss": 1.0},

@@ -96,17 +96,32 @@ class Search:
         return self._speed(best)
 
     def _sensitivity(self) -> dict:
-        """``{node: [harm of each form]}`` measured one node at a time (FP32 harm 0; unmeasured: inf)."""
+        """``{node: [harm of each form]}`` measured one node at a time (FP32: 0).
+
+        First every node's smallest form (largest nodes first), then the other forms. A form
+        left unmeasured when the budget runs out is estimated from its node's measured harm,
+        scaled by the forms' weight errors (inf when nothing of the node was measured).
+        """
         base = {n: s.forms[-1].choice for n, s in self.spaces.items()}
-        harm = {}
-        for n in sorted(self.movable, key=lambda n: (self.spaces[n].fp32_bytes, n)):
+        order = sorted(self.movable, key=lambda n: (-self.spaces[n].fp32_bytes, n))
+        harm = {n: [None] * (len(self.spaces[n].forms) - 1) + [0.0] for n in order}
+        for r0 in (0, None):  # pass 1: each node's smallest form; pass 2: the rest
+            for n in order:
+                forms = self.spaces[n].forms
+                for r in ([0] if r0 == 0 else range(1, len(forms) - 1)):
+                    if not self._left():
+                        break
+                    t = self.ev.evaluate(_with(base, n, forms[r].choice), "sensitivity",
+                                         f"only {n} -> {forms[r].choice}")
+                    harm[n][r] = t.mse if t.mse is not None else t.score
+        for n in order:
             forms = self.spaces[n].forms
-            harm[n] = [float("inf")] * (len(forms) - 1) + [0.0]
-            for r in range(len(forms) - 1):
-                if not self._left():
-                    break
-                t = self.ev.evaluate(_with(base, n, forms[r].choice), "sensitivity", f"only {n} -> {forms[r].choice}")
-                harm[n][r] = t.mse if t.mse is not None else t.score
+            known = [(h, forms[r].weight_error) for r, h in enumerate(harm[n][:-1]) if h is not None]
+            for r, h in enumerate(harm[n]):
+                if h is None:
+                    werr = forms[r].weight_error
+                    ratios = [kh / kw for kh, kw in known if kw]
+                    harm[n][r] = (max(ratios) * werr) if ratios and werr is not None else float("inf")
         self.sensitivity = {n: h[0] for n, h in harm.items()}
         return harm
 

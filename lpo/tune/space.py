@@ -37,6 +37,8 @@ class Form:
     nbytes: int
     #: the converter's outputs per (key, slice) of the FP32 source, for simulation
     converted: dict = field(default_factory=dict, repr=False)
+    #: squared error of the values the graph computes against FP32, summed (simulable forms)
+    weight_error: float | None = None
 
 
 @dataclass
@@ -87,6 +89,19 @@ def _form(cand, choice: str, options, read) -> Form:
     return Form(choice, conv, nbytes, converted)
 
 
+def _weight_error(form: Form, read) -> float:
+    """Sum of squared differences between ``form``'s float32 view and the FP32 values."""
+    from lpo.tune.simulate import decode
+
+    if form.conversion is None:
+        return 0.0
+    total = 0.0
+    for key, value in decode(form.conversion, form.converted).items():
+        d = value.astype(np.float64) - read(*key).astype(np.float64)
+        total += float(np.sum(d * d))
+    return total
+
+
 def _try(cand, choice, options, read) -> Form | None:
     if not _known(choice):
         return None
@@ -131,6 +146,8 @@ def node_space(cand, read, options, *, pinned: str | None = None, ladder=None, f
         forms = [f for f in (_try(cand, c, options, read) for c in ladder) if f is not None]
         # the size search scores by exact simulation: a form it cannot simulate is not offered there
         forms = [f for f in forms if simulable(f) or log.debug("AUTO: %s: %s is not simulable", cand.name, f.choice)]
+        for f in forms:
+            f.weight_error = _weight_error(f, read)
         faster = opts.AUTO_FASTER if faster is None else faster
         alts = {f.choice: [g for g in (_try(cand, c, options, read) for c in faster.get(f.choice, ())
                                        if runs_natively(c, options)) if g]
