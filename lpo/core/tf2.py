@@ -346,9 +346,12 @@ def _splice(order: list[str], expand: dict[str, list[str]]) -> list[str]:
 
 
 def lower_meta_graph(mg: meta_graph_pb2.MetaGraphDef) -> meta_graph_pb2.MetaGraphDef:
-    """Return a TF1-style copy of TF2 MetaGraph ``mg`` (see the module docstring)."""
-    import tensorflow as tf
+    """Return a TF1-style copy of TF2 MetaGraph ``mg`` (see the module docstring).
 
+    Steps: merge duplicate calls, prune to what serving reaches, inline every call,
+    prune again, give the variables readable names and TF1 VariableDefs, keep only the
+    library functions still used, and rebuild the collections and the saver.
+    """
     out = meta_graph_pb2.MetaGraphDef()
     out.CopyFrom(mg)
     gd = out.graph_def
@@ -358,19 +361,49 @@ def lower_meta_graph(mg: meta_graph_pb2.MetaGraphDef) -> meta_graph_pb2.MetaGrap
     keys = _save_keys(mg, nodes, inliner.lib)
 
     _merge_duplicate_calls(out, nodes, inliner.lib)
+    roots = _serving_roots(out, mg)
     # prune first (drops the old saver calls), then inline what the signatures reach
+    order, nodes = _prune(nodes, order, roots)
+    order = _inline_calls(nodes, order, inliner)
+    order, nodes = _prune(nodes, order, roots)
+    variables = [n for n in order if nodes[n].op == "VarHandleOp"]
+    missing = [v for v in variables if v not in keys]
+    if missing:
+        raise _err(f"variables {missing[:3]} are read by serving but not saved by its saver")
+
+    rename = _readable_names(mg, variables, keys, order)
+    order, nodes = _rename(nodes, order, rename)
+    defs, key_lines = _variable_defs(nodes, order, [(rename[v], keys[v]) for v in variables])
+
+    del gd.node[:]
+    gd.node.extend(nodes[n] for n in order)
+    _prune_library(gd)
+    _tf1_collections(out, defs, key_lines)
+    return rebuild_saver(out)  # a Saver restoring the object-based keys: loadable as it is
+
+
+def _serving_roots(out: meta_graph_pb2.MetaGraphDef, mg: meta_graph_pb2.MetaGraphDef) -> list[str]:
+    """The nodes serving needs: every signature tensor and the main/init op."""
     roots = []
-    for key, sig in out.signature_def.items():
+    for sig in out.signature_def.values():
         for info in list(sig.inputs.values()) + list(sig.outputs.values()):
             roots.append(parse_input(info.name)[0])
     for key in ("saved_model_main_op", "legacy_init_op"):
         col = mg.collection_def.get(key)
         if col is not None:
             roots.extend(parse_input(v)[0] for v in col.node_list.value)
+    return roots
+
+
+def _prune(nodes: dict, order: list[str], roots: list[str]) -> tuple[list[str], dict]:
+    """Keep the nodes ``roots`` reach, in order."""
     keep = _reachable(nodes, roots)
     order = [n for n in order if n in keep]
-    nodes = {n: nodes[n] for n in order}
+    return order, {n: nodes[n] for n in order}
 
+
+def _inline_calls(nodes: dict, order: list[str], inliner: "_Inliner") -> list[str]:
+    """Inline every function call of ``nodes`` (nested calls too); return the new order."""
     work = [n for n in order if nodes[n].op in CALL_OPS]
     expand: dict[str, list[str]] = {}  # call node -> the nodes replacing it (spliced into order below)
     count = 0
@@ -390,16 +423,11 @@ def lower_meta_graph(mg: meta_graph_pb2.MetaGraphDef) -> meta_graph_pb2.MetaGrap
             nodes[n.name] = n
             if n.op in CALL_OPS:
                 work.append(n.name)
+    return _splice(order, expand)
 
-    order = _splice(order, expand)
-    keep = _reachable(nodes, roots)
-    order = [n for n in order if n in keep]
-    variables = [n for n in order if nodes[n].op == "VarHandleOp"]
-    missing = [v for v in variables if v not in keys]
-    if missing:
-        raise _err(f"variables {missing[:3]} are read by serving but not saved by its saver")
 
-    # readable names for the variables
+def _readable_names(mg, variables: list[str], keys: dict, order: list[str]) -> dict[str, str]:
+    """Map each variable node to a readable name no other node has."""
     readable = _object_names(mg, {v: keys[v] for v in variables})
     taken = {n for n in order if n not in variables}
     rename: dict[str, str] = {}
@@ -411,6 +439,11 @@ def lower_meta_graph(mg: meta_graph_pb2.MetaGraphDef) -> meta_graph_pb2.MetaGrap
             i += 1
         rename[v] = cand
         taken.add(cand)
+    return rename
+
+
+def _rename(nodes: dict, order: list[str], rename: dict[str, str]) -> tuple[list[str], dict]:
+    """Rename nodes and every input that reads them."""
     # a readable name may collide with another (non-variable) node's name prefix; that's fine
     renamed_nodes = {}
     for n in order:
@@ -422,19 +455,26 @@ def lower_meta_graph(mg: meta_graph_pb2.MetaGraphDef) -> meta_graph_pb2.MetaGrap
             if src in rename:
                 node.input[k] = ("^" if ctrl else "") + rename[src] + (f":{port}" if port else "")
         renamed_nodes[node.name] = node
-    order = [rename.get(n, n) for n in order]
-    nodes = renamed_nodes
+    return [rename.get(n, n) for n in order], renamed_nodes
 
-    # VariableDefs: initializer (zeros, never run at restore) and a snapshot read
+
+_INIT_DTYPES = (types_pb2.DT_FLOAT, types_pb2.DT_INT32, types_pb2.DT_INT64, types_pb2.DT_DOUBLE, types_pb2.DT_HALF,
+                types_pb2.DT_BFLOAT16)
+
+
+def _variable_defs(nodes: dict, order: list[str], variables: list[tuple[str, str]]):
+    """Add a zeros initializer (never run at restore) and a snapshot read to each ``(variable, key)``.
+
+    Returns the VariableDefs and the ``node\tcheckpoint key`` lines; new nodes go to ``nodes``/``order``.
+    """
+    import tensorflow as tf
+
     defs, key_lines = [], []
-    for old in variables:
-        v = rename[old]
+    for v, key in variables:
         node = nodes[v]
         shape = shape_of(node) or []
         dtype = node.attr["dtype"].type
-        if dtype != types_pb2.DT_FLOAT and dtype not in (types_pb2.DT_INT32, types_pb2.DT_INT64,
-                                                         types_pb2.DT_DOUBLE, types_pb2.DT_HALF,
-                                                         types_pb2.DT_BFLOAT16):
+        if dtype not in _INIT_DTYPES:
             raise _err(f"variable {v} has dtype {dtype}, which lpo cannot initialize")
         np_dtype = tf.dtypes.as_dtype(dtype).as_numpy_dtype
         dims = make_const(f"{v}/Initializer/zeros/shape", np.array(shape, np.int32), device=node.device)
@@ -455,10 +495,12 @@ def lower_meta_graph(mg: meta_graph_pb2.MetaGraphDef) -> meta_graph_pb2.MetaGrap
         defs.append(variable_pb2.VariableDef(variable_name=f"{v}:0", initial_value_name=f"{fill.name}:0",
                                              initializer_name=assign.name, snapshot_name=f"{read_name}:0",
                                              is_resource=True, trainable=True))
-        key_lines.append(f"{v}\t{keys[old]}")
+        key_lines.append(f"{v}\t{key}")
+    return defs, key_lines
 
-    del gd.node[:]
-    gd.node.extend(nodes[n] for n in order)
+
+def _prune_library(gd) -> None:
+    """Keep only the library functions (and gradients) the graph still uses."""
     used = _used_functions(gd)
     funcs = [f for f in gd.library.function if f.signature.name in used]
     del gd.library.function[:]
@@ -467,6 +509,9 @@ def lower_meta_graph(mg: meta_graph_pb2.MetaGraphDef) -> meta_graph_pb2.MetaGrap
     del gd.library.gradient[:]
     gd.library.gradient.extend(grads)
 
+
+def _tf1_collections(out: meta_graph_pb2.MetaGraphDef, defs, key_lines: list[str]) -> None:
+    """Drop the object graph, the saver and TF2's collections; add ``variables`` and the checkpoint keys."""
     out.ClearField("object_graph_def")
     out.ClearField("saver_def")
     for key in list(out.collection_def):
@@ -475,7 +520,6 @@ def lower_meta_graph(mg: meta_graph_pb2.MetaGraphDef) -> meta_graph_pb2.MetaGrap
     col = out.collection_def["variables"].bytes_list
     col.value.extend(vd.SerializeToString(deterministic=True) for vd in defs)
     out.collection_def[KEYS_COLLECTION].bytes_list.value.extend(line.encode() for line in key_lines)
-    return rebuild_saver(out)  # a Saver restoring the object-based keys: loadable as it is
 
 
 def lower_tf2(sm: saved_model_pb2.SavedModel, tags=None, model_path: str = "") -> saved_model_pb2.SavedModel:
