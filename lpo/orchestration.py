@@ -243,21 +243,27 @@ def _work_paths(work_dir: str, names: dict) -> dict:
     return {"work_dir": work_dir, **{k: os.path.join(work_dir, v) for k, v in names.items()}}
 
 
+def _discover(kind: str, path: Optional[str], event_path: Optional[str], root: Optional[str],
+              nothing: str) -> tuple[str, str]:
+    """Return ``(found, found_by)``: ``path`` > the Asset event's path > the newest ready ``kind`` under ``root``."""
+    if path:
+        return find_ready(kind, path=path), "param"
+    if event_path:
+        return find_ready(kind, path=event_path), "asset_event"
+    try:
+        return find_ready(kind, root=root), "newest"
+    except NothingToDo as e:
+        raise NothingToDo(f"{e}: {nothing}") from None
+
+
 def find_retrain_inputs(*, path: Optional[str] = None, event_path: Optional[str] = None,
                         root: Optional[str] = None, work_dir: str) -> dict:
     """Inputs of a retrain run: the FP32 model (``path`` > Asset event > newest under ``root``) and work paths.
 
     Raises :class:`NothingToDo` when discovery finds no SavedModel.
     """
-    if path:
-        model, by = find_ready("saved_model", path=path), "param"
-    elif event_path:
-        model, by = find_ready("saved_model", path=event_path), "asset_event"
-    else:
-        try:
-            model, by = find_ready("saved_model", root=root), "newest"
-        except NothingToDo as e:
-            raise NothingToDo(f"{e}: nothing to optimize. Export a model there or pass model_path") from None
+    model, by = _discover("saved_model", path, event_path, root,
+                          "nothing to optimize. Export a model there or pass model_path")
     return {"model_path": model, "found_by": by,
             **_work_paths(work_dir, {"calib_file": "calibration.npz", "optimized": "optimized",
                                      "report_dir": "report"})}
@@ -278,17 +284,10 @@ def find_refresh_inputs(*, path: Optional[str] = None, event_path: Optional[str]
         raise NothingToDo(f"no model is served from {serving_dir} yet: run lpo_retrain first")
     record = read_publish_record(served) or {}
     inputs = record.get("inputs") or {}
-    if path:
-        ckpt, by = find_ready("checkpoint", path=path), "param"
-    elif event_path:
-        ckpt, by = find_ready("checkpoint", path=event_path), "asset_event"
-    else:
-        try:
-            ckpt, by = find_ready("checkpoint", root=root), "newest"
-        except NothingToDo as e:
-            raise NothingToDo(f"{e}: nothing to refresh. Write a checkpoint there or pass ckpt_prefix") from None
-        if inputs.get("ckpt_prefix") == ckpt:
-            raise NothingToDo(f"the newest checkpoint {ckpt} is already served ({served}): nothing new")
+    ckpt, by = _discover("checkpoint", path, event_path, root,
+                         "nothing to refresh. Write a checkpoint there or pass ckpt_prefix")
+    if by == "newest" and inputs.get("ckpt_prefix") == ckpt:
+        raise NothingToDo(f"the newest checkpoint {ckpt} is already served ({served}): nothing new")
     if fp32_model:
         fp32 = find_ready("saved_model", path=fp32_model)
     elif inputs.get("fp32_model") and is_saved_model(inputs["fp32_model"]):

@@ -1,4 +1,5 @@
 """Edge defects of issue 14 on real models and real file systems: a {serve, gpu} model, a full disk."""
+import json
 import os
 import shutil
 import subprocess
@@ -52,25 +53,38 @@ def _error_lines(stderr: str) -> list[str]:
     return [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith("I0000")]
 
 
-@pytest.mark.parametrize("command", ["optimize", "refresh", "convert-ckpt", "calibrate"])
-def test_full_disk_is_one_line_exit_4_and_leaves_nothing(command, sample_resource, tmp_path):
+def test_full_disk_is_one_line_exit_4_and_leaves_nothing(sample_resource, tmp_path):
+    """Every command that writes, on a full file system: exit 4, one line naming the path and the space."""
     s = sample_resource
-    lpo_cli = f"{sys.executable} -m lpo -q"
     opt = tmp_path / "opt"
-    if command != "optimize":
-        lpo.optimize(s.model_path, str(opt), data_type="BF16", quiet=True)
+    lpo.optimize(s.model_path, str(opt), data_type="BF16", quiet=True)
     ckpt = os.path.join(s.model_path, "variables", "variables")
-    script = {
-        "optimize": f"{lpo_cli} optimize {s.model_path} \"$FS/out\"",
-        "refresh": f"{lpo_cli} refresh {opt} {ckpt} \"$FS/out\"",
-        "convert-ckpt": f"{lpo_cli} convert-ckpt {ckpt} \"$FS/ckpt\" {opt}",
-        "calibrate": f"{lpo_cli} calibrate {s.heldout_path} \"$FS/calib.npz\" --model {s.model_path} --rows 20000",
-    }[command]
-    r = _tiny_fs_run(tmp_path, "64k", script)
-    lines = _error_lines(r.stderr)
-    assert r.returncode == 4, r.stderr
-    assert len(lines) == 1 and lines[0].startswith("lpo: error: not enough disk space to write ") and \
-        "needs at least" in lines[0] and "free" in lines[0], r.stderr  # the ls of $FS printed nothing
+    commands = {  # FS: the full file system
+        "optimize": ["optimize", s.model_path, "FS/out"],
+        "refresh": ["refresh", str(opt), ckpt, "FS/out"],
+        "convert-ckpt": ["convert-ckpt", ckpt, "FS/ckpt/variables", str(opt)],
+        "calibrate": ["calibrate", s.heldout_path, "FS/calib.npz", "--model", s.model_path, "--rows", "20000"],
+    }
+    script = textwrap.dedent("""
+        import contextlib, io, json, os, sys
+        from lpo.cli import main
+        fs, out = os.environ["FS"], {}
+        for name, argv in json.loads(sys.argv[1]).items():
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                rc = main(["-q"] + [a.replace("FS", fs, 1) if a.startswith("FS/") else a for a in argv])
+            out[name] = [rc, err.getvalue(), sorted(os.listdir(fs))]
+        print(json.dumps(out))
+    """)
+    r = _tiny_fs_run(tmp_path, "64k", f"{sys.executable} -c '{script}' '{json.dumps(commands)}'")
+    assert r.returncode == 0, r.stderr
+    results = json.loads(r.stdout.strip().splitlines()[-1])
+    for name, (rc, err, left) in results.items():
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert rc == 4 and len(lines) == 1, (name, rc, err)
+        assert lines[0].startswith("lpo: error: not enough disk space to write ") and "needs at least" in lines[0] \
+            and "free" in lines[0], (name, lines)
+        assert left == [], (name, left)  # nothing half-written
 
 
 def test_full_disk_while_writing_python_and_tensorflow(tmp_path):

@@ -384,7 +384,8 @@ class GraphMatcher:
 
 
 # --- NodeDef builders ---------------------------------------------------------
-def _attr(value) -> attr_value_pb2.AttrValue:
+def attr_value(value) -> attr_value_pb2.AttrValue:
+    """Return ``value`` (an AttrValue, bool, int, float, str/bytes or TensorShapeProto) as an AttrValue."""
     if isinstance(value, attr_value_pb2.AttrValue):
         return value
     a = attr_value_pb2.AttrValue()
@@ -423,7 +424,7 @@ def make_node(op: str, name: str, inputs: Iterable[str] = (), device: str = "", 
     n = node_def_pb2.NodeDef(op=op, name=name, device=device)
     n.input.extend(inputs)
     for k, v in sorted(attrs.items()):
-        n.attr[k].CopyFrom(_attr(v))
+        n.attr[k].CopyFrom(attr_value(v))
     return n
 
 

@@ -41,6 +41,8 @@ from tensorflow.core.framework import (attr_value_pb2, graph_pb2, node_def_pb2, 
                                        types_pb2, variable_pb2)
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2, saver_pb2
 
+from lpo.core.graph import attr_value, make_node
+
 #: DeepRec's OpDefs of the ops this model uses, transcribed from the sources above.
 DEEPREC_OPS = """
 op {
@@ -167,23 +169,6 @@ def deeprec_op_list() -> op_def_pb2.OpList:
     return text_format.Parse(DEEPREC_OPS, op_def_pb2.OpList())
 
 
-def _attr(v) -> attr_value_pb2.AttrValue:
-    a = attr_value_pb2.AttrValue()
-    if isinstance(v, attr_value_pb2.AttrValue):
-        a.CopyFrom(v)
-    elif isinstance(v, bool):
-        a.b = v
-    elif isinstance(v, int):
-        a.i = v
-    elif isinstance(v, float):
-        a.f = v
-    elif isinstance(v, str):
-        a.s = v.encode()
-    else:
-        raise TypeError(v)
-    return a
-
-
 def _type(t: int) -> attr_value_pb2.AttrValue:
     return attr_value_pb2.AttrValue(type=t)
 
@@ -209,11 +194,7 @@ class _Graph:
         self.gd.versions.producer = 134
 
     def node(self, op: str, name: str, inputs=(), device: str = "", **attrs) -> str:
-        n = node_def_pb2.NodeDef(op=op, name=name, device=device)
-        n.input.extend(inputs)
-        for k, v in attrs.items():
-            n.attr[k].CopyFrom(_attr(v))
-        self.gd.node.append(n)
+        self.gd.node.append(make_node(op, name, inputs, device, **attrs))
         return name
 
     def const(self, name: str, value, dtype=None) -> str:
@@ -256,7 +237,7 @@ def _ev_nodes(g: _Graph, name: str, dim: int, key_t: int, device: str = "") -> t
     key = g.const(f"{name}/Const", -1, np.int64 if key_t == types_pb2.DT_INT64 else np.int32)
     g.node("KvVarIsInitializedOp", f"{name}/IsInitialized/KvVarIsInitializedOp", [name], device=device,
            Tkeys=_type(key_t), dtype=_type(f32))
-    attrs = {k: _attr(v) for k, v in _EV_ATTRS.items()}
+    attrs = {k: attr_value(v) for k, v in _EV_ATTRS.items()}
     attrs["storage_size"] = attr_value_pb2.AttrValue(list=attr_value_pb2.AttrValue.ListValue())
     g.node("InitializeKvVariableOp", f"{name}/Assign", [name, name, init_value, key], device=device,
            Tkeys=_type(key_t), dtype=_type(f32), shape=_shape([dim]), counter_type=_type(types_pb2.DT_UINT64),
@@ -454,7 +435,7 @@ def _saver(g: _Graph, resource_vars: list[str], evs, dim: int, sharded: bool = F
         ident = g.node("Identity", f"save/Identity_{i}", [f"save/RestoreV2:{k + 1}"], T=_type(f32))
         restores.append(g.node("AssignVariableOp", "save/AssignVariableOp" + ("" if k == 0 else f"_{k}"),
                                [v, ident], dtype=_type(f32), validate_shape=False))
-    attrs = {k: _attr(v) for k, v in _EV_ATTRS.items() if k != "layout"}
+    attrs = {k: attr_value(v) for k, v in _EV_ATTRS.items() if k != "layout"}
     attrs["storage_size"] = attr_value_pb2.AttrValue(list=attr_value_pb2.AttrValue.ListValue())
     for k, (h, init, key, part, parts) in enumerate(evs):
         name = g.const(f"save/Const_{k + 1}", h.encode())

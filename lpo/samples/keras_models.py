@@ -327,12 +327,10 @@ def build_tf_keras_sample(out_dir: str, *, seed: int = 0, train_rows: int = 20_0
 
 
 def _load_cached(path: str) -> KerasSample | None:
-    meta = os.path.join(path, _META_FILE)
-    if not os.path.isfile(meta):
-        return None
-    with open(meta) as f:
-        d = json.load(f)
-    if d.get("version") != KERAS_SAMPLE_VERSION:
+    from lpo.samples.tf1 import read_sample_meta
+
+    d = read_sample_meta(path, KERAS_SAMPLE_VERSION)
+    if d is None:
         return None
     old, d["root"] = d["root"], path
     for k in ("model_path", "heldout_path", "calib_path"):

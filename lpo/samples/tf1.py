@@ -512,15 +512,19 @@ def default_cache_dir() -> str:
         os.path.expanduser("~"), ".cache", "lpo", "samples")
 
 
-def _load_cached(path: str) -> SampleModel | None:
+def read_sample_meta(path: str, version: int) -> dict | None:
+    """The ``sample.json`` of a cached sample at ``path``, or None when absent or of another ``version``."""
     meta = os.path.join(path, _META_FILE)
     if not os.path.isfile(meta):
         return None
     with open(meta) as f:
         d = json.load(f)
-    if d.get("version") != SAMPLE_VERSION:
-        return None
-    return SampleModel.from_dict(d, root=path)
+    return d if d.get("version") == version else None
+
+
+def _load_cached(path: str) -> SampleModel | None:
+    d = read_sample_meta(path, SAMPLE_VERSION)
+    return None if d is None else SampleModel.from_dict(d, root=path)
 
 
 def cached_sample(variant: str = "resource", cache_dir: str | None = None, *,

@@ -7,15 +7,15 @@ configuration marked.
 """
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import logging
 import os
 
 from lpo.fsutil import write_text as _write_text
-from lpo.validation.report import _CSS, _bytes, _md_cell, _num
+from lpo.validation.report import (
+    _CSS, _bytes, _num, html_figures, html_page_end, markdown_page, png, pyplot, report_paths, write_report_files,
+)
 
 log = logging.getLogger("lpo")
 
@@ -105,24 +105,13 @@ def auto_tables(d: dict) -> list:
 
 def render_auto_markdown(d: dict) -> str:
     """The AUTO result as Markdown."""
-    lines = ["# lpo AUTO report", ""]
-    for title, header, rows in auto_tables(d):
-        lines += [f"## {title}", "", "| " + " | ".join(_md_cell(h) for h in header) + " |",
-                  "|" + "|".join("---" for _ in header) + "|"]
-        lines += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows]
-        lines.append("")
-    if d.get("notes"):
-        lines += ["## Notes", ""] + [f"- {n}" for n in d["notes"]] + [""]
-    return "\n".join(lines)
+    return markdown_page("lpo AUTO report", auto_tables(d), d.get("notes"))
 
 
 def make_auto_plots(d: dict) -> dict | None:
     """``{title: png}``: size vs loss of every trial (frontier, budget, chosen) and size vs latency."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg", force=True)
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     trials = d.get("trials") or []
     if not trials:
@@ -131,14 +120,6 @@ def make_auto_plots(d: dict) -> dict | None:
     b = d["budget"]
     limit = b.get("max_auc_drop", b.get("max_output_diff"))
     plots = {}
-
-    def png(fig) -> bytes:
-        buf = io.BytesIO()
-        fig.tight_layout()
-        fig.savefig(buf, format="png", dpi=100)
-        plt.close(fig)
-        return buf.getvalue()
-
     front = pareto(trials)
     fig, ax = plt.subplots(figsize=(7.0, 4.2))
     floor = max(min((_score(t) for t in trials if _score(t) > 0), default=limit or 1e-6) / 3, 1e-12)
@@ -201,44 +182,23 @@ def render_auto_html(d: dict, plots: dict | None) -> str:
                        "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>")
         out.append("</table>")
         if title.startswith("Frontier") and plots:
-            out.append("<div class='plots'>")
-            for name, data in plots.items():
-                b64 = base64.b64encode(data).decode("ascii")
-                out.append(f"<figure><img alt='{e(name)}' src='data:image/png;base64,{b64}'>"
-                           f"<figcaption>{e(name)}</figcaption></figure>")
-            out.append("</div>")
-    if plots is None:
-        out.append("<div class='note'>matplotlib is not installed: plots omitted (pip install matplotlib).</div>")
-    if d.get("notes"):
-        out.append("<h2>Notes</h2>")
-        out += [f"<div class='note'>{e(n)}</div>" for n in d["notes"]]
-    out.append("</body></html>")
+            out += html_figures(list(plots.items()))
+    out += html_page_end(plots, d.get("notes"))
     return "\n".join(out).replace("</style>", "tr.chosen td{background:#e8f5e9!important;font-weight:600}</style>", 1)
 
 
 def write_auto_report(result, report_dir, final=None) -> dict:
     """Write ``auto_report.json``/``.md``/``.html`` (and the chosen ``lpo_auto_config.json``) into ``report_dir``."""
-    report_dir = os.fspath(report_dir)
-    os.makedirs(report_dir, exist_ok=True)
-    paths = {"json": os.path.join(report_dir, "auto_report.json"),
-             "markdown": os.path.join(report_dir, "auto_report.md"),
-             "html": os.path.join(report_dir, "auto_report.html")}
+    paths = report_paths(report_dir, "auto_report")
     if result.opt_config is not None:
         from lpo.tune.auto import CONFIG_NAME
 
-        paths["config"] = os.path.join(report_dir, CONFIG_NAME)
+        paths["config"] = os.path.join(os.fspath(report_dir), CONFIG_NAME)
         _write_text(paths["config"], json.dumps(result.opt_config, indent=1, sort_keys=True) + "\n")
     result.report_files = dict(paths)
     d = result.to_dict()
     if final is not None:
         d["optimize"] = final.to_dict()
-    _write_text(paths["json"], json.dumps(d, indent=2, allow_nan=False) + "\n")
-    _write_text(paths["markdown"], render_auto_markdown(d))
-    try:
-        plots = make_auto_plots(d)
-    except Exception as ex:  # noqa: BLE001 - a plotting bug must not lose the report
-        log.warning("could not draw AUTO plots: %s", ex)
-        plots = {}
-    _write_text(paths["html"], render_auto_html(d, plots))
-    log.info("wrote AUTO report to %s", report_dir)
+    write_report_files(paths, d, render_auto_markdown(d), lambda: make_auto_plots(d), render_auto_html)
+    log.info("wrote AUTO report to %s", os.fspath(report_dir))
     return paths

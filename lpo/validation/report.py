@@ -133,35 +133,52 @@ def _md_cell(x) -> str:
 
 def render_markdown(d: dict) -> str:
     """The report dict as Markdown tables."""
-    lines = [f"# lpo validation report — {'PASS' if d['passed'] else 'FAIL'}", ""]
-    for title, header, rows in _tables(d):
+    return markdown_page(f"lpo validation report — {'PASS' if d['passed'] else 'FAIL'}", _tables(d), d.get("notes"))
+
+
+def markdown_page(heading: str, tables, notes=None) -> str:
+    """A Markdown page: ``# heading``, one table per ``(title, header, rows)``, then the notes."""
+    lines = [f"# {heading}", ""]
+    for title, header, rows in tables:
         lines += [f"## {title}", "", "| " + " | ".join(_md_cell(h) for h in header) + " |",
                   "|" + "|".join("---" for _ in header) + "|"]
         lines += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows]
         lines.append("")
-    if d.get("notes"):
-        lines += ["## Notes", ""] + [f"- {n}" for n in d["notes"]] + [""]
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- plots
-def make_plots(report) -> dict | None:
-    """Return ``{title: png_bytes}`` of the report's plots, or None without matplotlib."""
+def pyplot():
+    """matplotlib's pyplot on the Agg backend, or None when matplotlib is not installed."""
     try:
         import matplotlib
         matplotlib.use("Agg", force=True)
         import matplotlib.pyplot as plt
     except ImportError:
         return None
+    return plt
+
+
+def png(fig) -> bytes:
+    """Render and close a matplotlib figure; return its PNG bytes."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def make_plots(report) -> dict | None:
+    """Return ``{title: png_bytes}`` of the report's plots, or None without matplotlib."""
+    plt = pyplot()
+    if plt is None:
+        return None
     d = report.to_dict()
     plots = {}
-
-    def png(fig) -> bytes:
-        buf = io.BytesIO()
-        fig.tight_layout()
-        fig.savefig(buf, format="png", dpi=100)
-        plt.close(fig)
-        return buf.getvalue()
 
     samples = getattr(report, "samples", None) or {}
     a, b = samples.get("original"), samples.get("optimized")
@@ -296,49 +313,72 @@ def render_html(d: dict, plots: dict | None) -> str:
         if plots:
             for key, names in plot_after.items():
                 if title.startswith(key):
-                    figs = [(n, plots[n]) for n in names if n in plots]
-                    if figs:
-                        out.append("<div class='plots'>")
-                        for n, data in figs:
-                            b64 = base64.b64encode(data).decode("ascii")
-                            out.append(f"<figure><img alt='{e(n)}' src='data:image/png;base64,"
-                                       f"{b64}'><figcaption>{e(n)}</figcaption></figure>")
-                        out.append("</div>")
-    if plots is None:
-        out.append("<div class='note'>matplotlib is not installed: plots omitted "
-                   "(pip install matplotlib).</div>")
-    if d.get("notes"):
-        out.append("<h2>Notes</h2>")
-        out += [f"<div class='note'>{e(n)}</div>" for n in d["notes"]]
-    out.append("</body></html>")
+                    out += html_figures([(n, plots[n]) for n in names if n in plots])
+    out += html_page_end(plots, d.get("notes"))
     return "\n".join(out)
 
 
+def html_figures(figs: list) -> list[str]:
+    """HTML of ``(name, png bytes)`` figures in one row (nothing for none)."""
+    if not figs:
+        return []
+    e = html.escape
+    out = ["<div class='plots'>"]
+    for n, data in figs:
+        b64 = base64.b64encode(data).decode("ascii")
+        out.append(f"<figure><img alt='{e(n)}' src='data:image/png;base64,{b64}'><figcaption>{e(n)}</figcaption>"
+                   "</figure>")
+    out.append("</div>")
+    return out
+
+
+def html_page_end(plots: dict | None, notes) -> list[str]:
+    """The end of a report page: a note when matplotlib is missing (``plots`` None), the notes, closing tags."""
+    e = html.escape
+    out = []
+    if plots is None:
+        out.append("<div class='note'>matplotlib is not installed: plots omitted (pip install matplotlib).</div>")
+    if notes:
+        out.append("<h2>Notes</h2>")
+        out += [f"<div class='note'>{e(n)}</div>" for n in notes]
+    out.append("</body></html>")
+    return out
+
+
 # --------------------------------------------------------------------------- API
+def report_paths(report_dir, stem: str) -> dict:
+    """Create ``report_dir``; return where ``<stem>.json``/``.md``/``.html`` go."""
+    report_dir = os.fspath(report_dir)
+    os.makedirs(report_dir, exist_ok=True)
+    return {"json": os.path.join(report_dir, f"{stem}.json"), "markdown": os.path.join(report_dir, f"{stem}.md"),
+            "html": os.path.join(report_dir, f"{stem}.html")}
+
+
+def write_report_files(paths: dict, d: dict, markdown: str, plots, html_page) -> None:
+    """Write the JSON of ``d``, the ``markdown`` and ``html_page(d, plots())`` atomically (a plot error loses only the plots)."""
+    from lpo.fsutil import write_text
+
+    write_text(paths["json"], json.dumps(d, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    write_text(paths["markdown"], markdown)
+    try:
+        figs = plots()
+    except Exception as ex:  # noqa: BLE001 - a plotting bug must not lose the report
+        log.warning("could not draw plots: %s", ex)
+        figs = {}
+    if figs is None:
+        log.warning("matplotlib is not installed: %s has no plots", os.path.basename(paths["html"]))
+    write_text(paths["html"], html_page(d, figs))
+
+
 def write_report(report, report_dir) -> dict:
     """Write ``report.json``, ``report.md`` and ``report.html`` into ``report_dir``.
 
     Creates ``report_dir`` if needed and replaces existing report files. Returns
     ``{"json": path, "markdown": path, "html": path}``.
     """
-    from lpo.fsutil import write_text
-
-    report_dir = os.fspath(report_dir)
-    os.makedirs(report_dir, exist_ok=True)
-    paths = {"json": os.path.join(report_dir, "report.json"),
-             "markdown": os.path.join(report_dir, "report.md"),
-             "html": os.path.join(report_dir, "report.html")}
+    paths = report_paths(report_dir, "report")
     report.report_files = dict(paths)
     d = report.to_dict()
-    write_text(paths["json"], json.dumps(d, indent=2, sort_keys=False, allow_nan=False) + "\n")
-    write_text(paths["markdown"], render_markdown(d))
-    try:
-        plots = make_plots(report)
-    except Exception as ex:  # noqa: BLE001 - a plotting bug must not lose the report
-        log.warning("could not draw plots: %s", ex)
-        plots = {}
-    if plots is None:
-        log.warning("matplotlib is not installed: report.html has no plots")
-    write_text(paths["html"], render_html(d, plots))
-    log.info("wrote validation report to %s", report_dir)
+    write_report_files(paths, d, render_markdown(d), lambda: make_plots(report), render_html)
+    log.info("wrote validation report to %s", os.fspath(report_dir))
     return paths
