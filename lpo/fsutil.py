@@ -261,13 +261,14 @@ def _sigterm_raises() -> Iterator[None]:
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
-def human_bytes(n: float) -> str:
-    """``1536`` -> ``'1.5 KiB'``."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+def human_bytes(n: float, digits: int = 1) -> str:
+    """``1536`` -> ``'1.5 KiB'`` (``digits`` after the point above bytes)."""
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.{digits}f} {unit}"
         n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
+    return f"{n:.{digits}f} TiB"
 
 
 def is_no_space(e: BaseException) -> bool:

@@ -21,6 +21,7 @@ import numpy as np
 
 from lpo.data.cast import cast_array
 from lpo.errors import CalibrationError, ConfigError, DataError, closest
+from lpo.options import OPTIMIZE
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def _missing_error(missing, present, path) -> CalibrationError:
     return CalibrationError(msg + ". Add one array per serving-signature input.")
 
 
-def load_calibration(path, input_specs: Mapping[str, tuple], *, batch_size: int = 256,
+def load_calibration(path, input_specs: Mapping[str, tuple], *, batch_size: int = OPTIMIZE.calib_batch_size,
                      allow_pickle: bool = False, max_batches: int | None = None,
                      tensor_names: Mapping[str, str] | None = None) -> list[dict[str, np.ndarray]]:
     """Load a calibration file as a list of feed dicts keyed by signature input name.

@@ -47,14 +47,9 @@ def _num(x, digits=6) -> str:
 
 
 def _bytes(n) -> str:
-    if n is None:
-        return "–"
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n:.2f} TiB"
+    from lpo.fsutil import human_bytes
+
+    return "–" if n is None else human_bytes(n, 2)
 
 
 def _rate(x) -> str:
