@@ -16,7 +16,7 @@ from lpo.components.optimize import optimize
 from lpo.components.refresh import refresh
 from lpo.components.shard_indices import shard_indices
 from lpo.components.validate import validate
-from lpo.options import BATCH_SIZES_TEXT, CALIBRATE, OPTIMIZE, ORCHESTRATOR_THRESHOLDS, VALIDATE
+from lpo.options import BATCH_SIZES_TEXT, CALIBRATE, NUM_SHARDS, OPTIMIZE, ORCHESTRATOR_THRESHOLDS, VALIDATE
 
 
 @dsl.pipeline(name="lpo-optimize",
@@ -128,7 +128,7 @@ def make_sharded_refresh_pipeline(pvc_name: str | None = None, mount_path: str =
     def sharded_refresh_pipeline(
         opt_model_path: str,
         ckpt_prefix: str,
-        num_shards: int = 4,
+        num_shards: int = NUM_SHARDS,
         work_dir: str = "",
     ) -> Model:
         """Refresh the optimized model at ``opt_model_path`` with ``ckpt_prefix``, converted in shards.

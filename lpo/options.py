@@ -202,6 +202,8 @@ OFF = -1.0
 #: Threshold defaults as orchestrator params (KFP components and pipelines, Airflow operators and DAGs):
 #: a float each, :data:`OFF` where the library's default is None (read back with :func:`optional_threshold`).
 ORCHESTRATOR_THRESHOLDS = {k: OFF if v is None else v for k, v in THRESHOLDS.to_dict().items()}
+#: Parallel conversion tasks of the sharded refresh pipelines (KFP and Airflow).
+NUM_SHARDS = 4
 #: ``VALIDATE.batch_sizes`` as an orchestrator string param (``"1,64,512"``).
 BATCH_SIZES_TEXT = ",".join(str(b) for b in VALIDATE.batch_sizes)
 
@@ -529,7 +531,7 @@ __all__ = [
     "dtype_for", "DENSE_MODES", "INT8_DENSE_MODES", "CALIB_METHODS",
     "DATA_FORMATS", "PUBLISH_LAYOUTS", "AirflowOptions", "AIRFLOW", "DAG_PATHS", "airflow_root",
     "dag_path_default", "DEFAULT_TAGS", "DEFAULT_SIGNATURE", "OptimizeOptions", "CalibrateOptions", "Thresholds",
-    "ValidateOptions", "OPTIMIZE", "CALIBRATE", "THRESHOLDS", "VALIDATE", "OFF", "ORCHESTRATOR_THRESHOLDS",
+    "ValidateOptions", "OPTIMIZE", "CALIBRATE", "THRESHOLDS", "VALIDATE", "OFF", "ORCHESTRATOR_THRESHOLDS", "NUM_SHARDS",
     "BATCH_SIZES_TEXT", "choice", "normalize_dtype",
     "AUTO", "AUTO_LADDERS", "AUTO_FASTER", "AutoOptions", "AUTO_OPTIONS", "normalize_auto_options",
     "NodeChoice", "VARIANT_SEP", "node_variants", "normalize_node_choice", "node_options",

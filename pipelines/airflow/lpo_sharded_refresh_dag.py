@@ -16,6 +16,7 @@ import pendulum
 from airflow.sdk import DAG, Param, task
 
 from lpo.operators.operators import LpoConvertShardOperator, LpoMergeCkptOperator, LpoRefreshOperator
+from lpo.options import NUM_SHARDS
 
 with DAG(
     dag_id="lpo_sharded_refresh",
@@ -28,7 +29,7 @@ with DAG(
         "opt_model": Param("", type="string", description="The optimized SavedModel to refresh (its plan)"),
         "ckpt_prefix": Param("", type="string", description="The new FP32 checkpoint prefix"),
         "work_dir": Param("", type="string", description="Shared work directory: shards/, merged/, refreshed/"),
-        "num_shards": Param(4, type="integer", minimum=1, description="Parallel conversion tasks"),
+        "num_shards": Param(NUM_SHARDS, type="integer", minimum=1, description="Parallel conversion tasks"),
     },
 ) as dag:
 

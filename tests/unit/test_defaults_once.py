@@ -12,7 +12,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 OPTION_PARAMS = {"data_type", "embedding_scheme", "dense_mode", "int8_dense", "calib_method", "calib_batch_size",
                  "num_rows", "calib_rows", "max_auc_drop", "max_abs_diff", "max_latency_ratio", "min_size_reduction",
                  "iters", "validate_iters", "batch_sizes", "validate_batch_sizes", "warmup", "label_key",
-                 "signature", "tags", "dequantize_at_load", "layout"}
+                 "signature", "tags", "dequantize_at_load", "layout", "num_shards"}
 
 
 def _literal_defaults(path: pathlib.Path):
@@ -27,6 +27,12 @@ def _literal_defaults(path: pathlib.Path):
                 literal = isinstance(d, ast.Tuple) or (isinstance(d, ast.Constant) and d.value not in (None, ""))
                 if arg.arg in OPTION_PARAMS and literal:
                     yield f"{path.relative_to(REPO)} {node.name}({arg.arg})", f"line {node.lineno}: {ast.unparse(d)}"
+        if isinstance(node, ast.Dict):  # DAG params: {"name": Param(default, ...)}
+            for k, v in zip(node.keys, node.values):
+                if isinstance(k, ast.Constant) and k.value in OPTION_PARAMS and isinstance(v, ast.Call) and \
+                        getattr(v.func, "id", "") == "Param" and v.args and isinstance(v.args[0], ast.Constant) and \
+                        v.args[0].value not in (None, ""):
+                    yield f"{path.relative_to(REPO)} Param({k.value})", f"line {v.lineno}: {ast.unparse(v.args[0])}"
 
 
 #: same names, other settings: AUTO's speed-phase warmup is not validate's
