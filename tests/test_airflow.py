@@ -218,7 +218,8 @@ def test_refresh_newest_checkpoint_failed_gate_and_nothing_new(airflow_env, serv
                   inputs={"fp32_model": sample_resource.model_path, "ckpt_prefix": ckpt})
     out = _run(airflow_env, "lpo_refresh_dag.py", "lpo_refresh", dict(conf, max_abs_diff=-1))
     assert out["state"] == "success" and out["tasks"]["find_inputs"] == "skipped", out
-    assert os.readlink(tmp_path / "serving" / "current") == "versions/20250102T000000"  # unchanged
+    assert os.readlink(serving / "current") == "versions/20250103000000"  # unchanged by the skipped run
+    assert sorted(os.listdir(serving / "versions")) == ["20250102000000", "20250103000000"]
 
 
 @pytest.mark.slow
