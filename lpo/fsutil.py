@@ -285,9 +285,12 @@ def _free_bytes(dest: PathLike) -> tuple[int | None, Path]:
     while not p.exists() and p != p.parent:
         p = p.parent
     try:
-        return shutil.disk_usage(p).free, p
+        usage = shutil.disk_usage(p)
     except OSError:
         return None, p
+    # A pseudo file system (/proc, /sys) reports no blocks at all: its space is
+    # not the question, whether it takes files is (answered by the caller).
+    return (usage.free if usage.total else None), p
 
 
 def _space_message(dest: PathLike, needed: int | None, free: int | None, where: Path) -> str:

@@ -595,11 +595,6 @@ def _(w, d):
     return _convert(w, d, save_prefix=str(outs / "model.ckpt"), match="overwrite")
 
 
-@case("convert-save-prefix-dir-missing", ConfigError)
-def _(w, d):
-    return _convert(w, d, save_prefix=str(d / "outs" / "missing" / "model.ckpt"))
-
-
 @case("convert-save-prefix-inside-opt-model", ConfigError)
 def _(w, d):
     return _convert(w, d, save_prefix=os.path.join(w.opt, "variables", "variables"))
