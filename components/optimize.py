@@ -27,6 +27,7 @@ def optimize(
     max_auc_drop: float,
     auto_max_evals: int,
     auto_seed: int,
+    target: str,
 ):
     """Write a BF16/FP16/INT8 (or AUTO) copy of ``model``; the SavedModel is the directory ``optimized.path``.
 
@@ -38,13 +39,16 @@ def optimize(
         opt_config: JSON object ``{node name: dtype}``; empty: every node gets ``data_type``.
         calibration: Dataset from the calibrate step (needed for static INT8 dense layers).
         embedding_scheme: ``per_dim`` or ``per_row`` INT8 table scales.
-        dense_mode: ``weight_only`` or ``compute`` for BF16/FP16 dense layers.
-        int8_dense: ``static`` or ``weight_only``.
+        dense_mode: ``auto``, ``weight_only`` or ``compute`` for BF16/FP16 dense layers.
+        int8_dense: ``auto``, ``compute``, ``simulate`` (old name ``static``) or ``weight_only``.
         calib_method: ``l2``, ``minmax`` or ``percentile``.
         eval_data: ``data_type='AUTO'`` only: ``.npz`` of serving inputs + ``label`` (like validate's data).
         max_auc_drop: AUTO's budget, largest ``|ΔAUC|`` vs FP32 (not the validate gate).
         auto_max_evals: AUTO: most configurations evaluated.
         auto_seed: AUTO: seed of the tuning/confirmation row split.
+        target: the serving CPU: ``host`` (the pod this step runs on) or a preset (``avx2``,
+            ``avx512_vnni``, ``avx512_bf16``, ``amx``, ``zen4``, ``portable``, ...); the output's
+            metadata gets ``target`` and ``requires``.
     """
     from lpo.log import quiet_tensorflow_process
 
@@ -60,12 +64,14 @@ def optimize(
         model.path, optimized.path, opt_config=opt_config or None, data_type=data_type,
         calib_file=calibration_file(calibration.path) if calibration is not None else None,
         embedding_scheme=embedding_scheme, dense_mode=dense_mode, int8_dense=int8_dense,
-        calib_method=calib_method, quiet=True, **auto)
+        calib_method=calib_method, target=target or None, quiet=True, **auto)
     report = result.to_dict()
     if report.get("auto"):
         report["auto"] = auto_summary(report["auto"])
     optimized.metadata.update({
         "data_type": str(report.get("data_type", data_type)),
+        "target": report.get("target") or {},
+        "requires": report.get("requires") or {},
         "optimized_nodes": len(report.get("optimized") or []),
         "report": report,
     })

@@ -71,6 +71,7 @@ def validate(
     finally:
         shutil.rmtree(report_dir, ignore_errors=True)
     report.metadata["passed"] = result.passed
+    report.metadata["runtime"] = result.to_dict().get("runtime") or {}
     if not result.passed:
         logging.getLogger("lpo").error("validation gate failed: %s", result.summary())
         raise lpo.ValidationFailed(result.summary(), report=result)

@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 from lpo.errors import (  # noqa: E402
     BudgetError, CalibrationError, CheckpointError, ConfigError, DataError, InternalError, LpoError,
-    ModelFormatError, OutputExistsError, ValidationFailed,
+    ModelFormatError, OutputExistsError, RequirementError, ValidationFailed,
 )
 
 _LAZY = {
@@ -32,4 +32,5 @@ def __getattr__(name):
 
 
 __all__ = ["__version__", "LpoError", "ModelFormatError", "ConfigError", "OutputExistsError", "CalibrationError",
-           "DataError", "CheckpointError", "ValidationFailed", "BudgetError", "InternalError", *_LAZY]
+           "DataError", "CheckpointError", "RequirementError", "ValidationFailed", "BudgetError", "InternalError",
+           *_LAZY]

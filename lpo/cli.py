@@ -48,6 +48,13 @@ def _choice(options: Sequence[str], upper: bool = False) -> Callable[[str], str]
     return parse
 
 
+def _int8_dense(text: str) -> str:
+    try:
+        return opts.normalize_int8_dense(text)
+    except LpoError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -160,7 +167,26 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                         for i, (v, w) in enumerate(zip(r, widths))))
     total = sum(r[4] for r in rows)
     print(f"{len(rows)} candidate(s), {total} bytes")
+    if result.optimized:
+        _print_optimized(result.optimized)
     return 0
+
+
+def _print_optimized(info: dict) -> None:
+    """The manifest of an optimized model: target CPU, requirements, dense forms, and this machine."""
+    tgt, req, here = info.get("target") or {}, info.get("requires") or {}, info.get("here") or {}
+    print(f"optimized by lpo: {info.get('data_type')}; dense forms: "
+          + (", ".join(f"{k} x{v}" for k, v in (info.get("forms") or {}).items()) or "none"))
+    if tgt:
+        print(f"target: {tgt.get('name')} (oneDNN {'on' if tgt.get('onednn') else 'off'}; "
+              f"{' '.join(tgt.get('cpu_features') or []) or 'no listed features'})")
+    if req:
+        onednn = "yes (TF_ENABLE_ONEDNN_OPTS=1 where it is off by default)" if req.get("onednn") else "no"
+        print(f"requires: oneDNN {onednn}; CPU features {', '.join(req.get('cpu_features') or []) or 'none'}")
+    else:
+        print("requires: nothing special (runs on any CPU and TensorFlow build)")
+    for p in here.get("problems") or []:
+        print(f"here: {p}")
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
@@ -184,7 +210,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         args.model, args.out, opt_config=opt_config, data_type=args.data_type,
         calib_file=args.calib, overwrite=args.overwrite, allow_pickle=args.allow_pickle,
         tags=args.tags, embedding_scheme=args.embedding_scheme, dense_mode=args.dense_mode,
-        int8_dense=args.int8_dense, calib_method=args.calib_method, quiet=args.quiet, **auto)
+        int8_dense=args.int8_dense, calib_method=args.calib_method, target=args.target, quiet=args.quiet,
+        **auto)
     if getattr(result, "auto", None) and not args.json:
         a = result.auto
         print(json.dumps(a["chosen"]["config"], indent=1, sort_keys=True))
@@ -376,14 +403,22 @@ def _optimize_args(p: argparse.ArgumentParser) -> None:
                 "INT8 embedding scale granularity (default: %(default)s; INT4 tables are per_row "
                 "where that is smaller than INT8 per_dim)")
     _add_choice(p, "--dense-mode", opts.DENSE_MODES, opts.OPTIMIZE.dense_mode,
-                "BF16/FP16 dense layers: store only the weights in low precision (float32 "
-                "MatMul), or compute in it as the parent tool did, for AMX/AVX512-BF16 "
-                "servers (default: %(default)s)")
-    _add_choice(p, "--int8-dense", opts.INT8_DENSE_MODES, opts.OPTIMIZE.int8_dense,
-                "INT8 dense form: static activation ranges (needs --calib) or weight only "
-                "(default: %(default)s)")
+                "BF16/FP16 dense layers: auto (16-bit arithmetic where the target CPU runs it faster "
+                "than float32: AMX, AMD Zen 4; else weight only), weight_only (16-bit weights, float32 "
+                "MatMul) or compute (16-bit MatMul) (default: %(default)s)")
+    p.add_argument("--int8-dense", type=_int8_dense, default=opts.OPTIMIZE.int8_dense,
+                   metavar="{" + ",".join(opts.INT8_DENSE_MODES) + "}",
+                   help="INT8 dense form: auto (real int8 kernels on oneDNN targets for layers big enough "
+                        "to pay, else as before), compute (int8 kernels; the model then needs oneDNN), "
+                        "simulate (calibrated 8-bit numerics with float kernels that run everywhere; "
+                        "old name: static) or weight_only (int8 weights, float activations, no --calib) "
+                        "(default: %(default)s)")
+    _add_choice(p, "--target", opts.TARGET_NAMES, opts.OPTIMIZE.target,
+                "the CPU the model will serve on: host (this machine and its oneDNN setting) or a "
+                "preset; it decides what 'auto' means and is recorded with the model's "
+                "requirements (default: %(default)s)")
     _add_choice(p, "--calib-method", opts.CALIB_METHODS, opts.OPTIMIZE.calib_method,
-                "activation range method for static INT8 (default: %(default)s)")
+                "activation range method for calibrated INT8 (default: %(default)s)")
     a = p.add_argument_group("AUTO (--data-type auto)",
                              "Search each node's form (INT4/INT8/16-bit/FP32) for the smallest, then fastest, "
                              "model whose |dAUC| vs FP32 on --eval rows stays within --max-auc-drop. --config pins "

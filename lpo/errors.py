@@ -55,6 +55,10 @@ class OutOfSpaceError(LpoError):
     exit_code = 4
 
 
+class RequirementError(LpoError):
+    """The optimized model needs something this process lacks (oneDNN for int8 kernels)."""
+
+
 class ValidationFailed(LpoError):
     """The optimized model breached one or more validation thresholds."""
 

@@ -85,14 +85,16 @@ def configure_logging(level: Union[int, str] = logging.INFO, quiet: bool = False
         logging.getLogger(name).setLevel(logging.WARNING if level <= logging.DEBUG else logging.ERROR)
 
 
-# TensorFlow's native start-up noise: absl's pre-InitializeLog banner and the CUDA
-# probing of the GPU wheel on a machine without a GPU. TF_CPP_MIN_LOG_LEVEL does not
-# silence these (they are logged before TF's log level is read).
+# TensorFlow's native start-up noise: absl's pre-InitializeLog banner, the oneDNN banner
+# ("oneDNN custom operations are on ...", printed at import on CPUs where oneDNN is on by
+# default), every other INFO line, and the CUDA probing of the GPU wheel on a machine
+# without a GPU. TF_CPP_MIN_LOG_LEVEL does not silence these (they are logged before TF's
+# log level is read).
 NATIVE_NOISE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
-    r"|[IWE]\d{4} [\d:.]+ +\d+ (cudart_stub|cuda_platform|cuda_executor|cuda_diagnostics|cuda_dnn"
-    r"|cuda_fft|cuda_blas|dso_loader|cpu_feature_guard|cpu_utils)\.cc:\d+\] .*"
-    r"|[IWE]\d{4} [\d:.]+ +\d+ port\.cc:\d+\] oneDNN custom operations are on.*"
+    r"|I\d{4} [\d:.]+ +\d+ [\w.-]+\.cc:\d+\] .*"
+    r"|[WE]\d{4} [\d:.]+ +\d+ (cudart_stub|cuda_platform|cuda_executor|cuda_diagnostics|cuda_dnn"
+    r"|cuda_fft|cuda_blas|dso_loader|cpu_feature_guard|cpu_utils|port)\.cc:\d+\] .*"
     # the continuation line of cpu_feature_guard's message
     r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\.)$")
 

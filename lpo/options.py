@@ -31,13 +31,22 @@ EMBEDDING_SCHEMES = ("per_dim", "per_row")
 #: or INT8 per_dim. ``embedding_scheme`` is INT8 tables' scheme only.
 INT4_SCHEME = "per_row"
 #: What ``data_type`` gives the nodes of a pass family that cannot take it: with
-#: ``data_type='INT4'`` dense layers get INT8 (``int8_dense`` decides static or weight-only)
+#: ``data_type='INT4'`` dense layers get INT8 (``int8_dense`` decides their form)
 #: and DeepRec EmbeddingVariables DeepRec's INT8.
 FAMILY_DTYPE = {"dense": {"INT4": "INT8"}, "ev": {"INT4": "INT8"}}
-#: BF16/FP16 dense layers: 16-bit weights with a float32 MatMul, or 16-bit arithmetic.
-DENSE_MODES = ("weight_only", "compute")
-#: INT8 dense layers: calibrated int8 activations, or int8 weights with float activations.
-INT8_DENSE_MODES = ("static", "weight_only")
+#: BF16/FP16 dense layers: the fastest form for the target (``auto``), 16-bit weights with a
+#: float32 MatMul, or 16-bit arithmetic.
+DENSE_MODES = ("auto", "weight_only", "compute")
+#: INT8 dense layers: the fastest correct form for the target (``auto``); ``compute``: real int8
+#: kernels (QuantizeV2 -> QuantizedMatMulWithBiasAndDequantize, needs oneDNN); ``simulate``:
+#: calibrated 8-bit activations and weights with float32 kernels that run in every TF build
+#: (FakeQuant; the form lpo always used, formerly called ``static``); ``weight_only``: int8
+#: weights, float activations, no calibration.
+INT8_DENSE_MODES = ("auto", "compute", "simulate", "weight_only")
+#: Old names still accepted for ``int8_dense`` (and in opt_config: ``"INT8:static"``).
+INT8_DENSE_ALIASES = {"static": "simulate"}
+#: INT8 dense forms that quantize activations (and so need calibration data).
+CALIBRATED_INT8_MODES = ("compute", "simulate")
 #: Activation range search of static INT8 calibration.
 CALIB_METHODS = ("l2", "minmax", "percentile")
 #: Formats ``make_calibration`` reads.
@@ -49,6 +58,45 @@ PUBLISH_LAYOUTS = ("current", "tf_serving")
 DEFAULT_TAGS = ("serve",)
 DEFAULT_SIGNATURE = "serving_default"
 
+# --------------------------------------------------------------------------- targets
+#: The CPU the optimized model serves on. ``host``: the machine lpo runs on (its CPU flags and
+#: oneDNN setting, see lpo/target.py); the others describe a serving machine. ``onednn`` is
+#: whether stock TensorFlow runs oneDNN there (on by default with AVX512_VNNI, AVX_VNNI,
+#: AVX512_BF16 or AMX; elsewhere only with TF_ENABLE_ONEDNN_OPTS=1).
+TARGETS = {
+    "portable": {"onednn": False, "features": (), "vendor": "",
+                 "help": "any CPU and TensorFlow build: no oneDNN-only kernel"},
+    "avx2": {"onednn": False, "features": ("avx2", "fma"), "vendor": "",
+             "help": "AVX2-only CPUs (e.g. AMD Zen2/3, Intel Haswell-Skylake client): oneDNN off by default"},
+    "avx2_onednn": {"onednn": True, "features": ("avx2", "fma"), "vendor": "",
+                    "help": "AVX2-only CPUs serving with TF_ENABLE_ONEDNN_OPTS=1"},
+    "avx512_vnni": {"onednn": True, "features": ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"),
+                    "vendor": "intel", "help": "Intel Cascade Lake / Ice Lake Xeon"},
+    "avx512_bf16": {"onednn": True, "features": ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                                                  "avx_vnni", "avx512_bf16", "avx512_fp16"),
+                    "vendor": "intel", "help": "Intel Sapphire/Emerald Rapids without AMX (e.g. in VMs)"},
+    "amx": {"onednn": True, "features": ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+                                          "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16"),
+            "vendor": "intel", "help": "Intel Sapphire/Emerald/Granite Rapids with AMX"},
+    "zen4": {"onednn": True, "features": ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                                           "avx512_bf16"), "vendor": "amd", "help": "AMD EPYC Genoa/Bergamo (Zen 4/5)"},
+}
+TARGET_NAMES = ("host",) + tuple(TARGETS)
+
+#: Decision table of ``int8_dense='auto'`` / ``dense_mode='auto'`` (lpo/target.py:dense_mode):
+#:
+#: * INT8, target with oneDNN: ``compute`` for layers with at least INT8_COMPUTE_MIN_WEIGHTS
+#:   weights (K*N), ``weight_only`` below (too small for int8 to beat float32 at batch 512:
+#:   the quantize and scale ops cost more than the MatMul saves);
+#: * INT8, target without oneDNN: ``simulate`` (what lpo always did: the AVX2 default is unchanged);
+#: * BF16: ``compute`` where bf16 MatMuls beat float32 (oneDNN and AMX, or AMD Zen 4 with
+#:   AVX512_BF16) for layers with at least BF16_COMPUTE_MIN_WEIGHTS weights, else ``weight_only``.
+#:   Intel AVX512_BF16 without AMX runs bf16 MatMuls ~1.7-2x slower than float32 (measured,
+#:   README), so it stays weight-only;
+#: * FP16: ``weight_only`` (oneDNN has no fast fused fp16 MatMul on these CPUs).
+INT8_COMPUTE_MIN_WEIGHTS = 65536
+BF16_COMPUTE_MIN_WEIGHTS = 65536
+
 
 @dataclass(frozen=True)
 class OptimizeOptions:
@@ -56,8 +104,10 @@ class OptimizeOptions:
 
     data_type: str = "BF16"
     embedding_scheme: str = "per_dim"
-    dense_mode: str = "weight_only"
-    int8_dense: str = "static"
+    dense_mode: str = "auto"
+    int8_dense: str = "auto"
+    #: the serving CPU (a TARGETS name or ``host``): decides what ``auto`` means
+    target: str = "host"
     calib_method: str = "l2"
     calib_batch_size: int = 256
     #: weight_only/static dense layers: dequantize the weights once at load into a float32 local variable
@@ -76,8 +126,9 @@ class OptimizeOptions:
             self, data_type=normalize_dtype(self.data_type),
             embedding_scheme=choice(self.embedding_scheme, EMBEDDING_SCHEMES, "embedding_scheme"),
             dense_mode=choice(self.dense_mode, DENSE_MODES, "dense_mode"),
-            int8_dense=choice(self.int8_dense, INT8_DENSE_MODES, "int8_dense"),
+            int8_dense=normalize_int8_dense(self.int8_dense),
             calib_method=choice(self.calib_method, CALIB_METHODS, "calib_method"),
+            target=normalize_target(self.target),
             int4_scheme=None if self.int4_scheme is None else choice(self.int4_scheme, EMBEDDING_SCHEMES,
                                                                      "int4_scheme"))
 
@@ -324,6 +375,8 @@ def normalize_node_choice(value: Any, what: str = "opt_config value") -> NodeCho
     valid = node_variants(dtype)
     if not valid:
         raise ConfigError(f"{what} {value!r}: {dtype} takes no variant; write just {dtype!r}")
+    if dtype == "INT8" and isinstance(variant_text, str) and variant_text.strip().lower() in INT8_DENSE_ALIASES:
+        variant_text = INT8_DENSE_ALIASES[variant_text.strip().lower()]
     return NodeChoice(dtype, choice(variant_text, valid, f"{what} {value!r}: the {dtype} variant"))
 
 
@@ -403,6 +456,20 @@ def normalize_auto_options(value: Any = None, **overrides) -> AutoOptions:
     if d["config_out"] is not None:
         d["config_out"] = os.fspath(d["config_out"])
     return AutoOptions(**d)
+
+
+def normalize_int8_dense(value: Any) -> str:
+    """Return an ``int8_dense`` mode; accepts the old name ``static`` (= ``simulate``)."""
+    if isinstance(value, str) and value.strip().lower() in INT8_DENSE_ALIASES:
+        return INT8_DENSE_ALIASES[value.strip().lower()]
+    return choice(value, INT8_DENSE_MODES, "int8_dense")
+
+
+def normalize_target(value: Any) -> str:
+    """Return a target name (``host`` or a TARGETS preset); ``None``/``""`` mean the default."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return OPTIMIZE.target
+    return choice(value, TARGET_NAMES, "target")
 
 
 def normalize_tags(tags: Any) -> tuple[str, ...]:
@@ -528,7 +595,9 @@ def normalize_opt_config(value: Any) -> Optional[dict]:
 
 __all__ = [
     "DATA_TYPES", "KEEP", "NODE_DTYPES", "EMBEDDING_SCHEMES", "INT4_SCHEME", "FAMILY_DTYPE",
-    "dtype_for", "DENSE_MODES", "INT8_DENSE_MODES", "CALIB_METHODS",
+    "dtype_for", "DENSE_MODES", "INT8_DENSE_MODES", "INT8_DENSE_ALIASES", "CALIBRATED_INT8_MODES", "TARGETS",
+    "TARGET_NAMES", "INT8_COMPUTE_MIN_WEIGHTS", "BF16_COMPUTE_MIN_WEIGHTS", "normalize_int8_dense",
+    "normalize_target", "CALIB_METHODS",
     "DATA_FORMATS", "PUBLISH_LAYOUTS", "AirflowOptions", "AIRFLOW", "DAG_PATHS", "airflow_root",
     "dag_path_default", "DEFAULT_TAGS", "DEFAULT_SIGNATURE", "OptimizeOptions", "CalibrateOptions", "Thresholds",
     "ValidateOptions", "OPTIMIZE", "CALIBRATE", "THRESHOLDS", "VALIDATE", "OFF", "ORCHESTRATOR_THRESHOLDS", "NUM_SHARDS",

@@ -58,7 +58,8 @@ def validation_metrics(report: dict) -> dict[str, float]:
 
     Keys: ``passed`` (1/0), ``rows``, ``auc_*``/``logloss_*`` when labels exist,
     ``max_abs_diff``/``mean_abs_diff`` of the prediction output, ``size_reduction``
-    and ``latency_ratio_p50`` (largest batch size). Missing figures are left out.
+    and ``latency_ratio_p50`` (largest batch size), ``requires_onednn``/``onednn`` (1/0: the
+    optimized model needs oneDNN / oneDNN is on where it was validated). Missing figures are left out.
     """
     out: dict[str, float] = {"passed": 1.0 if report.get("passed") else 0.0}
     if _finite(report.get("rows")) is not None:
@@ -83,6 +84,10 @@ def validation_metrics(report: dict) -> dict[str, float]:
             if f is not None and not isinstance(v, bool):
                 out[k if "diff" in k else f"diff_{k}"] = f
     walk("size", report.get("size") or {})
+    rt = report.get("runtime") or {}
+    if rt:
+        out["requires_onednn"] = 1.0 if (rt.get("requires") or {}).get("onednn") else 0.0
+        out["onednn"] = 1.0 if rt.get("onednn") else 0.0
     lat = report.get("latency") or []
     if lat and isinstance(lat[-1], dict):
         walk(f"latency_b{lat[-1].get('batch_size', 'max')}", lat[-1])

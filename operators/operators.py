@@ -150,6 +150,8 @@ class LpoOptimizeOperator(BaseOperator):
         opt_config: ``{node: dtype}`` as a dict or JSON string; empty: every node gets ``data_type``.
         calib_file: calibration ``.npz`` (needed for static INT8 dense layers).
         embedding_scheme, dense_mode, int8_dense, calib_method: as in :func:`lpo.optimize`.
+        target: the serving CPU (``host``: the worker this task runs on, or a preset such as
+            ``avx2``, ``avx512_vnni``, ``amx``, ``portable``); recorded in the model's manifest.
         overwrite: replace a non-empty ``save_path`` (default True: reruns are idempotent).
         eval_file: ``data_type='AUTO'`` only: ``.npz`` of serving inputs + ``label``.
         max_auc_drop: AUTO's budget, largest ``|ΔAUC|`` vs FP32 (not the validate gate).
@@ -162,14 +164,15 @@ class LpoOptimizeOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("model_path", "save_path", "data_type", "opt_config", "calib_file",
                                       "embedding_scheme", "dense_mode", "int8_dense", "calib_method",
-                                      "overwrite", "eval_file", "max_auc_drop", "auto_options", "report_dir")
+                                      "target", "overwrite", "eval_file", "max_auc_drop", "auto_options",
+                                      "report_dir")
     ui_color = "#dcebf7"
 
     def __init__(self, *, model_path: str, save_path: str, data_type: str = OPTIMIZE.data_type,
                  opt_config: Any = None, calib_file: Optional[str] = None,
                  embedding_scheme: str = OPTIMIZE.embedding_scheme, dense_mode: str = OPTIMIZE.dense_mode,
                  int8_dense: str = OPTIMIZE.int8_dense, calib_method: str = OPTIMIZE.calib_method,
-                 overwrite: Any = True, eval_file: Optional[str] = None,
+                 target: str = OPTIMIZE.target, overwrite: Any = True, eval_file: Optional[str] = None,
                  max_auc_drop: Any = AUTO_OPTIONS.max_auc_drop, auto_options: Any = None,
                  report_dir: Optional[str] = None, **kwargs):
         super().__init__(**kwargs)
@@ -186,6 +189,7 @@ class LpoOptimizeOperator(BaseOperator):
         self.dense_mode = dense_mode
         self.int8_dense = int8_dense
         self.calib_method = calib_method
+        self.target = target
         self.overwrite = overwrite
 
     @_quiet
@@ -214,7 +218,7 @@ class LpoOptimizeOperator(BaseOperator):
                 model, save, opt_config=self.opt_config or None, data_type=self.data_type,
                 calib_file=calib, overwrite=_bool(self.overwrite), embedding_scheme=self.embedding_scheme,
                 dense_mode=self.dense_mode, int8_dense=self.int8_dense, calib_method=self.calib_method,
-                quiet=True, **auto)
+                target=self.target or None, quiet=True, **auto)
         except lpo.LpoError as e:
             raise _lpo_error(e) from e
         out = result.to_dict()
@@ -292,7 +296,8 @@ class LpoValidateOperator(BaseOperator):
             raise _lpo_error(e) from e
         out = {"passed": bool(report.passed), "summary": report.summary(),
                "metrics": validation_metrics(report.to_dict()),
-               "report_files": dict(report.report_files or {})}
+               "report_files": dict(report.report_files or {}),
+               "runtime": json.loads(json.dumps(report.runtime or {}, default=str))}
         if not report.passed:
             ti = context.get("ti") if hasattr(context, "get") else None
             if ti is not None:

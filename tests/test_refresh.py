@@ -153,8 +153,8 @@ def test_convert_ckpt_writes_the_reoptimized_variables(sample_resource, work, re
 def test_int8_static_dense_keeps_the_first_calibration(sample_resource, work, retrained, optimized):
     """Documented: a refresh reuses the first run's activation ranges (graph FakeQuant min/max)."""
     new_ckpt, new_model = retrained(sample_resource)
-    first = optimized(sample_resource.model_path, sample_resource.calib_path, data_type="INT8")
-    again = optimized(new_model, sample_resource.calib_path, data_type="INT8")
+    first = optimized(sample_resource.model_path, sample_resource.calib_path, data_type="INT8", int8_dense="simulate")
+    again = optimized(new_model, sample_resource.calib_path, data_type="INT8", int8_dense="simulate")
     out = work / "refreshed-int8-static"
     lpo.refresh(first, new_ckpt, str(out), quiet=True)
     ranges = fake_quant_ranges(str(out))

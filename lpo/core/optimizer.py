@@ -51,10 +51,15 @@ class InspectResult:
 
     model_path: str
     candidates: list[Candidate] = field(default_factory=list)
+    #: for a model written by lpo: its data type, target CPU, ``requires`` and dense forms (manifest)
+    optimized: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """Return a JSON-able dict."""
-        return {"model_path": self.model_path, "candidates": [c.to_dict() for c in self.candidates]}
+        d = {"model_path": self.model_path, "candidates": [c.to_dict() for c in self.candidates]}
+        if self.optimized:
+            d["optimized"] = self.optimized
+        return d
 
 
 @dataclass
@@ -84,6 +89,9 @@ class OptimizeResult:
     total_bytes_after: int
     kept_fp32: list[str] = field(default_factory=list)
     requires: dict = field(default_factory=dict)
+    target: dict = field(default_factory=dict)
+    #: how many dense layers got each form, e.g. ``{"INT8 compute": 2, "INT8 weight_only": 1}``
+    forms: dict = field(default_factory=dict)
     #: data_type='AUTO' only: the search's result (lpo.tune.AutoResult.to_dict())
     auto: dict | None = None
 
@@ -185,7 +193,23 @@ def inspect_model(model_path, tags=None) -> InspectResult:
     """List the optimizable nodes of a SavedModel (the valid opt_config keys)."""
     _sm, mg = _load_model(model_path, tags)
     found = _find(mg, variables_prefix(os.fspath(model_path)))
-    return InspectResult(os.fspath(model_path), [_as_candidate(c) for c in found])
+    return InspectResult(os.fspath(model_path), [_as_candidate(c) for c in found], _optimized_info(model_path))
+
+
+def _optimized_info(model_path) -> dict:
+    """What the manifest of an lpo-optimized model says about where it runs; {} for other models."""
+    from lpo.core.plan import manifest_path
+
+    if not os.path.isfile(manifest_path(os.fspath(model_path))):
+        return {}
+    try:
+        plan = read_manifest(os.fspath(model_path))
+    except Exception:  # noqa: BLE001 - a corrupt manifest is reported by the commands that need it
+        return {}
+    from lpo.target import runtime_report
+
+    return {"data_type": plan.data_type, "target": plan.target, "requires": plan.requires,
+            "forms": _forms(plan.conversions), "here": runtime_report(plan.requires)}
 
 
 def _assign(found, opt_config, data_type) -> dict[str, opts.NodeChoice]:
@@ -280,6 +304,21 @@ def _calibrate(model_path, tags, convs: list[Conversion], calib_file, *, allow_p
                 if level == logging.WARNING else "")
 
 
+def _forms(convs) -> dict:
+    out: dict = {}
+    for c in convs:
+        if c.kind == "dense":
+            key = f"{c.dtype} {c.mode}"
+            out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _log_forms(convs, tgt) -> None:
+    forms = _forms(convs)
+    if forms:
+        log.info("Target %s: dense layers %s", tgt.describe(), ", ".join(f"{k} x{v}" for k, v in forms.items()))
+
+
 def _check_output(save_path, model_path, overwrite):
     from lpo.fsutil import check_not_inside, check_parent_writable
 
@@ -333,7 +372,7 @@ def optimize(model_path, save_path, opt_config=None, data_type=opts.OPTIMIZE.dat
              overwrite=False, allow_pickle=False, tags=None, embedding_scheme=opts.OPTIMIZE.embedding_scheme,
              dense_mode=opts.OPTIMIZE.dense_mode, int8_dense=opts.OPTIMIZE.int8_dense,
              calib_method=opts.OPTIMIZE.calib_method, calib_batch_size=opts.OPTIMIZE.calib_batch_size,
-             calib_max_batches=None,
+             calib_max_batches=None, target=opts.OPTIMIZE.target,
              dequantize_at_load=opts.OPTIMIZE.dequantize_at_load, quiet=False, eval_file=None,
              max_auc_drop=opts.AUTO_OPTIONS.max_auc_drop, auto_options=None, report_dir=None,
              _auto=None) -> OptimizeResult:
@@ -348,17 +387,25 @@ def optimize(model_path, save_path, opt_config=None, data_type=opts.OPTIMIZE.dat
             optimizable node gets ``data_type``.
         data_type: default dtype, case-insensitive. ``INT4``: INT4 embedding tables (row-wise
             4-bit with float16 scale and offset; per_dim or INT8 per_dim where that is smaller,
-            e.g. D < 8) and INT8 dense layers (``int8_dense`` decides static or weight-only).
+            e.g. D < 8) and INT8 dense layers (``int8_dense`` decides their form).
         calib_file: ``.npz`` (or legacy pickled ``.npy`` with ``allow_pickle``) of serving inputs;
-            required when a dense layer goes to INT8 with ``int8_dense='static'``.
+            required when a dense layer goes to INT8 in a calibrated form (``compute``/``simulate``).
         embedding_scheme: INT8 table scales ``per_dim`` (one float32 per column) or ``per_row``
             (one float16 per row, times a float32 power-of-two base per table).
-        dense_mode: BF16/FP16 dense layers: ``weight_only`` (default: 16-bit weights, float32
-            MatMul; faster and more accurate on CPUs without native BF16) or ``compute``
-            (the seed's low-precision MatMul/BiasAdd/Relu, for AMX/AVX512-BF16 servers).
-        int8_dense: INT8 dense layers: ``static`` (calibrated activations) or ``weight_only``.
+        dense_mode: BF16/FP16 dense layers: ``auto`` (default: ``compute`` where the target runs
+            bf16 MatMuls faster than float32, else ``weight_only``), ``weight_only`` (16-bit
+            weights, float32 MatMul) or ``compute`` (16-bit MatMul/BiasAdd/Relu).
+        int8_dense: INT8 dense layers: ``auto`` (default: ``compute`` on oneDNN targets for layers
+            big enough to pay, ``weight_only`` for smaller ones; ``simulate`` without oneDNN),
+            ``compute`` (real int8 kernels, need oneDNN where the model runs), ``simulate``
+            (calibrated 8-bit numerics with float kernels, runs everywhere; old name ``static``)
+            or ``weight_only``. One layer's form: ``opt_config`` value ``'INT8:compute'``.
         calib_method: activation range search: ``l2`` (default), ``minmax`` or ``percentile``.
-        dequantize_at_load: for ``weight_only``/``static`` dense layers, dequantize the (small)
+        target: the serving CPU: ``host`` (default: this machine and its oneDNN setting) or a
+            preset of :data:`lpo.options.TARGETS` (``portable``, ``avx2``, ``avx512_vnni``,
+            ``avx512_bf16``, ``amx``, ...). It decides what ``auto`` means; the manifest records
+            it and what the output requires (``requires``: oneDNN, CPU features).
+        dequantize_at_load: for ``weight_only``/``simulate`` dense layers, dequantize the (small)
             dense weights once when the model loads into a float32 local variable, instead
             of on every call. The file keeps only low-precision weights.
         eval_file, max_auc_drop, auto_options, report_dir: ``data_type='AUTO'`` only: search
@@ -379,14 +426,15 @@ def optimize(model_path, save_path, opt_config=None, data_type=opts.OPTIMIZE.dat
                              report_dir=report_dir, overwrite=overwrite, allow_pickle=allow_pickle, tags=tags,
                              embedding_scheme=embedding_scheme, dense_mode=dense_mode, int8_dense=int8_dense,
                              calib_method=calib_method, calib_batch_size=calib_batch_size,
-                             calib_max_batches=calib_max_batches, dequantize_at_load=dequantize_at_load, quiet=quiet)
+                             calib_max_batches=calib_max_batches, dequantize_at_load=dequantize_at_load, quiet=quiet,
+                             target=target)
     if _auto is None and (eval_file is not None or report_dir is not None or auto_options is not None):
         raise ConfigError("eval_file, auto_options and report_dir are for data_type='AUTO' only; use `lpo validate` "
                           "to measure an optimized model")
     options = opts.OptimizeOptions(
         data_type=data_type, embedding_scheme=embedding_scheme, dense_mode=dense_mode, int8_dense=int8_dense,
         calib_method=calib_method, calib_batch_size=calib_batch_size,
-        dequantize_at_load=dequantize_at_load).normalized()
+        dequantize_at_load=dequantize_at_load, target=target).normalized()
     opt_config = opts.normalize_opt_config(opt_config)
     model_path, save_path = os.path.abspath(os.fspath(model_path)), os.path.abspath(os.fspath(save_path))
     _check_output(save_path, model_path, overwrite)
@@ -394,10 +442,15 @@ def optimize(model_path, save_path, opt_config=None, data_type=opts.OPTIMIZE.dat
     found, convs = _plan_conversions(model_path, mg, opt_config, options)
     _calibrate_static(model_path, sm, tags, convs, calib_file, options, allow_pickle=allow_pickle,
                       max_batches=calib_max_batches, found=found)
+    from lpo.target import get_target, requirements
+
+    tgt = get_target(options.target)
     plan = Plan(data_type=opts.AUTO if _auto else options.data_type, conversions=convs, lpo_version=__version__,
-                options={**options.plan_options(), "opt_config": opt_config})
+                requires=requirements([(c.dtype, c.mode) for c in convs if c.kind == "dense"], tgt),
+                target=tgt.to_dict(), options={**options.plan_options(), "opt_config": opt_config})
     if _auto:  # the final write of data_type='AUTO' (lpo.tune): its summary and chosen opt_config
         plan.options["auto"] = _auto["manifest"]
+    _log_forms(convs, tgt)
     _rewrite_all(sm, plan)
     _write_optimized(model_path, save_path, sm, plan, tags, overwrite=overwrite, quiet=quiet,
                      assets=(_auto or {}).get("assets"))
@@ -417,14 +470,14 @@ def _plan_conversions(model_path, mg, opt_config, options: opts.OptimizeOptions)
 
 def _calibrate_static(model_path, sm, tags, convs: list[Conversion], calib_file, options: opts.OptimizeOptions, *,
                       allow_pickle, max_batches, found=()) -> None:
-    """Calibrate the static INT8 dense conversions of ``convs`` (no-op when there are none)."""
-    static = [c for c in convs if c.kind == "dense" and c.mode == "static"]
+    """Calibrate the INT8 dense conversions of ``convs`` that quantize activations (no-op when none do)."""
+    static = [c for c in convs if c.kind == "dense" and c.dtype == "INT8" and c.mode in opts.CALIBRATED_INT8_MODES]
     if not static:
         return
     from lpo.core.deeprec import check_runnable
 
-    check_runnable(select_meta_graph(sm, tags), model_path, "INT8 dense calibration (int8_dense='static') runs the "
-                   "model", "Pass int8_dense='weight_only' (CLI --int8-dense weight_only), or keep its dense layers "
+    check_runnable(select_meta_graph(sm, tags), model_path, "INT8 dense calibration (int8_dense compute/simulate) runs "
+                   "the model", "Pass int8_dense='weight_only' (CLI --int8-dense weight_only), or keep its dense layers "
                    "out of INT8 in opt_config, to optimize it here")
     if calib_file is None:
         raise CalibrationError(
@@ -483,7 +536,8 @@ def _optimize_result(model_path, save_path, found, plan: Plan) -> OptimizeResult
         variables_bytes_before=dir_bytes(os.path.join(model_path, "variables")),
         variables_bytes_after=dir_bytes(os.path.join(save_path, "variables")),
         total_bytes_before=dir_bytes(model_path), total_bytes_after=dir_bytes(save_path),
-        kept_fp32=[c.name for c in found if c.name not in done], requires=plan.requires)
+        kept_fp32=[c.name for c in found if c.name not in done], requires=plan.requires, target=plan.target,
+        forms=_forms(plan.conversions))
     log.info("Optimization Result:")
     for n in optimized:
         log.info("%s", n.line())

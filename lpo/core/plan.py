@@ -105,6 +105,8 @@ class Plan:
     options: dict = field(default_factory=dict)
     requires: dict = field(default_factory=dict)
     lpo_version: str = ""
+    #: the serving CPU the forms were chosen for (lpo.target.Target.to_dict())
+    target: dict = field(default_factory=dict)
 
     def var_conversions(self) -> dict[tuple[str, str], VarConversion]:
         """Map (checkpoint key, source slice) to its conversion."""
@@ -126,6 +128,7 @@ class Plan:
             "data_type": self.data_type,
             "options": self.options,
             "requires": self.requires,
+            "target": self.target,
             "conversions": [c.to_dict() for c in self.conversions],
         }
 
@@ -144,6 +147,7 @@ class Plan:
             options=d.get("options", {}),
             requires=d.get("requires", {}),
             lpo_version=d.get("lpo_version", ""),
+            target=d.get("target", {}),
         )
 
     def dumps(self) -> str:

@@ -76,6 +76,13 @@ EMBED_DIM = 16
 BOTTOM_UNITS = (64, 16)
 TOP_UNITS = (256, 64, 1)
 SCOPE = "dlrm"
+#: Model shapes (``arch=``): ``small`` (the default, above) is overhead-bound at batch 512;
+#: ``mlperf`` has the MLP widths of MLPerf's DLRM (bottom 13-512-256-128, top 1024-1024-512-256-1)
+#: on the same small tables, so its dense layers dominate the latency like in production.
+ARCHS = {
+    "small": {"bottom": BOTTOM_UNITS, "top": TOP_UNITS, "train_rows": 100_000},
+    "mlperf": {"bottom": (512, 256, 128), "top": (1024, 1024, 512, 256, 1), "train_rows": 60_000},
+}
 
 SIGNATURES = {"serving_default": "probabilities", "predict_logits": "logits"}
 
@@ -103,6 +110,7 @@ class SampleModel:
     bayes_auc: float
     build_seconds: float
     version: int = SAMPLE_VERSION
+    arch: str = "small"
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-able dict of every field."""
@@ -263,7 +271,7 @@ def _dense_layer(x, units: int, name: str, relu: bool):
         return tf.nn.relu(y) if relu else y
 
 
-def _model(features: dict, variant: str):
+def _model(features: dict, variant: str, arch: str = "small"):
     """Build the DLRM-like forward pass; return logits of shape [None]."""
     import tensorflow as tf
 
@@ -284,12 +292,13 @@ def _model(features: dict, variant: str):
         dense = fc.input_layer(features, dense_cols)  # [B, 13]
         x = dense
         with v1.variable_scope("bottom_mlp"):
-            for i, u in enumerate(BOTTOM_UNITS):
+            for i, u in enumerate(ARCHS[arch]["bottom"]):
                 x = _dense_layer(x, u, f"layer{i}", relu=True)
         x = tf.concat([x, emb], axis=1, name="interaction")
+        top = ARCHS[arch]["top"]
         with v1.variable_scope("top_mlp"):
-            for i, u in enumerate(TOP_UNITS):
-                x = _dense_layer(x, u, f"layer{i}", relu=i < len(TOP_UNITS) - 1)
+            for i, u in enumerate(top):
+                x = _dense_layer(x, u, f"layer{i}", relu=i < len(top) - 1)
         return tf.reshape(x, [-1], name="logits")
 
 
@@ -361,7 +370,7 @@ def _resolve_lookup(variant: str, lookup: str) -> str:
     return "fast" if variant == "ref" else "gather"
 
 
-def _train(data, variant, lookup, seed, epochs, batch_size, lr, ckpt_prefix) -> None:
+def _train(data, variant, lookup, seed, epochs, batch_size, lr, ckpt_prefix, arch="small") -> None:
     import tensorflow as tf
 
     v1 = tf.compat.v1
@@ -370,7 +379,7 @@ def _train(data, variant, lookup, seed, epochs, batch_size, lr, ckpt_prefix) -> 
         v1.set_random_seed(seed)
         feats = _placeholders()
         label = v1.placeholder(tf.float32, [None], name="label")
-        logits = _model(feats, variant)
+        logits = _model(feats, variant, arch)
         loss = tf.reduce_mean(
             tf.nn.sigmoid_cross_entropy_with_logits(labels=label, logits=logits))
         train_op = v1.train.AdamOptimizer(lr).minimize(loss)
@@ -394,7 +403,7 @@ def _train(data, variant, lookup, seed, epochs, batch_size, lr, ckpt_prefix) -> 
         saver.save(sess, ckpt_prefix, write_meta_graph=False, write_state=False)
 
 
-def _export(variant, lookup, ckpt_prefix, export_dir) -> tuple[list[str], list[str]]:
+def _export(variant, lookup, ckpt_prefix, export_dir, arch="small") -> tuple[list[str], list[str]]:
     """Build the clean serving graph, restore trained values, write the SavedModel."""
     import tensorflow as tf
 
@@ -403,7 +412,7 @@ def _export(variant, lookup, ckpt_prefix, export_dir) -> tuple[list[str], list[s
     g = tf.Graph()
     with g.as_default(), _lookup_mode(lookup), _quiet_deprecations():
         feats = _placeholders()
-        logits = _model(feats, variant)
+        logits = _model(feats, variant, arch)
         probs = tf.sigmoid(logits, name="probabilities")
         variables = v1.global_variables()
         # the one saver of the serving graph: restores the trained values here
@@ -444,7 +453,7 @@ def predict(model_path: str, data: dict[str, np.ndarray], *,
 
 
 def build_sample(out_dir: str, *, variant: str = "resource", seed: int = 0,
-                 lookup: str = "default", train_rows: int = 100_000,
+                 lookup: str = "default", train_rows: int | None = None, arch: str = "small",
                  heldout_rows: int = 20_000, calib_rows: int = 2048,
                  csv_rows: int = 5000, epochs: int = 2, batch_size: int = 512,
                  learning_rate: float = 2e-3) -> SampleModel:
@@ -462,10 +471,15 @@ def build_sample(out_dir: str, *, variant: str = "resource", seed: int = 0,
     only for ref tables; ``'gather'`` on ref gives the pre-TF-2.14 graph
     ``VariableV2 -> Identity -> GatherV2 -> SparseSegmentMean``. The other
     keywords size the data and training; the defaults build in ~15-35 s on 2
-    cores and reach held-out AUC ~0.82.
+    cores and reach held-out AUC ~0.82. ``arch`` picks the MLP widths (:data:`ARCHS`):
+    ``'mlperf'`` is the production-width one (MLPerf DLRM's MLPs, ~1-2 min to build).
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {tuple(ARCHS)}, got {arch!r}")
+    if train_rows is None:
+        train_rows = ARCHS[arch]["train_rows"]
     lookup = _resolve_lookup(variant, lookup)
     t0 = time.monotonic()
     os.makedirs(out_dir, exist_ok=True)
@@ -480,10 +494,10 @@ def build_sample(out_dir: str, *, variant: str = "resource", seed: int = 0,
     model_path = os.path.join(out_dir, "model")
     with tempfile.TemporaryDirectory(prefix="lpo-train-") as tmp:
         ckpt = os.path.join(tmp, "model.ckpt")
-        _train(train, variant, lookup, seed, epochs, batch_size, learning_rate, ckpt)
+        _train(train, variant, lookup, seed, epochs, batch_size, learning_rate, ckpt, arch)
         if os.path.exists(model_path):
             shutil.rmtree(model_path)
-        emb_vars, kernels = _export(variant, lookup, ckpt, model_path)
+        emb_vars, kernels = _export(variant, lookup, ckpt, model_path, arch)
 
     preds = predict(model_path, held)
     sample = SampleModel(
@@ -495,7 +509,7 @@ def build_sample(out_dir: str, *, variant: str = "resource", seed: int = 0,
         embedding_variables=emb_vars, dense_kernels=kernels,
         auc=_auc(held["label"], preds), logloss=_logloss(held["label"], preds),
         bayes_auc=_auc(held["label"], held["_prob"]),
-        build_seconds=round(time.monotonic() - t0, 2))
+        build_seconds=round(time.monotonic() - t0, 2), arch=arch)
     with open(os.path.join(out_dir, _META_FILE), "w") as f:
         json.dump(sample.to_dict(), f, indent=2)
     log.info("built sample %s/%s in %.1fs: AUC %.4f (bayes %.4f)", variant, lookup,
@@ -528,10 +542,11 @@ def _load_cached(path: str) -> SampleModel | None:
 
 
 def cached_sample(variant: str = "resource", cache_dir: str | None = None, *,
-                  seed: int = 0, lookup: str = "default") -> SampleModel:
+                  seed: int = 0, lookup: str = "default", arch: str = "small") -> SampleModel:
     """Return the sample for ``variant``, building it once into the cache.
 
-    The cache entry is ``<cache_dir>/<variant>-<lookup>-s<seed>-v<SAMPLE_VERSION>``;
+    The cache entry is ``<cache_dir>/<variant>-<lookup>-s<seed>-v<SAMPLE_VERSION>`` (with
+    ``-<arch>`` after the lookup for a non-default ``arch``, e.g. the production-width ``mlperf``);
     ``cache_dir`` defaults to :func:`default_cache_dir`. Concurrent callers
     (e.g. pytest-xdist workers) serialize on an ``fcntl`` lock; the sample is
     built in a temp sibling and renamed into place, so readers never see a
@@ -542,9 +557,11 @@ def cached_sample(variant: str = "resource", cache_dir: str | None = None, *,
     lookup = _resolve_lookup(variant, lookup)
     cache_dir = os.path.abspath(cache_dir or default_cache_dir())
     os.makedirs(cache_dir, exist_ok=True)
-    key = f"{variant}-{lookup}-s{seed}-v{SAMPLE_VERSION}"
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {tuple(ARCHS)}, got {arch!r}")
+    key = f"{variant}-{lookup}{'' if arch == 'small' else '-' + arch}-s{seed}-v{SAMPLE_VERSION}"
     return cached_build(cache_dir, key, _load_cached,
-                        lambda tmp: build_sample(tmp, variant=variant, seed=seed, lookup=lookup))
+                        lambda tmp: build_sample(tmp, variant=variant, seed=seed, lookup=lookup, arch=arch))
 
 
 def cached_build(cache_dir: str, key: str, load, build):
@@ -675,7 +692,7 @@ def graph_op_types(model_path: str, tags: tuple[str, ...] = opts.DEFAULT_TAGS) -
 
 
 __all__ = [
-    "SAMPLE_VERSION", "VARIANTS", "INPUT_NAMES", "DENSE_NAMES", "SPARSE_NAMES",
+    "SAMPLE_VERSION", "VARIANTS", "ARCHS", "INPUT_NAMES", "DENSE_NAMES", "SPARSE_NAMES",
     "SIGNATURES", "SampleModel", "generate_data", "write_csv", "write_tfrecord",
     "build_sample", "cached_sample", "default_cache_dir", "perturb_checkpoint",
     "predict", "graph_op_types",

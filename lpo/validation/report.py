@@ -111,6 +111,16 @@ def _tables(d: dict) -> list:
     t.append((f"Optimized nodes ({len(nodes)})", ["Kind", "Node", "dtype", "Scheme"],
               [[n.get("kind") or "", n.get("node") or "", n.get("dtype") or "",
                 n.get("scheme") or ""] for n in nodes] or [["–", "none listed", "", ""]]))
+    rt = d.get("runtime") or {}
+    tgt = (d.get("manifest") or {}).get("target") or {}
+    if rt.get("requires") or tgt:
+        req = rt.get("requires") or {}
+        t.append(("Runtime requirements (optimized model vs this machine)", ["", "Required / target", "Here"],
+                  [["target CPU", tgt.get("name", "–"), ""],
+                   ["oneDNN", "required" if req.get("onednn") else "not required", "on" if rt.get("onednn") else "off"],
+                   ["CPU features", ", ".join(req.get("cpu_features") or []) or "–",
+                    ", ".join(rt.get("cpu_features") or []) or "–"],
+                   ["forms", ", ".join(f"{k} x{v}" for k, v in (req.get("forms") or {}).items()) or "portable", ""]]))
     env = dict(d.get("environment") or {})
     st = d.get("settings") or {}
     env_rows = [[k, str(v)] for k, v in env.items()]

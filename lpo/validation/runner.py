@@ -34,6 +34,9 @@ class SignatureRunner:
         self.path = os.fspath(model_path)
         mg = select_meta_graph(read_saved_model(self.path), tags)
         check_runnable(mg, self.path, "running its signature")
+        from lpo.target import check_runnable as check_target
+
+        check_target(self.path)  # a oneDNN-only model where oneDNN is off: say so, before TF fails
         load_tags = sorted(mg.meta_info_def.tags)
         self.graph = tf.Graph()
         self.session = tf.compat.v1.Session(graph=self.graph, config=session_config)
@@ -62,11 +65,11 @@ class SignatureRunner:
 
     def call(self, *arrays) -> list:
         """Run one batch given as arrays in ``input_names`` order; outputs in ``output_names`` order."""
-        return self._call(*arrays)
+        return self._guard(self._call, *arrays)
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the signature on one batch."""
-        vals = self.session.run([self.outputs[n] for n in self.output_names], self.feed_dict(feed))
+        vals = self._guard(self.session.run, [self.outputs[n] for n in self.output_names], self.feed_dict(feed))
         return dict(zip(self.output_names, vals))
 
     def predict(self, data: dict[str, np.ndarray], batch_size: int = 4096) -> dict[str, np.ndarray]:
@@ -80,7 +83,21 @@ class SignatureRunner:
 
     def fetch(self, feed: dict[str, np.ndarray], tensor_names: list[str]) -> list[np.ndarray]:
         """Evaluate graph tensors ``tensor_names`` on one batch."""
-        return self.session.run(list(tensor_names), self.feed_dict(feed))
+        return self._guard(self.session.run, list(tensor_names), self.feed_dict(feed))
+
+    def _guard(self, fn, *args):
+        """Run ``fn``; a oneDNN-only kernel that did not run becomes a RequirementError, not TF's raw error."""
+        import tensorflow as tf
+
+        try:
+            return fn(*args)
+        except tf.errors.OpError as e:
+            from lpo.target import translate_run_error
+
+            err = translate_run_error(e, self.path)
+            if err is e:
+                raise
+            raise err from e
 
     def close(self) -> None:
         """Release the session."""

@@ -58,6 +58,8 @@ class ValidationReport:
     timings: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
     report_files: dict = field(default_factory=dict)
+    #: what the optimized model requires (manifest) against what this process offers (oneDNN, CPU features)
+    runtime: dict = field(default_factory=dict)
     #: Predictions of ``prediction_output`` (subsampled) for plots; not serialized.
     samples: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -158,7 +160,7 @@ def _manifest_info(optimized) -> tuple[list, dict, str | None]:
         return [], {}, f"{e} (the list of optimized nodes is empty)"
     nodes = [{"kind": c.kind, "node": c.node, "dtype": c.dtype, "scheme": c.scheme} for c in plan.conversions]
     info = {"format": MANIFEST_FORMAT, "lpo_version": plan.lpo_version, "data_type": plan.data_type,
-            "requires": plan.requires}
+            "requires": plan.requires, "target": plan.target}
     return nodes, info, None
 
 
@@ -176,9 +178,13 @@ def _cpu_model() -> str:
 def _environment() -> dict:
     import tensorflow as tf
 
+    from lpo.target import host
+
     v = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
     return {
         "TF_ENABLE_ONEDNN_OPTS": v if v is not None else "unset (default)",
+        "onednn": host().onednn,
+        "cpu_features": list(host().features),
         "tensorflow": tf.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
@@ -440,15 +446,15 @@ def _accuracy(report, preds, common, labels, label_key) -> None:
 
 
 def _size_and_manifest(report, original, optimized) -> None:
-    """Fill the sizes and the optimized nodes; note a oneDNN requirement this process does not meet."""
+    """Fill the sizes, the optimized nodes, and what the model requires against this process."""
+    from lpo.target import runtime_report
+
     report.size = _size_info(original, optimized)
     report.optimized_nodes, report.manifest, note = _manifest_info(optimized)
     if note:
         report.notes.append(note)
-    req = (report.manifest.get("requires") or {}).get("TF_ENABLE_ONEDNN_OPTS")
-    if req is not None and os.environ.get("TF_ENABLE_ONEDNN_OPTS") != str(req):
-        report.notes.append(f"the optimized model asks for TF_ENABLE_ONEDNN_OPTS={req} but it "
-                            f"is {report.environment['TF_ENABLE_ONEDNN_OPTS']} here")
+    report.runtime = runtime_report(report.manifest.get("requires") or {})
+    report.notes.extend(report.runtime["problems"])
 
 
 def _check(report, thresholds, batch_sizes):
