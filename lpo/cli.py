@@ -167,7 +167,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                         for i, (v, w) in enumerate(zip(r, widths))))
     total = sum(r[4] for r in rows)
     print(f"{len(rows)} candidate(s), {total} bytes")
-    if result.optimized:
+    if getattr(result, "optimized", None):
         _print_optimized(result.optimized)
     return 0
 

@@ -183,16 +183,18 @@ def test_optimize_wiring(fake_api, tmp_path, capsys):
     rc = cli.main(["optimize", "m", "o", "--data-type", "int8", "--config", str(cfg),
                    "--calib", "c.npz", "--allow-pickle", "--overwrite", "--embedding-scheme",
                    "PER_ROW", "--dense-mode", "weight_only", "--int8-dense", "weight-only",
-                   "--calib-method", "minmax", "--tags", "serve,gpu", "-q"])
+                   "--calib-method", "minmax", "--tags", "serve,gpu", "--target", "AVX2", "-q"])
     assert rc == 0
     [(name, args, kwargs)] = fake_api
     assert name == "optimize" and args == ("m", "o")
     assert kwargs == dict(opt_config={"emb/C1": "int8"}, data_type="INT8", calib_file="c.npz",
                           overwrite=True, allow_pickle=True, tags=["serve", "gpu"],
                           embedding_scheme="per_row", dense_mode="weight_only",
-                          int8_dense="weight_only", calib_method="minmax", quiet=True)
+                          int8_dense="weight_only", calib_method="minmax", target="avx2", quiet=True)
     out = capsys.readouterr().out
     assert "output: out" in out and "saved_bytes: 10" in out
+    assert cli.main(["optimize", "m", "o", "--int8-dense", "static"]) == 0  # the old name of simulate
+    assert fake_api[-1][2]["int8_dense"] == "simulate"
 
 
 def test_optimize_defaults_and_json(fake_api, capsys):
@@ -385,5 +387,5 @@ def test_optimize_defaults_match_the_library():
 
     defaults = {k: p.default for k, p in inspect.signature(optimize).parameters.items()}
     args = cli.build_parser().parse_args(["optimize", "m", "o"])
-    for opt in ("embedding_scheme", "dense_mode", "int8_dense", "calib_method"):
+    for opt in ("embedding_scheme", "dense_mode", "int8_dense", "calib_method", "target"):
         assert getattr(args, opt) == defaults[opt], opt

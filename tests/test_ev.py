@@ -332,7 +332,8 @@ def test_bad_ev_checkpoints_are_refused(ev_optimized, tmp_path, bad, message):
 
 def test_int8_static_dense_says_it_cannot_calibrate(ev_model, tmp_path):
     with pytest.raises(UnsupportedOpsError, match="int8_dense='weight_only'"):
-        lpo.optimize(ev_model.path, str(tmp_path / "o"), data_type="INT8", calib_file=str(tmp_path / "x.npz"))
+        lpo.optimize(ev_model.path, str(tmp_path / "o"), data_type="INT8", int8_dense="simulate",
+                     calib_file=str(tmp_path / "x.npz"))
     assert not (tmp_path / "o").exists()
 
 

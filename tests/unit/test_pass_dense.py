@@ -111,9 +111,9 @@ def test_bias_read_elsewhere_is_not_fused():
 def test_plan_int8_static():
     g, _ = _layer()
     _s, (c,) = _find(g)
-    conv = dense.plan(c, "INT8", opts.OptimizeOptions(int8_dense="static"))
+    conv = dense.plan(c, "INT8", opts.OptimizeOptions(int8_dense="static"))  # the old name of simulate
     (wv,) = conv.variables
-    assert (conv.kind, conv.node, conv.mode, conv.scheme) == ("dense", "mm", "static", "per_channel")
+    assert (conv.kind, conv.node, conv.mode, conv.scheme) == ("dense", "mm", "simulate", "per_channel")
     assert (wv.key, wv.role, wv.dtype, wv.scale_key, wv.axis, wv.scale_shape) == ("w", "weight", "INT8",
                                                                                   "w/lpo_scale", 1, [3])
     assert conv.targets["activation"] == "x" and conv.targets["dequantize_at_load"] is True
@@ -131,7 +131,7 @@ def test_plan_bf16_compute_converts_the_bias_too():
 def _rewrite_and_run(g, last, dtype, options):
     s, (c,) = _find(g)
     conv = dense.plan(c, dtype, options)
-    if conv.mode == "static":
+    if conv.mode in ("simulate", "compute") and dtype == "INT8":
         conv.activation_range = [float(X.min()), float(X.max())]
     dense.rewrite(s, conv)
     mg = s.finish()
@@ -169,10 +169,78 @@ def test_int8_weight_only_with_load_time_dequantization():
 
 def test_int8_static_fake_quantizes_the_activation():
     g, last = _layer(relu=False)
-    conv, nodes, y = _rewrite_and_run(g, last, "INT8", opts.OptimizeOptions(dequantize_at_load=False))
+    conv, nodes, y = _rewrite_and_run(g, last, "INT8", opts.OptimizeOptions(int8_dense="simulate",
+                                                                            dequantize_at_load=False))
     fq = nodes["mm/lpo_act_quant"]
     assert fq.op == "FakeQuantWithMinMaxArgs" and nodes["mm"].input[0] == fq.name
     lo, hi = conv.activation_range
     q, scale = quant.quantize_int8(W, 1)
     want = quant.fake_quant(X, lo, hi) @ quant.dequantize_int8(q, scale) + B
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+
+
+# --- int8 compute (real int8 kernels) and the tensordot Reshape -------------------------------
+def test_plan_auto_follows_the_target():
+    g, _ = _layer()
+    _s, (c,) = _find(g)
+    for target, want in (("avx2", "simulate"), ("portable", "simulate"), ("avx512_vnni", "weight_only")):
+        assert dense.plan(c, "INT8", opts.OptimizeOptions(target=target)).mode == want  # 4x3: too small to pay
+    conv = dense.plan(c, "INT8", opts.OptimizeOptions(int8_dense="compute", target="avx2"))
+    assert conv.mode == "compute" and [v.role for v in conv.variables] == ["weight"]  # the bias stays float32
+    assert conv.targets["dequantize_at_load"] is False
+
+
+@pytest.mark.parametrize("relu,bias", [(True, True), (False, True), (True, False)])
+def test_int8_compute_rewrite(relu, bias):
+    """QuantizeV2 -> QuantizedMatMulWithBiasAndDequantize -> Mul(scale) [-> Relu]; the last node keeps its name."""
+    g, last = _layer(relu=relu, bias_op="BiasAdd" if bias else None)
+    s, (c,) = _find(g)
+    conv = dense.plan(c, "INT8", opts.OptimizeOptions(int8_dense="compute"))
+    conv.activation_range = [float(X.min()), float(X.max())]
+    dense.rewrite(s, conv)
+    mg = s.finish()
+    nodes = {n.name: n for n in mg.graph_def.node}
+    assert "mm" not in nodes or nodes["mm"].op != "MatMul"
+    ops = [n.op for n in mg.graph_def.node]
+    assert ops.count("QuantizeV2") == ops.count("QuantizedMatMulWithBiasAndDequantize") == 1
+    qmm = next(n for n in mg.graph_def.node if n.op == "QuantizedMatMulWithBiasAndDequantize")
+    assert qmm.attr["input_quant_mode"].s == b"SCALED" and nodes[qmm.input[1]].op == "Bitcast"
+    assert nodes[last].op == ("Relu" if relu else "Mul")
+    assert nodes["w"].attr["dtype"].type == types_pb2.DT_INT8 and "w/lpo_scale" in nodes
+    from lpo.target import host
+
+    if not host().onednn:
+        pytest.skip("oneDNN is off: the int8 kernel cannot run here (graph checked above)")
+    y = run(mg, last, {"x": X}, _convert(g, conv))
+    lo, hi = conv.activation_range
+    q, scale = quant.quantize_int8(W, 1)
+    want = quant.fake_quant(X, lo, hi) @ quant.dequantize_int8(q, scale) + (B if bias else 0)
+    np.testing.assert_allclose(y, np.maximum(want, 0) if relu else want, rtol=1e-4, atol=1e-4)
+
+
+def test_tensordot_reshape_moves_after_bias_and_relu():
+    g, last = _layer(tensordot=True)
+    s, (c,) = _find(g)
+    assert c.reshape_ok
+    conv = dense.plan(c, "INT8", opts.OptimizeOptions(int8_dense="weight_only"))
+    dense.rewrite(s, conv)
+    mg = s.finish()
+    nodes = {n.name: n for n in mg.graph_def.node}
+    assert nodes["relu"].op == "Reshape" and nodes["relu"].input[1] == "rs/shape"
+    relu2d = nodes[nodes["relu"].input[0]]
+    assert relu2d.op == "Relu" and nodes[relu2d.input[0]].op == "BiasAdd" and nodes[relu2d.input[0]].input[0] == "mm"
+    y = run(mg, "relu", {"x": X}, _convert(g, conv))
+    q, scale = quant.quantize_int8(W, 1)
+    np.testing.assert_allclose(y, np.maximum(X @ quant.dequantize_int8(q, scale) + B, 0), rtol=1e-5, atol=1e-5)
+
+
+def test_tensordot_reshape_that_changes_the_last_dim_stays():
+    g, _last = _layer(tensordot=True)
+    for n in g.mg.graph_def.node:  # a reshape to [-1, 1]... whose last entry is not the layer's units
+        if n.name == "rs/shape":
+            import tensorflow as tf
+
+            n.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.array([3, -1], np.int32)))
+    _s, (c,) = _find(g)
+    assert c.reshape == "rs" and not c.reshape_ok
+    assert dense.plan(c, "INT8", opts.OptimizeOptions(int8_dense="compute")).mode == "simulate"
