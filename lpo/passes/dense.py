@@ -242,6 +242,11 @@ def _hoist_reshape(s: Surgery, t: dict) -> dict:
 
 
 def _rewrite_compute(s: Surgery, t: dict, dt: int) -> None:
+    """Cast in -> 16-bit MatMul/[Reshape/]bias/Relu -> cast out; no cast pair between two such layers.
+
+    Where a 16-bit layer feeds another directly, the second reads the first's 16-bit output
+    instead of ``Cast(Cast(y, float32), 16-bit)`` (exact: a 16-bit value survives the round trip).
+    """
     idx = s.index
     chain = [n for n in (t["matmul"], t.get("reshape"), t["bias_add"], t["relu"]) if n]
     s.retype_variable(t["weight"], dt)
@@ -249,15 +254,25 @@ def _rewrite_compute(s: Surgery, t: dict, dt: int) -> None:
         s.retype_variable(t["bias"], dt)
     first = idx.node(t["matmul"])
     device = first.device
-    prev = s.cast_node(idx.unique_name(first.name + "/lpo_cast_in"), first.input[0], types_pb2.DT_FLOAT, dt, device)
+    src = idx.node(parse_input(first.input[0])[0])
+    if src.op == "Cast" and src.attr["SrcT"].type == dt and parse_input(first.input[0])[1] == 0 and \
+            parse_input(src.input[0])[0].endswith(_LP):
+        prev = src.input[0]  # the 16-bit output of the 16-bit layer before
+    else:
+        prev = s.cast_node(idx.unique_name(first.name + _CAST_IN), first.input[0], types_pb2.DT_FLOAT, dt, device)
     for name in chain:
         node = idx.remove(name)
-        lp = make_node(node.op, idx.unique_name(name + "/lpo_lp"), [prev] + list(node.input[1:]), device=node.device)
+        lp = make_node(node.op, idx.unique_name(name + _LP), [prev] + list(node.input[1:]), device=node.device)
         lp.attr.MergeFrom(node.attr)
         lp.attr["T"].CopyFrom(dtype_attr(dt))
         idx.add(lp)
         prev = lp.name
-    s.cast_node(chain[-1], prev, dt, types_pb2.DT_FLOAT, device)
+    out = s.cast_node(chain[-1], prev, dt, types_pb2.DT_FLOAT, device)
+    for use in list(idx.uses.get(out, [])):  # a 16-bit layer after this one, rewritten before it
+        c = idx.node(use.consumer)
+        if c.op == "Cast" and c.name.endswith(_CAST_IN) and c.attr["DstT"].type == dt and use.port == 0:
+            for u in list(idx.uses.get(c.name, [])):
+                idx.set_input(u.consumer, u.index, prev)
 
 
 def _const(s: Surgery, name: str, value, device: str) -> str:
@@ -270,6 +285,40 @@ def _node(s: Surgery, op: str, name: str, inputs: list[str], device: str, **attr
     node = make_node(op, s.index.unique_name(name), inputs, device=device, **attrs)
     s.index.add(node)
     return node.name
+
+
+_QUANTIZE = "/lpo_int8/quantize"
+_CAST_IN = "/lpo_cast_in"
+_LP = "/lpo_lp"
+_SCALE = "/lpo_scale"
+
+
+def _skip_relu(s: Surgery, x: str) -> str:
+    """The input to quantize over ``[0, hi]``: past the Relu of an int8 layer feeding only this one.
+
+    QuantizeV2 clamps to its range, so a Relu just before it is redundant; only the Relu that an
+    int8 compute layer added (after its scale ``Mul``) is skipped, the fused float kernels stay.
+    """
+    idx = s.index
+    name, port, _ = parse_input(x)
+    node = idx.node(name)
+    if port or node.op != "Relu" or len(idx.uses.get(name, [])) != 1 or idx.control_uses.get(name):
+        return x
+    inner = node.input[0]
+    return inner if parse_input(inner)[0].endswith(_SCALE) and idx.node(parse_input(inner)[0]).op == "Mul" else x
+
+
+def _feed_quantize_directly(s: Surgery, relu: str, mul: str) -> None:
+    """When an int8 compute layer quantizing over ``[0, hi]`` is the only reader of ``relu``, skip it."""
+    idx = s.index
+    uses = idx.uses.get(relu, [])
+    if len(uses) != 1 or idx.control_uses.get(relu) or uses[0].port != 0 or uses[0].index != 0:
+        return
+    q = idx.node(uses[0].consumer)
+    if q.op == "QuantizeV2" and q.name.endswith(_QUANTIZE):
+        lo = const_value(idx.node(parse_input(q.input[1])[0]))
+        if lo is not None and float(lo) == 0.0:
+            idx.set_input(q.name, 0, mul)
 
 
 def _rewrite_int8_compute(s: Surgery, conv: Conversion, t: dict) -> None:
@@ -307,6 +356,8 @@ def _rewrite_int8_compute(s: Surgery, conv: Conversion, t: dict) -> None:
     bias_c = s.add_load_time_cache(idx.unique_name(t["weight"] + "/lpo_int8_bias"), bias, [units], device)
 
     # per call
+    if lo == 0:
+        x = _skip_relu(s, x)
     q8, qu8 = dtype_attr(types_pb2.DT_QINT8), dtype_attr(types_pb2.DT_QUINT8)
     xq = _node(s, "QuantizeV2", base + "/quantize",
                [x, _const(s, base + "/min_a", lo, device), _const(s, base + "/max_a", hi, device)], device,
@@ -328,6 +379,7 @@ def _rewrite_int8_compute(s: Surgery, conv: Conversion, t: dict) -> None:
     if t["relu"]:
         mul = _node(s, "Mul", last + "/lpo_scale", [qmm, scale_c] + controls, device, T=f32)
         idx.add(make_node("Relu", last, [mul], device=device, T=f32))
+        _feed_quantize_directly(s, last, mul)
     else:
         idx.add(make_node("Mul", last, [qmm, scale_c] + controls, device=device, T=f32))
 

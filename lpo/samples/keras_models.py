@@ -326,6 +326,72 @@ def build_tf_keras_sample(out_dir: str, *, seed: int = 0, train_rows: int = 20_0
                        _auc(held["label"], preds), round(time.monotonic() - t0, 2))
 
 
+DEEPFM_SPARSE = ("C1", "C2", "C3")
+_DEEPFM_BUILD = """
+import sys
+import requests
+
+def _offline(*a, **k):
+    raise OSError("offline")
+
+requests.get = _offline  # deepctr checks PyPI for a newer version on import
+import tensorflow as tf
+from deepctr.feature_column import DenseFeat, SparseFeat
+from deepctr.models import DeepFM
+from lpo.samples.keras_models import VOCAB, generate_data
+
+names = ("C1", "C2", "C3")
+cols = [SparseFeat(n, vocabulary_size=VOCAB, embedding_dim=8, dtype="int32") for n in names] + [DenseFeat("I1", 1)]
+tf.keras.utils.set_random_seed(0)
+model = DeepFM(cols, cols, dnn_hidden_units=(int(sys.argv[2]), int(sys.argv[3])), task="binary", seed=0)
+model.compile("adam", "binary_crossentropy")
+d = generate_data(20000, 0, 0)
+x = {n: d[n][:, None] for n in names}
+x["I1"] = d["dense"][:, :1]
+model.fit(x, d["label"], batch_size=512, epochs=2, verbose=0)
+model.save(sys.argv[1], save_format="tf")
+"""
+
+
+def deepfm_inputs(d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The DeepFM sample's serving inputs from :func:`generate_data` rows (``[n, 1]`` each)."""
+    out = {n: d[n][:, None] for n in DEEPFM_SPARSE}
+    out["I1"] = d[DENSE_NAME][:, :1]
+    return out
+
+
+def build_deepfm_sample(out_dir: str, *, seed: int = 0, hidden=(256, 128)) -> KerasSample:
+    """A DeepCTR 0.9.4 ``DeepFM`` (tf-keras, ``model.save(save_format='tf')``), built in a subprocess.
+
+    Its DNN uses ``tf.tensordot`` (MatMul -> Reshape -> BiasAdd -> Relu). Needs ``deepctr`` and
+    ``tf_keras`` (the ``dev`` extra).
+    """
+    import subprocess
+    import sys
+
+    t0 = time.monotonic()
+    out_dir = os.path.abspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    model_path = os.path.join(out_dir, "model")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-c", _DEEPFM_BUILD, model_path, str(hidden[0]), str(hidden[1])], env=env,
+                       capture_output=True, text=True, timeout=1800)
+    if r.returncode != 0:
+        raise RuntimeError(f"DeepFM sample build failed:\n{r.stderr[-3000:]}")
+    held, calib = generate_data(10_000, seed, 1), generate_data(1024, seed, 2)
+    np.savez(os.path.join(out_dir, "heldout.npz"), label=held["label"], **deepfm_inputs(held))
+    np.savez(os.path.join(out_dir, "calib.npz"), **deepfm_inputs(calib))
+    preds = serve(model_path, deepfm_inputs(held))
+    sample = KerasSample(out_dir, model_path, os.path.join(out_dir, "heldout.npz"), os.path.join(out_dir, "calib.npz"),
+                         list(DEEPFM_SPARSE) + ["I1"], "", [], [], _auc(held["label"], preds),
+                         round(time.monotonic() - t0, 2))
+    with open(os.path.join(out_dir, _META_FILE), "w") as f:
+        json.dump(sample.to_dict(), f, indent=2)
+    return sample
+
+
 def _load_cached(path: str) -> KerasSample | None:
     from lpo.samples.tf1 import read_sample_meta
 
@@ -353,5 +419,16 @@ def cached_dcn_sample(cache_dir: str | None = None, *, seed: int = 0) -> KerasSa
     return cached_keras_sample(cache_dir, seed=seed, kind="dcn")
 
 
-__all__ = ["KerasSample", "build_dcn_sample", "build_keras_sample", "build_module_sample", "build_tf_keras_sample",
-           "cached_dcn_sample", "cached_keras_sample", "generate_data", "serve"]
+def cached_deepfm_sample(cache_dir: str | None = None, *, seed: int = 0) -> KerasSample:
+    """Return the DeepCTR DeepFM sample (DNN 256-128), built once into ``cache_dir`` (needs deepctr)."""
+    from lpo.samples.tf1 import cached_build, default_cache_dir
+
+    cache_dir = os.path.abspath(cache_dir or default_cache_dir())
+    os.makedirs(cache_dir, exist_ok=True)
+    return cached_build(cache_dir, f"deepfm-s{seed}-v{KERAS_SAMPLE_VERSION}", _load_cached,
+                        lambda tmp: build_deepfm_sample(tmp, seed=seed))
+
+
+__all__ = ["KerasSample", "build_dcn_sample", "build_deepfm_sample", "build_keras_sample", "build_module_sample",
+           "build_tf_keras_sample", "cached_dcn_sample", "cached_deepfm_sample", "cached_keras_sample",
+           "deepfm_inputs", "generate_data", "serve"]

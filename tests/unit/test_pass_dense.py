@@ -244,3 +244,65 @@ def test_tensordot_reshape_that_changes_the_last_dim_stays():
     _s, (c,) = _find(g)
     assert c.reshape == "rs" and not c.reshape_ok
     assert dense.plan(c, "INT8", opts.OptimizeOptions(int8_dense="compute")).mode == "simulate"
+
+
+def _two_layers():
+    """x -> MatMul(W) -> BiasAdd -> Relu -> MatMul(W2) -> BiasAdd -> Relu."""
+    g, h = _layer()
+    w2 = g.variable("w2", RNG.normal(size=(3, 2)).astype(np.float32))
+    b2 = g.variable("b2", RNG.normal(size=(2,)).astype(np.float32))
+    last = g.op("MatMul", "mm2", [h, w2], T=types_pb2.DT_FLOAT, transpose_a=False, transpose_b=False)
+    last = g.op("BiasAdd", "bias2", [last, b2], T=types_pb2.DT_FLOAT, data_format="NHWC")
+    return g, g.op("Relu", "relu2", [last], T=types_pb2.DT_FLOAT)
+
+
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+def test_int8_layer_feeding_int8_layer_skips_the_relu(order):
+    """QuantizeV2 over [0, hi] clamps: the first layer's Relu is skipped, whichever layer is rewritten first."""
+    g, last = _two_layers()
+    s, cands = _find(g)
+    convs = [dense.plan(c, "INT8", opts.OptimizeOptions(int8_dense="compute")) for c in cands]
+    convs[0].activation_range = [float(X.min()), float(X.max())]
+    convs[1].activation_range = [0.0, 4.0]
+    for i in order:
+        dense.rewrite(s, convs[i])
+    mg = s.finish()
+    nodes = {n.name: n for n in mg.graph_def.node}
+    q2 = nodes["mm2/lpo_int8/quantize"]
+    assert q2.input[0] == "relu/lpo_scale" and nodes["relu/lpo_scale"].op == "Mul"  # not the Relu "relu"
+    assert nodes["mm/lpo_int8/quantize"].input[0] == "x"  # lo < 0: the input is quantized as it is
+    from lpo.target import host
+
+    if host().onednn:
+        values = dict(g.values)
+        for conv in convs:
+            values.update({k: v for k, v in _convert(g, conv).items() if v is not g.values.get(k)})
+        y = run(mg, last, {"x": X}, values)
+        h = quant.fake_quant(X, *convs[0].activation_range) @ quant.dequantize_int8(*quant.quantize_int8(W, 1)) + B
+        h = np.maximum(h, 0)
+        w2 = g.values["w2"]
+        want = np.maximum(quant.fake_quant(h, 0.0, 4.0) @ quant.dequantize_int8(*quant.quantize_int8(w2, 1))
+                          + g.values["b2"], 0)
+        np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+def test_16bit_layer_feeding_16bit_layer_skips_the_cast_pair(order):
+    """bf16 -> float32 -> bf16 is the identity: the second layer reads the first's bf16 Relu."""
+    g, last = _two_layers()
+    s, cands = _find(g)
+    convs = [dense.plan(c, "BF16", opts.OptimizeOptions(dense_mode="compute")) for c in cands]
+    for i in order:
+        dense.rewrite(s, convs[i])
+    mg = s.finish()
+    nodes = {n.name: n for n in mg.graph_def.node}
+    assert nodes["mm2/lpo_lp"].input[0] == "relu/lpo_lp" and nodes["relu"].op == "Cast"
+    values = dict(g.values)
+    for conv in convs:
+        values.update({k: v for k, v in _convert(g, conv).items() if v is not g.values.get(k)})
+    y = run(mg, last, {"x": X}, values)
+    bf = lambda a: quant.bf16_to_f32(quant.to_bf16(a))  # noqa: E731
+    h = np.maximum(X @ W + B, 0)
+    want = np.maximum(h @ g.values["w2"] + g.values["b2"], 0)
+    np.testing.assert_allclose(y, want, rtol=0.05, atol=0.05)
+    assert bf(y).tolist() == y.tolist()  # the last cast is from bf16
