@@ -88,6 +88,7 @@ def optimize_cli(
     dense_mode: str = OPTIMIZE.dense_mode,
     int8_dense: str = OPTIMIZE.int8_dense,
     calib_method: str = OPTIMIZE.calib_method,
+    target: str = OPTIMIZE.target,
 ):
     """The optimize step as ``lpo optimize`` in :data:`LPO_IMAGE` (the same options as :func:`optimize`).
 
@@ -99,7 +100,7 @@ def optimize_cli(
         command=["lpo"],
         args=["optimize", model.path, optimized.path, "--data-type", data_type, "--json",
               "--embedding-scheme", embedding_scheme, "--dense-mode", dense_mode, "--int8-dense", int8_dense,
-              "--calib-method", calib_method,
+              "--calib-method", calib_method, "--target", target,
               dsl.IfPresentPlaceholder(
                   input_name="calibration",
                   then=["--calib", dsl.ConcatPlaceholder([calibration.path, "/calibration.npz"])]),

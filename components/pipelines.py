@@ -35,6 +35,7 @@ def optimize_pipeline(
     validate_iters: int = VALIDATE.iters,
     validate_batch_sizes: str = BATCH_SIZES_TEXT,
     validate_max_rows: int = 0,
+    target: str = "host",
 ) -> NamedTuple("Outputs", optimized=Model, metrics=Metrics, report=HTML):
     """Optimize ``model_uri`` to ``data_type`` and gate it on ``heldout_data``.
 
@@ -48,12 +49,15 @@ def optimize_pipeline(
         max_auc_drop, max_abs_diff, max_latency_ratio, min_size_reduction: gate thresholds
             (a negative value turns a threshold off).
         validate_iters, validate_batch_sizes, validate_max_rows: validation effort.
+        target: the CPU the model will serve on (``host``: the optimize pod's; or a preset such as
+            ``avx2``, ``avx512_vnni``, ``amx``, ``portable``). A oneDNN target's INT8 model needs
+            oneDNN in the validate pod and the servers.
     """
     model = dsl.importer(artifact_uri=model_uri, artifact_class=Model, reimport=False)
     model.set_display_name("fp32-model")
     calib = calibrate(model=model.output, source=calib_source, num_rows=calib_rows)
     opt = optimize(model=model.output, calibration=calib.outputs["calibration"], data_type=data_type,
-                   opt_config=opt_config)
+                   opt_config=opt_config, target=target)
     gate = validate(original=model.output, optimized=opt.outputs["optimized"], data=heldout_data,
                     max_auc_drop=max_auc_drop, max_abs_diff=max_abs_diff,
                     max_latency_ratio=max_latency_ratio, min_size_reduction=min_size_reduction,

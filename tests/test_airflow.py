@@ -91,7 +91,7 @@ def test_provider_info_and_operators():
             assert getattr(m, name).template_fields, name
     from lpo.operators.operators import LpoFindInputsOperator, LpoOptimizeOperator, LpoPublishOperator
 
-    assert {"model_path", "save_path", "data_type", "opt_config", "calib_file"} <= set(
+    assert {"model_path", "save_path", "data_type", "opt_config", "calib_file", "target"} <= set(
         LpoOptimizeOperator.template_fields)
     assert {"version", "layout", "inputs"} <= set(LpoPublishOperator.template_fields)
     assert {"path", "root", "work_root"} <= set(LpoFindInputsOperator.template_fields)

@@ -45,6 +45,7 @@ def test_pipelines_compile_to_ir(tmp_path):
                  "max_abs_diff", "max_latency_ratio", "min_size_reduction"):
         assert name in params, name
     assert params["data_type"]["defaultValue"] == "BF16"
+    assert params["target"]["defaultValue"] == "host"
     tasks = opt["root"]["dag"]["tasks"]
     assert {"calibrate", "optimize", "validate"} <= set(tasks)
     assert "calibrate" in tasks["optimize"]["dependentTasks"]
@@ -179,6 +180,9 @@ def test_optimize_pipeline_runs_locally(optimized_run, sample_resource):
     assert model.metadata["data_type"] == "INT8"
     assert model.metadata["optimized_nodes"] > 0
     assert model.metadata["report"]["data_type"] == "INT8"
+    from lpo.target import host
+
+    assert model.metadata["target"]["name"] == "host" and bool(model.metadata["requires"]) == host().onednn
     assert os.path.exists(os.path.join(model.path, "assets.extra", "lpo_manifest.json"))
 
     metrics = optimized_run.outputs["metrics"].metadata
