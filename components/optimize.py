@@ -37,7 +37,7 @@ def optimize(
             and ``report`` (``OptimizeResult.to_dict()``).
         data_type: default target precision.
         opt_config: JSON object ``{node name: dtype}``; empty: every node gets ``data_type``.
-        calibration: Dataset from the calibrate step (needed for static INT8 dense layers).
+        calibration: Dataset from the calibrate step (needed for calibrated INT8 dense forms: compute, simulate).
         embedding_scheme: ``per_dim`` or ``per_row`` INT8 table scales.
         dense_mode: ``auto``, ``weight_only`` or ``compute`` for BF16/FP16 dense layers.
         int8_dense: ``auto``, ``compute``, ``simulate`` (old name ``static``) or ``weight_only``.
