@@ -122,9 +122,11 @@ def test_cli_container_components_run(sample_resource, tmp_path):
     cfg = tmp_path / "opt_config.json"
     cfg.write_text(json.dumps({"dlrm/bottom_mlp/layer0/MatMul": "INT8"}))
     proc = _run_cli_component(optimize_cli, {"model": s.model_path, "optimized": opt, "data_type": "BF16",
-                                             "calibration": calib, "opt_config": cfg}, tmp_path)
+                                             "calibration": calib, "opt_config": cfg, "target": "portable"},
+                              tmp_path)
     result = json.loads(proc.stdout)
     assert [n["node"] for n in result["optimized"]] == ["dlrm/bottom_mlp/layer0/MatMul"]
+    assert result["target"]["name"] == "portable" and result["requires"] == {}
     assert (opt / "saved_model.pb").exists()
 
     _run_cli_component(validate_cli, {"original": s.model_path, "optimized": opt, "data": s.heldout_path,
