@@ -25,7 +25,7 @@ def test_model_tagged_serve_gpu_optimizes_int8_static_and_validates(sample_resou
     (model / SAVED_MODEL_PB).write_bytes(sm.SerializeToString())
     # static INT8 calibrates by running the model: the runner must find the {serve, gpu} MetaGraph too
     res = lpo.optimize(str(model), str(tmp_path / "out"), data_type="INT8", calib_file=sample_resource.calib_path,
-                       quiet=True)
+                       int8_dense="simulate", quiet=True)
     assert res.optimized and all(c.activation_range for c in lpo.core.plan.read_manifest(res.save_path).conversions
                                  if c.kind == "dense")
     assert sorted(read_saved_model(res.save_path).meta_graphs[0].meta_info_def.tags) == ["gpu", "serve"]

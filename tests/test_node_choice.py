@@ -65,7 +65,7 @@ def test_per_node_variants_reach_the_manifest_and_checkpoint(sample_keras, tmp_p
     got = {c["node"]: (c["dtype"], c["scheme"], c["mode"]) for c in manifest["conversions"]}
     assert got == {embs[0]: ("INT8", "per_row", ""), embs[1]: ("INT8", "per_dim", ""),
                    embs[2]: ("INT8", "per_row", ""), dense[0]: ("INT8", "per_channel", "weight_only"),
-                   dense[1]: ("INT8", "per_channel", "static"), dense[2]: ("BF16", "cast", "compute")}
+                   dense[1]: ("INT8", "per_channel", "simulate"), dense[2]: ("BF16", "cast", "compute")}
     shapes = tf.train.load_checkpoint(os.path.join(out, "variables", "variables")).get_variable_to_shape_map()
     scales = {k: v for k, v in shapes.items() if k.endswith("/lpo_scale")}
     assert sorted(v for k, v in scales.items() if any(k.startswith(e) for e in embs)) == [[16], [1000, 1], [1000, 1]]
