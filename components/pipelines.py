@@ -35,7 +35,7 @@ def optimize_pipeline(
     validate_iters: int = VALIDATE.iters,
     validate_batch_sizes: str = BATCH_SIZES_TEXT,
     validate_max_rows: int = 0,
-    target: str = "host",
+    target: str = OPTIMIZE.target,
 ) -> NamedTuple("Outputs", optimized=Model, metrics=Metrics, report=HTML):
     """Optimize ``model_uri`` to ``data_type`` and gate it on ``heldout_data``.
 

@@ -123,7 +123,7 @@ def runs_natively(choice: str, options) -> bool:
         return False
     target = get_target(getattr(options, "target", None))
     dtype = choice.split(opts.VARIANT_SEP, 1)[0]
-    return bool(target.int8_compute() if dtype == "INT8" else target.bf16_compute())
+    return bool(target.int8_compute if dtype == "INT8" else target.bf16_compute)
 
 
 def node_space(cand, read, options, *, pinned: str | None = None, ladder=None, faster=None) -> NodeSpace:
