@@ -287,8 +287,9 @@ class Evaluator:
         nbytes = self.nbytes(config)
         t = Trial(id=len(self.trials), phase=phase, how=how, config=dict(config), nbytes=nbytes,
                   size_ratio=nbytes / max(1, self.fp32_bytes), loss=scores["loss"], feasible=scores["feasible"],
-                  score=scores["score"], se=scores["se"], delta_auc=scores["delta_auc"], p99_abs_diff=scores["p99_abs_diff"],
-                  max_abs_diff=scores["max_abs_diff"], mse=scores["mse"], latency=latency, change=change,
+                  score=scores["score"], se=scores["se"], delta_auc=scores["delta_auc"],
+                  p99_abs_diff=scores["p99_abs_diff"], max_abs_diff=scores["max_abs_diff"], mse=scores["mse"],
+                  latency=latency, change=change,
                   seconds=time.perf_counter() - t0)
         self.trials.append(t)
         self.budget.used += 1

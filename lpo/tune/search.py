@@ -30,8 +30,10 @@ from __future__ import annotations
 import logging
 
 from lpo import options as opts
+from lpo.errors import LpoError
 
 log = logging.getLogger("lpo")
+
 
 def _smallest(spaces) -> dict:
     return {s.name: s.forms[0].choice for s in spaces}
@@ -210,11 +212,7 @@ class Search:
             try:
                 t, _ = self.ev.build(config, "speed", "faster forms: " + (
                     ", ".join(f"{n} -> {c}" for n, c in alts) if label == "all" else f"{label} -> {config[label]}"))
-            except Exception as e:  # noqa: BLE001 - e.g. no calibration data for a static form: skip it
-                from lpo.errors import LpoError
-
-                if not isinstance(e, LpoError):
-                    raise
+            except LpoError as e:  # e.g. no calibration data for a calibrated form: skip it
                 log.info("AUTO: skipped faster forms (%s): %s", label, e)
                 continue
             builds += 1
