@@ -6,6 +6,9 @@ Patterns (each on one table variable, or on each part of a partitioned table):
 * ``VariableV2 -> Identity -> GatherV2|Gather``             (ref variables)
 * ``VariableV2 -> Identity -> SparseSegment{Sum,Mean,SqrtN}`` (ref fast path: reads the
   whole table; rewritten to gather the rows first)
+* ``gather(table, Unique(ids).y) -> SparseSegment*(., Unique(ids).idx)``
+  (``embedding_lookup_sparse``): rewritten to gather the rows of all ids without the Unique,
+  which grappler removes on float32 tables but cannot on low-precision ones
 
 A table is a candidate only when every reader is such a lookup. The rewrite
 keeps each lookup's node name for its float32 result, so consumers
@@ -309,6 +312,8 @@ def rewrite(s: Surgery, conv: Conversion) -> None:
             s.retype_variable(part, dt)
         pv = _part_vars(s, conv, part, resource, device)
         for name in conv.targets["lookups"][part]:
+            if _rewrite_unique_lookup(s, name, conv, pv, dt):
+                continue
             node = idx.remove(name)
             src = node.input[0]
             tmp = name + "/lpo_gather"
@@ -333,16 +338,80 @@ def rewrite(s: Surgery, conv: Conversion) -> None:
                 _gather(s, tmp, parse_input(src)[0], src, ids, ids_t, dt, node.device)
                 rows = name + "/lpo_rows"
                 _dequant(s, rows, tmp, conv, pv, ids, ids_t, node.device)
-                np_t = np.int64 if ids_t == types_pb2.DT_INT64 else np.int32
-                zero = idx.add(make_const(name + "/lpo_range/start", np.array(0, np_t), node.device))
-                one = idx.add(make_const(name + "/lpo_range/delta", np.array(1, np_t), node.device))
-                size = idx.add(make_node("Size", name + "/lpo_range/size", [ids], device=node.device,
-                                         T=dtype_attr(ids_t), out_type=dtype_attr(ids_t)))
-                rng = idx.add(make_node("Range", name + "/lpo_range", [zero.name, size.name, one.name],
-                                        device=node.device, Tidx=dtype_attr(ids_t)))
-                seg = make_node(node.op, name, [rows, rng.name] + list(node.input[2:]), device=node.device)
-                seg.attr.MergeFrom(node.attr)
-                idx.add(seg)
+                _reduce_positions(s, name, node, rows, ids, ids_t)
+
+
+def _reduce_positions(s: Surgery, name: str, seg_node, rows: str, ids: str, ids_t: int) -> None:
+    """Add ``seg_node`` (a SparseSegment* op) under ``name`` reducing ``rows`` at positions 0..size(ids)-1."""
+    idx = s.index
+    device = seg_node.device
+    np_t = np.int64 if ids_t == types_pb2.DT_INT64 else np.int32
+    zero = idx.add(make_const(name + "/lpo_range/start", np.array(0, np_t), device))
+    one = idx.add(make_const(name + "/lpo_range/delta", np.array(1, np_t), device))
+    size = idx.add(make_node("Size", name + "/lpo_range/size", [ids], device=device,
+                             T=dtype_attr(ids_t), out_type=dtype_attr(ids_t)))
+    rng = idx.add(make_node("Range", name + "/lpo_range", [zero.name, size.name, one.name],
+                            device=device, Tidx=dtype_attr(ids_t)))
+    seg = make_node(seg_node.op, name, [rows, rng.name] + list(seg_node.input[2:]), device=device)
+    seg.attr.MergeFrom(seg_node.attr)
+    seg.attr["Tidx"].CopyFrom(dtype_attr(ids_t))
+    idx.add(seg)
+
+
+def _unique_lookup(s: Surgery, name: str):
+    """``(unique, segments)`` when lookup ``name`` is ``gather(table, Unique(ids).y)`` read only by
+    ``SparseSegment*(., Unique(ids).idx, ...)`` (``embedding_lookup_sparse``), else None."""
+    idx = s.index
+    node = idx.node(name)
+    if node.op not in ("ResourceGather",) + tuple(GATHER_OPS) or node.input[1].startswith("^"):
+        return None
+    u_name, u_out, _ = parse_input(node.input[1])
+    uniq = idx.node(u_name)
+    if uniq.op != "Unique" or u_out != 0 or node.attr["batch_dims"].i:
+        return None
+    if node.op != "ResourceGather" and len(node.input) > 2 and not _is_zero(idx.input_node(node, 2)):
+        return None
+    want, segs, todo = f"{u_name}:1", [], [name]
+    while todo:  # through Identity nodes (tf.compat.v1 embedding_lookup adds one) to the reductions
+        src = todo.pop()
+        readers = idx.consumers(src)
+        if not readers:
+            return None
+        for c in readers:
+            if c.op == "Identity":
+                todo.append(c.name)
+            elif c.op in SEGMENT_OPS and c.input[0] == src and c.input[1] == want and src not in c.input[2:]:
+                segs.append(c)
+            else:
+                return None
+    return uniq, segs
+
+
+def _rewrite_unique_lookup(s: Surgery, name: str, conv: Conversion, pv: "_PartVars", dt: int) -> bool:
+    """Rewrite ``embedding_lookup_sparse``'s ``Unique -> gather -> SparseSegment*`` on a low-precision table.
+
+    On float32 tables TensorFlow's grappler drops the Unique and the gather (its arithmetic
+    optimizer's SimplifyEmbeddingLookup reduces the table itself); a low-precision table has to
+    be gathered and dequantized, and a Unique over the ids costs more than the gather it saves
+    (8-bit and 16-bit rows are cheap to gather). So the rows of all ids are gathered, without
+    the Unique, dequantized, and reduced at positions 0..n-1: the same rows in the same order,
+    so the sums are bit for bit those of the Unique form. Returns False where the pattern
+    does not hold (the caller rewrites the plain lookup).
+    """
+    found = _unique_lookup(s, name)
+    if found is None:
+        return False
+    uniq, segs = found
+    idx = s.index
+    node = idx.remove(name)
+    ids, ids_t = uniq.input[0], uniq.attr["T"].type
+    tmp = name + "/lpo_gather"
+    _gather(s, tmp, parse_input(node.input[0])[0], node.input[0], ids, ids_t, dt, node.device)
+    _dequant(s, name, tmp, conv, pv, ids, ids_t, node.device)
+    for seg in segs:
+        idx.remove(seg.name)
+        _reduce_positions(s, seg.name, seg, seg.input[0], ids, ids_t)
+    return True  # the Unique, now read by nobody, is never run (and is kept for a control input's sake)
 
 
 register("embedding", find=find, describe=describe, plan=plan, rewrite=rewrite)

@@ -17,7 +17,7 @@ F32 = types_pb2.DT_FLOAT
 I32 = types_pb2.DT_INT32
 I64 = types_pb2.DT_INT64
 TYPE_ATTRS = {"T", "dtype", "Tindices", "Tparams", "Taxis", "Tshape", "Tidx", "SrcT", "DstT", "out_type",
-              "Tsegmentids", "Tnumsegments"}
+              "Tsegmentids", "Tnumsegments", "out_idx"}
 
 
 class HandGraph:

@@ -36,11 +36,22 @@ def _segment_sum(g, read):
     return g.op("SparseSegmentSum", "lookup", [read, ids, seg], T=F32, Tidx=I64, Tsegmentids=I32)
 
 
+def _unique_segment_mean(g, table="t"):
+    """tf.compat.v1 embedding_lookup_sparse: Unique -> gather -> Identity -> SparseSegmentMean(., Unique.idx)."""
+    ids = g.placeholder("ids", (-1,), I64)
+    seg = g.placeholder("seg", (-1,), I32)
+    g.op("Unique", "unique", [ids], T=I64, out_idx=I32)
+    g.op("ResourceGather", "lookup", [table, "unique"], dtype=F32, Tindices=I64, batch_dims=0, validate_indices=True)
+    g.op("Identity", "lookup/Identity", ["lookup"], T=F32)
+    return g.op("SparseSegmentMean", "combined", ["lookup/Identity", "unique:1", seg], T=F32, Tidx=I32,
+                Tsegmentids=I32)
+
+
 def _graph(kind="resource"):
     g = HandGraph()
-    read = g.variable("t", TABLE, resource=kind == "resource")
+    read = g.variable("t", TABLE, resource=kind in ("resource", "unique"))
     out = {"resource": lambda: _resource_gather(g), "gather": lambda: _gather_v2(g, read),
-           "segment": lambda: _segment_sum(g, read)}[kind]()
+           "segment": lambda: _segment_sum(g, read), "unique": lambda: _unique_segment_mean(g)}[kind]()
     return g, out
 
 
@@ -50,13 +61,15 @@ def _find(g):
 
 
 def _feeds(kind):
-    return {"ids": IDS, "seg": SEGMENTS} if kind == "segment" else {"ids": IDS}
+    return {"ids": IDS, "seg": SEGMENTS} if kind in ("segment", "unique") else {"ids": IDS}
 
 
 def _lookup(kind, table):
     rows = table[IDS]
     if kind == "segment":
         return np.stack([rows[SEGMENTS == s].sum(0) for s in range(2)])
+    if kind == "unique":
+        return np.stack([rows[SEGMENTS == s].mean(0) for s in range(2)])
     return rows
 
 
@@ -133,7 +146,7 @@ def _rewrite_and_run(kind, dtype, scheme="per_dim"):
     return {n.name: n for n in mg.graph_def.node}, values, run(mg, out, _feeds(kind), values)
 
 
-@pytest.mark.parametrize("kind", ["resource", "gather", "segment"])
+@pytest.mark.parametrize("kind", ["resource", "gather", "segment", "unique"])
 @pytest.mark.parametrize("dtype", ["BF16", "FP16"])
 def test_16bit_tables(kind, dtype):
     nodes, values, y = _rewrite_and_run(kind, dtype)
@@ -143,7 +156,7 @@ def test_16bit_tables(kind, dtype):
     np.testing.assert_allclose(y, _lookup(kind, table), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["resource", "gather", "segment"])
+@pytest.mark.parametrize("kind", ["resource", "gather", "segment", "unique"])
 @pytest.mark.parametrize("scheme", ["per_dim", "per_row"])
 def test_int8_tables(kind, scheme):
     nodes, values, y = _rewrite_and_run(kind, "INT8", scheme)
@@ -156,3 +169,27 @@ def test_int8_tables(kind, scheme):
         table = quant.dequantize_int8(values["t"], values["t/lpo_scale"])
     np.testing.assert_allclose(y, _lookup(kind, table), rtol=1e-6, atol=1e-6)
     assert np.abs(y - _lookup(kind, TABLE)).max() > 0  # int8, not the float table
+
+
+@pytest.mark.parametrize("dtype", ["INT8", "BF16", "INT4"])
+def test_embedding_lookup_sparse_gathers_all_ids_without_the_unique(dtype):
+    """On a float table grappler drops Unique+gather; on a low-precision one lpo gathers every id
+    (duplicates included) and reduces positions 0..n-1: the Unique is read by nobody any more."""
+    nodes, values, y = _rewrite_and_run("unique", dtype)
+    readers = [n for n in nodes.values() if any(i.split(":")[0] == "unique" for i in n.input)]
+    assert readers == []
+    gather = nodes["lookup/lpo_gather"]
+    assert gather.op == "ResourceGather" and gather.input[1] == "ids"
+    assert nodes["combined"].op == "SparseSegmentMean" and nodes["combined"].input[1] == "combined/lpo_range"
+    assert y.shape == (2, TABLE.shape[1])
+    np.testing.assert_allclose(y, _lookup("unique", TABLE), atol=0.3)  # low precision of the same rows
+
+
+def test_a_unique_read_by_anything_else_keeps_the_plain_lookup():
+    g, _ = _graph("unique")
+    g.op("Identity", "spy", ["unique:1"], T=I32)  # the Unique's idx has another reader: still fine
+    g.op("Identity", "spy_rows", ["lookup"], T=F32)  # the gathered rows have another reader: keep the Unique
+    s, (c,) = _find(g)
+    embedding.rewrite(s, embedding.plan(c, "INT8", opts.OptimizeOptions()))
+    nodes = {n.name: n for n in s.finish().graph_def.node}
+    assert nodes["lookup/lpo_gather"].input[1] == "unique" and nodes["combined"].input[1] == "unique:1"
