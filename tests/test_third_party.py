@@ -13,7 +13,8 @@ import pytest
 
 import lpo
 from lpo.validation.metrics import auc
-from lpo.samples.keras_models import DENSE_NAME, NUM_DENSE, VOCAB, generate_data, serve
+from lpo.samples.keras_models import (DEEPFM_BUILD, DEEPFM_SPARSE, DENSE_NAME, NUM_DENSE, VOCAB, deepfm_inputs,
+                                      generate_data, serve)
 
 pytestmark = pytest.mark.slow  # trains and exports real third-party models
 
@@ -89,40 +90,6 @@ def test_keras_rs_feature_cross_dcn(tmp_path):
                      ("FP16", "BF16", "INT8"), 10)
 
 
-DEEPCTR_SPARSE = ("C1", "C2", "C3")
-
-_DEEPCTR_BUILD = """
-import sys
-import requests
-
-def _offline(*a, **k):
-    raise OSError("offline")
-
-requests.get = _offline  # deepctr checks PyPI for a newer version on import
-import tensorflow as tf
-from deepctr.feature_column import DenseFeat, SparseFeat
-from deepctr.models import DeepFM
-from lpo.samples.keras_models import VOCAB, generate_data
-
-names = ("C1", "C2", "C3")
-cols = [SparseFeat(n, vocabulary_size=VOCAB, embedding_dim=8, dtype="int32") for n in names] + [DenseFeat("I1", 1)]
-tf.keras.utils.set_random_seed(0)
-model = DeepFM(cols, cols, dnn_hidden_units=(32, 16), task="binary", seed=0)
-model.compile("adam", "binary_crossentropy")
-d = generate_data(20000, 0, 0)
-x = {n: d[n][:, None] for n in names}
-x["I1"] = d["dense"][:, :1]
-model.fit(x, d["label"], batch_size=512, epochs=2, verbose=0)
-model.save(sys.argv[1], save_format="tf")
-"""
-
-
-def _deepctr_inputs(d):
-    out = {n: d[n][:, None] for n in DEEPCTR_SPARSE}
-    out["I1"] = d[DENSE_NAME][:, :1]
-    return out
-
-
 def test_deepctr_deepfm(tmp_path):
     """DeepCTR DeepFM (tf-keras, ``model.save(save_format='tf')``): tensordot DNN, FM, linear part; FP16/INT8."""
     pytest.importorskip("tf_keras")
@@ -131,21 +98,21 @@ def test_deepctr_deepfm(tmp_path):
 
     model_path = str(tmp_path / "model")
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
-    r = subprocess.run([sys.executable, "-c", _DEEPCTR_BUILD, model_path], env=env, capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run([sys.executable, "-c", DEEPFM_BUILD, model_path, "32", "16"], env=env, capture_output=True,
+                       text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert os.path.isfile(os.path.join(model_path, "keras_metadata.pb"))
 
     held, calib = generate_data(5_000, 0, 1), generate_data(512, 0, 2)
     calib_path = str(tmp_path / "calib.npz")
-    np.savez(calib_path, **_deepctr_inputs(calib))
+    np.savez(calib_path, **deepfm_inputs(calib))
 
     cands = {c.name: c for c in lpo.inspect_model(model_path).candidates}
     assert sorted(n for n, c in cands.items() if c.kind == "embedding") == sorted(
-        [f"sparse_emb_{n}/embeddings" for n in DEEPCTR_SPARSE]
-        + [f"linear0sparse_emb_{n}/embeddings" for n in DEEPCTR_SPARSE])
+        [f"sparse_emb_{n}/embeddings" for n in DEEPFM_SPARSE]
+        + [f"linear0sparse_emb_{n}/embeddings" for n in DEEPFM_SPARSE])
     assert cands["dnn/kernel0"].detail == "MatMul+Reshape+BiasAdd+Relu"  # DeepCTR's DNN uses tf.tensordot
     assert cands["dnn/kernel0"].shape == [25, 32]  # 3*8 embeddings + 1 dense
     assert {"dnn/kernel1", "dense/kernel", "linear/linear_kernel"} <= set(cands)
     assert len(cands) == 10
-    _check_optimized(model_path, calib_path, _deepctr_inputs(held), held["label"], tmp_path, ("FP16", "INT8"), 10)
+    _check_optimized(model_path, calib_path, deepfm_inputs(held), held["label"], tmp_path, ("FP16", "INT8"), 10)

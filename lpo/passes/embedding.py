@@ -366,6 +366,8 @@ def _unique_lookup(s: Surgery, name: str):
     if node.op not in ("ResourceGather",) + tuple(GATHER_OPS) or node.input[1].startswith("^"):
         return None
     u_name, u_out, _ = parse_input(node.input[1])
+    if u_name not in idx:  # a dangling input: the plain lookup path reports the broken graph
+        return None
     uniq = idx.node(u_name)
     if uniq.op != "Unique" or u_out != 0 or node.attr["batch_dims"].i:
         return None

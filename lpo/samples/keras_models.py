@@ -327,7 +327,7 @@ def build_tf_keras_sample(out_dir: str, *, seed: int = 0, train_rows: int = 20_0
 
 
 DEEPFM_SPARSE = ("C1", "C2", "C3")
-_DEEPFM_BUILD = """
+DEEPFM_BUILD = """
 import sys
 import requests
 
@@ -376,7 +376,7 @@ def build_deepfm_sample(out_dir: str, *, seed: int = 0, hidden=(256, 128)) -> Ke
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2",
                PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-c", _DEEPFM_BUILD, model_path, str(hidden[0]), str(hidden[1])], env=env,
+    r = subprocess.run([sys.executable, "-c", DEEPFM_BUILD, model_path, str(hidden[0]), str(hidden[1])], env=env,
                        capture_output=True, text=True, timeout=1800)
     if r.returncode != 0:
         raise RuntimeError(f"DeepFM sample build failed:\n{r.stderr[-3000:]}")
