@@ -19,8 +19,9 @@ from lpo.errors import RequirementError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ONEDNN = tg.host().onednn
-needs_onednn = pytest.mark.skipif(not ONEDNN, reason="oneDNN is off on this CPU (no AVX512_VNNI/AVX_VNNI/AMX and "
-                                                     "TF_ENABLE_ONEDNN_OPTS unset): int8 kernels cannot run")
+needs_onednn = pytest.mark.skipif(not ONEDNN, reason=f"oneDNN is off here ({tg.host().describe()}; "
+                                                     f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')}):"
+                                                     " int8 kernels cannot run")
 K, UNITS = 256, 256
 
 
