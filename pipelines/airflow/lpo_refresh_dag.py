@@ -22,9 +22,9 @@ from airflow.sdk import DAG, Param
 
 from lpo.operators.assets import FP32_CHECKPOINT, OPTIMIZED_MODEL
 from lpo.operators.operators import (
-    LpoFindInputsOperator, LpoPublishOperator, LpoRefreshOperator, LpoValidateOperator, path_param, path_setting,
+    LpoFindInputsOperator, LpoPublishOperator, LpoRefreshOperator, LpoValidateOperator, gate_and_publish_params,
+    path_param, path_setting,
 )
-from lpo.options import AIRFLOW, PUBLISH_LAYOUTS
 
 
 with DAG(
@@ -48,18 +48,7 @@ with DAG(
         "serving_dir": path_param("serving_dir", "The serving directory: the model served there is "
                                   "refreshed, and the result published there"),
         "heldout_data": path_param("heldout_data", "Held-out .npz (serving inputs + label) for the gate"),
-        "max_auc_drop": Param(AIRFLOW.max_auc_drop, type="number",
-                              description="Gate: largest allowed AUC drop (negative: off)"),
-        "max_abs_diff": Param(AIRFLOW.max_abs_diff, type="number",
-                              description="Gate: largest allowed |prediction difference| (negative: off)"),
-        "validate_iters": Param(AIRFLOW.validate_iters, type="integer", minimum=1,
-                                description="Timed runs per batch size in validation"),
-        "validate_batch_sizes": Param(AIRFLOW.validate_batch_sizes, type="string",
-                                      description="Latency batch sizes, comma-separated"),
-        "layout": Param(AIRFLOW.layout, enum=list(PUBLISH_LAYOUTS), description="Serving layout: "
-                        "versions/<v> + current symlink, or TF Serving's numeric <v> directories"),
-        "version": Param("", type="string", description="Published version. Empty: the run key "
-                         "(YYYYMMDDHHMMSS of the run's start)"),
+        **gate_and_publish_params(),
     },
 ) as dag:
     find = LpoFindInputsOperator(

@@ -22,9 +22,9 @@ from airflow.sdk import DAG, Param
 from lpo.operators.assets import FP32_MODEL, OPTIMIZED_MODEL
 from lpo.operators.operators import (
     LpoCalibrateOperator, LpoFindInputsOperator, LpoOptimizeOperator, LpoPublishOperator, LpoValidateOperator,
-    path_param, path_setting,
+    gate_and_publish_params, path_param, path_setting,
 )
-from lpo.options import AIRFLOW, DATA_TYPES, PUBLISH_LAYOUTS
+from lpo.options import AIRFLOW, DATA_TYPES
 
 
 with DAG(
@@ -49,18 +49,7 @@ with DAG(
                             "get data_type"),
         "calib_rows": Param(AIRFLOW.calib_rows, type="integer", minimum=1,
                             description="Calibration rows to sample"),
-        "max_auc_drop": Param(AIRFLOW.max_auc_drop, type="number",
-                              description="Gate: largest allowed AUC drop (negative: off)"),
-        "max_abs_diff": Param(AIRFLOW.max_abs_diff, type="number",
-                              description="Gate: largest allowed |prediction difference| (negative: off)"),
-        "validate_iters": Param(AIRFLOW.validate_iters, type="integer", minimum=1,
-                                description="Timed runs per batch size in validation"),
-        "validate_batch_sizes": Param(AIRFLOW.validate_batch_sizes, type="string",
-                                      description="Latency batch sizes, comma-separated"),
-        "layout": Param(AIRFLOW.layout, enum=list(PUBLISH_LAYOUTS), description="Serving layout: "
-                        "versions/<v> + current symlink, or TF Serving's numeric <v> directories"),
-        "version": Param("", type="string", description="Published version. Empty: the run key "
-                         "(YYYYMMDDHHMMSS of the run's start)"),
+        **gate_and_publish_params(),
     },
 ) as dag:
     find = LpoFindInputsOperator(
