@@ -95,6 +95,10 @@ NATIVE_NOISE = re.compile(
     r"|I\d{4} [\d:.]+ +\d+ [\w.-]+\.cc:\d+\] .*"
     r"|[WE]\d{4} [\d:.]+ +\d+ (cudart_stub|cuda_platform|cuda_executor|cuda_diagnostics|cuda_dnn"
     r"|cuda_fft|cuda_blas|dso_loader|cpu_feature_guard|cpu_utils|port)\.cc:\d+\] .*"
+    # oneDNN's one-time note that a dtype (DT_HALF on CPUs without AVX512_FP16, DT_BOOL/DT_INT64 on
+    # AVX2 with oneDNN forced on) runs on Eigen instead: logged at ERROR level, so TF_CPP_MIN_LOG_LEVEL=2
+    # keeps it; it says nothing about lpo's forms (16-bit weights are cast to float32 either way)
+    r"|E\d{4} [\d:.]+ +\d+ util\.cc:\d+\] oneDNN supports DT_\w+ only on platforms with AVX-512\..*"
     # the continuation line of cpu_feature_guard's message
     r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\.)$")
 

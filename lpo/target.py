@@ -25,6 +25,11 @@ from lpo import options as opts
 from lpo.errors import ConfigError, RequirementError
 
 ENV = "TF_ENABLE_ONEDNN_OPTS"
+#: Run as if on another CPU: ``target='host'`` then describes that preset (its CPU features,
+#: vendor and oneDNN setting) instead of this machine. For developers: ``LPO_HOST_TARGET=zen4
+#: bash scripts/test.sh`` runs the suite with the forms a Zen 4 host gets (the test harness
+#: also sets TF_ENABLE_ONEDNN_OPTS to the preset's oneDNN setting, so the real kernels run).
+HOST_ENV = "LPO_HOST_TARGET"
 #: CPU flags for which stock TensorFlow turns oneDNN on by default on Linux x86.
 ONEDNN_DEFAULT_FLAGS = ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
 #: The CPU flags lpo reports and decides on.
@@ -75,7 +80,8 @@ class Target:
     def describe(self) -> str:
         """One line, e.g. ``host (intel, oneDNN on, avx512_vnni avx512_bf16 ...)``."""
         feats = " ".join(f for f in self.features if f not in ("fma",)) or "no AVX2"
-        return f"{self.name} ({self.vendor or 'unknown vendor'}, oneDNN {'on' if self.onednn else 'off'}, {feats})"
+        notes = f" [{'; '.join(self.notes)}]" if self.notes else ""
+        return f"{self.name} ({self.vendor or 'unknown vendor'}, oneDNN {'on' if self.onednn else 'off'}, {feats}){notes}"
 
 
 # --------------------------------------------------------------------------- host detection
@@ -139,7 +145,12 @@ def onednn_enabled(flags=None, env=None) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _host(env_value) -> Target:
+def _host(env_value, emulated) -> Target:
+    if emulated:
+        name = opts.choice(emulated, tuple(opts.TARGETS), HOST_ENV)
+        p = opts.TARGETS[name]
+        return Target("host", p["onednn"], tuple(f for f in FEATURES if f in p["features"]), p.get("vendor", ""),
+                      False, (f"{HOST_ENV}={name}",))
     flags, vendor = read_cpuinfo()
     env = {} if env_value is None else {ENV: env_value}
     on = onednn_enabled(flags, env)
@@ -149,9 +160,18 @@ def _host(env_value) -> Target:
     return Target("host", on, tuple(f for f in FEATURES if f in flags), vendor, True, tuple(notes))
 
 
+def emulated_host() -> str | None:
+    """The preset named by ``LPO_HOST_TARGET`` (None when unset or empty)."""
+    value = os.environ.get(HOST_ENV, "").strip()
+    return value.lower() or None
+
+
 def host() -> Target:
-    """The machine lpo runs on, with this process's TF_ENABLE_ONEDNN_OPTS."""
-    return _host(os.environ.get(ENV))
+    """The machine lpo runs on, with this process's TF_ENABLE_ONEDNN_OPTS.
+
+    With ``LPO_HOST_TARGET=<preset>`` set, the preset instead (``detected`` False, a note names it).
+    """
+    return _host(os.environ.get(ENV), emulated_host())
 
 
 def get_target(value=None) -> Target:
@@ -274,6 +294,6 @@ def runtime_report(requires: dict | None = None) -> dict:
             "requires": req, "ok": not any("needs oneDNN" in p for p in problems), "problems": problems}
 
 
-__all__ = ["Target", "ENV", "FEATURES", "read_cpuinfo", "env_onednn", "onednn_default", "onednn_enabled", "host",
+__all__ = ["Target", "ENV", "HOST_ENV", "emulated_host", "FEATURES", "read_cpuinfo", "env_onednn", "onednn_default", "onednn_enabled", "host",
            "get_target", "dense_mode", "requirements", "manifest_requires", "needs_onednn", "check_runnable",
            "translate_run_error", "runtime_report", "fallback_hint"]

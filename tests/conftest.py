@@ -3,6 +3,23 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+
+def _emulate_host():
+    """``LPO_HOST_TARGET=<preset>``: run TensorFlow with that CPU's oneDNN setting (before TF is imported).
+
+    ``target='host'`` then gives the preset's forms (lpo/target.py), and the oneDNN kernels those
+    forms use really run: every x86 CPU runs them, only at another speed. Subprocesses inherit it.
+    """
+    from lpo import options
+    from lpo.target import ENV, emulated_host
+
+    name = emulated_host()
+    if name and name in options.TARGETS:
+        os.environ.setdefault(ENV, "1" if options.TARGETS[name]["onednn"] else "0")
+
+
+_emulate_host()
+
 import pytest  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
