@@ -1,6 +1,6 @@
 # Convenience targets; the scripts are the source of truth.
 # The one pinned image (components/image.py: LPO_IMAGE), used by every component.
-IMAGE ?= $(shell sed -n 's/^LPO_IMAGE = "\(.*\)"/\1/p' components/image.py)
+IMAGE ?= $(shell $(PYTHON) -c 'from lpo.components.image import LPO_IMAGE; print(LPO_IMAGE)')
 PYTHON ?= .venv/bin/python
 
 .PHONY: help setup test demo image pipelines

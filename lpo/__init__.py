@@ -6,7 +6,19 @@ Public API: :func:`optimize`, :func:`inspect_model`, :func:`convert_ckpt`,
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+
+
+def _package_version() -> str:
+    """The installed distribution's version: pyproject.toml is its one source."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lpo")
+    except PackageNotFoundError:  # a checkout on sys.path that was never installed
+        return "0+unknown"
+
+
+__version__ = _package_version()
 
 from lpo.errors import (  # noqa: E402
     BudgetError, CalibrationError, CheckpointError, ConfigError, DataError, InternalError, LpoError,

@@ -636,12 +636,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    try:
-        from importlib.metadata import version  # noqa: PLC0415
+    from lpo import __version__  # noqa: PLC0415
 
-        return version("lpo")
-    except Exception:  # noqa: BLE001 - not installed (running from a checkout)
-        return "0.1.0"
+    return __version__
 
 
 def _one_line(text: str) -> str:

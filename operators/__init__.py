@@ -8,6 +8,8 @@ point, which calls :func:`get_provider_info`. The operators live in
 """
 from __future__ import annotations
 
+from lpo import __version__
+
 OPERATOR_CLASSES = ("LpoCalibrateOperator", "LpoOptimizeOperator", "LpoValidateOperator",
                     "LpoRefreshOperator", "LpoPublishOperator", "LpoFindInputsOperator", "LpoMarkReadyOperator",
                     "LpoConvertShardOperator", "LpoMergeCkptOperator")
@@ -19,7 +21,7 @@ def get_provider_info() -> dict:
         "package-name": "lpo",
         "name": "lpo",
         "description": "Low-precision optimizer for TensorFlow recommendation models.",
-        "versions": ["0.1.0"],
+        "versions": [__version__],
         "integrations": [{
             "integration-name": "lpo",
             "external-doc-url": "https://github.com/lpo-project/lpo",
