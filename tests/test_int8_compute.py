@@ -22,6 +22,14 @@ ONEDNN = tg.host().onednn
 needs_onednn = pytest.mark.skipif(not ONEDNN, reason=f"oneDNN is off here ({tg.host().describe()}; "
                                                      f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')}):"
                                                      " int8 kernels cannot run")
+#: The int8 kernels compute the FakeQuant form's numbers only on CPUs with int8 dot-product
+#: instructions (VNNI/AMX), whatever LPO_HOST_TARGET emulates: oneDNN's int8 path on an AVX2-only
+#: CPU (TF_ENABLE_ONEDNN_OPTS=1) rounds differently (measured on an AMD Zen 3: 2.2x the mean
+#: |Δp| of the FakeQuant form). The forms and graphs are still checked there; the numerics are not.
+REAL_INT8_ISA = any(f in tg.read_cpuinfo()[0] for f in tg.INT8_FEATURES)
+needs_int8_isa = pytest.mark.skipif(not (ONEDNN and REAL_INT8_ISA), reason=(
+    "int8 kernel numerics need oneDNN on a CPU with VNNI/AMX (this CPU: "
+    f"{' '.join(f for f in tg.FEATURES if f in tg.read_cpuinfo()[0]) or 'no AVX2'}, oneDNN {'on' if ONEDNN else 'off'})"))
 K, UNITS = 256, 256
 
 
@@ -153,7 +161,7 @@ def test_presets_and_decision_table():
     # int8 kernels take W as [K, N]: a transposed layer keeps the portable form
     assert tg.dense_mode("INT8", "compute", tg.get_target("amx"), big, transposed=True) == "simulate"
     assert tg.dense_mode("INT8", "auto", tg.get_target("amx"), big, transposed=True) == "weight_only"
-    assert tg.get_target("host").detected and tg.get_target(None).name == "host"
+    assert tg.get_target("host").detected == (tg.emulated_host() is None) and tg.get_target(None).name == "host"
     assert opts.normalize_int8_dense("static") == "simulate"
     with pytest.raises(lpo.ConfigError, match="did you mean"):
         tg.get_target("avx512_vnnni")
@@ -205,7 +213,7 @@ def test_int8_compute_graph_manifest_and_variables(mlp):
     assert big_consts(out) - big_consts(mlp["model"]) == set()
 
 
-@needs_onednn
+@needs_int8_isa
 def test_int8_compute_equals_simulate_numerics(mlp):
     """The int8 kernels compute the numbers of the FakeQuant form (same grid, same weights).
 
@@ -399,7 +407,7 @@ def test_tensordot_int8_compute_graph(tensordot):
     assert [c["mode"] for c in manifest(out)["conversions"]] == ["compute", "compute", "weight_only"]
     ops = graph_ops(out)
     assert ops.count("QuantizedMatMulWithBiasAndDequantize") == 2 and "BiasAdd" in ops  # the 256x1 layer's
-    if ONEDNN:
+    if ONEDNN and REAL_INT8_ISA:  # the numerics: see needs_int8_isa
         x = data(256)["x"]
         comp, sim = str(tensordot["dir"] / "int8_comp"), str(tensordot["dir"] / "int8_sim")
         for path, mode in ((comp, "compute"), (sim, "simulate")):  # every layer: int8 kernels vs FakeQuant
