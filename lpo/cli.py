@@ -312,7 +312,7 @@ def cmd_samples_model(args: argparse.Namespace) -> int:
     """``lpo samples model``: write the sample FP32 SavedModel (and its data)."""
     from lpo.samples.files import write_sample  # noqa: PLC0415
 
-    _emit(write_sample(args.out, args.data, variant=args.variant, overwrite=args.overwrite), args.json)
+    _emit(write_sample(args.out, args.data, variant=args.variant, overwrite=args.overwrite, arch=args.arch), args.json)
     return 0
 
 
@@ -544,6 +544,12 @@ def _publish_args(p: argparse.ArgumentParser) -> None:
     _add_json(p)
 
 
+def _sample_archs():
+    from lpo.samples.tf1 import ARCHS  # noqa: PLC0415
+
+    return ARCHS
+
+
 def _samples_args(p: argparse.ArgumentParser) -> None:
     samples = p.add_subparsers(dest="samples_command", metavar="SAMPLE", parser_class=_Parser)
     samples.required = True
@@ -558,6 +564,9 @@ def _samples_args(p: argparse.ArgumentParser) -> None:
                    help="also write calibration.csv and heldout.npz into DIR")
     q.add_argument("--variant", choices=("resource", "ref", "partitioned"), default="resource",
                    help="embedding variable kind (default: %(default)s)")
+    q.add_argument("--arch", choices=tuple(_sample_archs()), default="small",
+                   help="model: small (DLRM-like), mlperf (MLPerf DLRM's MLP widths) or dot (DeepRec modelzoo's "
+                        "DLRM with the dot interaction) (default: %(default)s)")
     q.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     _add_json(q)
     q = samples.add_parser("checkpoint", help='write a perturbed "retrained" checkpoint of a model',

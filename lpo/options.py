@@ -16,13 +16,14 @@ from typing import Any, Optional
 from lpo.errors import ConfigError, closest
 
 # --------------------------------------------------------------------------- choices
-#: Data types a whole model can be optimized to (``data_type``). ``INT4`` means INT4
-#: embedding tables with INT8 dense layers (see :data:`FAMILY_DTYPE`).
-DATA_TYPES = ("BF16", "FP16", "INT8", "INT4")
 #: The opt_config value that keeps a node in float32.
 KEEP = "FP32"
+#: Data types a whole model can be optimized to (``data_type``). ``INT4`` means INT4
+#: embedding tables with INT8 dense layers (see :data:`FAMILY_DTYPE`). ``FP32`` keeps every
+#: table and layer float32 and applies only the exact structural folds (lpo.passes.registry).
+DATA_TYPES = ("BF16", "FP16", "INT8", "INT4", KEEP)
 #: Data types valid as ``opt_config`` values (per node).
-NODE_DTYPES = DATA_TYPES + (KEEP,)
+NODE_DTYPES = DATA_TYPES
 #: Embedding table scales (INT8 and INT4): one scale (and INT4 offset) per column or per row.
 EMBEDDING_SCHEMES = ("per_dim", "per_row")
 #: The INT4 scheme lpo prefers (FBGEMM's row-wise 4-bit form). Unless a node names one
@@ -320,7 +321,7 @@ def choice(value: Any, valid: tuple, what: str, *, upper: bool = False) -> str:
 
 
 def normalize_dtype(value: Any, what: str = "data_type", *, allow_keep: bool = False) -> str:
-    """Return a data type (``BF16``/``FP16``/``INT8``, and ``FP32`` with ``allow_keep``)."""
+    """Return a data type (``BF16``/``FP16``/``INT8``/``INT4``/``FP32``; ``allow_keep`` is kept for callers)."""
     return choice(value, NODE_DTYPES if allow_keep else DATA_TYPES, what, upper=True)
 
 

@@ -71,7 +71,11 @@ class NodeReport:
     dtype: str
 
     def line(self) -> str:
-        """The seed's report line, e.g. ``Optimize embedding to INT8: emb``."""
+        """The seed's report line, e.g. ``Optimize embedding to INT8: emb`` (a fold: ``Fold interaction: node``)."""
+        from lpo import passes
+
+        if passes.is_fold(self.kind):
+            return f"Fold {self.kind}: {self.node}"
         what = {"embedding": "embedding", "ev": "embedding variable"}.get(self.kind, "dense op")
         return f"Optimize {what} to {self.dtype}: {self.node}"
 
@@ -215,6 +219,8 @@ def _optimized_info(model_path) -> dict:
 def _assign(found, opt_config, data_type) -> dict[str, opts.NodeChoice]:
     """Return each node to optimize with its dtype (and scheme, from ``opt_config``)."""
     if opt_config is None:
+        if data_type == opts.KEEP:  # FP32: every node kept, only the exact folds apply
+            return {}
         return {c.name: opts.NodeChoice(opts.dtype_for(data_type, c.kind)) for c in found}
     if not isinstance(opt_config, dict):
         raise ConfigError(
@@ -465,7 +471,16 @@ def _plan_conversions(model_path, mg, opt_config, options: opts.OptimizeOptions)
     assigned = _assign(found, opt_config, options.data_type)
     check_checkpoint(variables_prefix(model_path), _target_specs(mg))  # fail fast, before any work
     convs = [_plan_node(c, assigned[c.name], options) for c in found if c.name in assigned]
-    return found, convs
+    return found, _plan_folds(mg) + convs
+
+
+def _plan_folds(mg) -> list[Conversion]:
+    """The exact structural folds of ``mg`` (every data type, FP32 included; no variables), rewritten first."""
+    from lpo import passes
+    from lpo.passes.surgery import Surgery
+
+    surgery = Surgery(mg)
+    return [conv for name in passes.fold_names() for conv in passes.get(name).find(surgery)]
 
 
 def _calibrate_static(model_path, sm, tags, convs: list[Conversion], calib_file, options: opts.OptimizeOptions, *,
