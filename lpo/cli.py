@@ -295,6 +295,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    """``lpo profile``: nodes per run and time per op type of a model (and of another to compare)."""
+    lpo = _import_lpo()
+    _emit(lpo.profile(args.model, args.compare, batch_size=args.batch, runs=args.runs, data=args.data, top=args.top,
+                      threads=args.threads, tags=args.tags, signature=args.signature), args.json)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """``lpo demo``: build the sample model, optimize, validate and report."""
     from lpo.samples import demo  # noqa: PLC0415
@@ -527,6 +535,25 @@ def _validate_args(p: argparse.ArgumentParser) -> None:
     _add_json(p, "the report")
 
 
+def _profile_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="SavedModel directory")
+    p.add_argument("--compare", metavar="OTHER", default=None,
+                   help="a second SavedModel with the same inputs (e.g. MODEL optimized), profiled interleaved")
+    p.add_argument("--batch", type=_positive_int, default=opts.PROFILE.batch_size, metavar="N",
+                   help="rows per run (default: %(default)s)")
+    p.add_argument("--runs", type=_positive_int, default=opts.PROFILE.runs,
+                   help="FULL_TRACE runs per model (default: %(default)s)")
+    p.add_argument("--data", metavar="NPZ", default=None,
+                   help="serving inputs (.npz, e.g. calibration or held-out data); default: synthetic inputs")
+    p.add_argument("--top", type=_positive_int, default=opts.PROFILE.top,
+                   help="op types in the table (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=opts.PROFILE.threads,
+                   help="intra-op threads, 0: TensorFlow's default (default: %(default)s)")
+    p.add_argument("--signature", default=opts.DEFAULT_SIGNATURE, help="signature to run (default: %(default)s)")
+    p.add_argument("--tags", type=_tags, default=None, help="MetaGraph tags, comma-separated (default: serve)")
+    _add_json(p, "the profile")
+
+
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output directory for the optimized models and HTML reports "
                    "(default: a new directory under the system temp dir, printed at the end)")
@@ -609,6 +636,10 @@ _COMMANDS = (
      "Run ORIGINAL and OPTIMIZED on DATA and check accuracy, latency and size. Exits 3 "
      "if a threshold is breached. WARNING: a SavedModel is a program; validating an "
      "untrusted SavedModel executes its graph.", _validate_args),
+    ("profile", cmd_profile, "show nodes per run and time per op type (before/after with --compare)",
+     "Run MODEL's signature with FULL_TRACE on one batch and print the nodes executed per run, the op "
+     "time and latency, and the top op types by time; with --compare OTHER, both side by side "
+     "(runs interleaved). WARNING: a SavedModel is a program; profiling one executes its graph.", _profile_args),
     ("demo", cmd_demo, "build the sample model, optimize it, validate it and report",
      "End-to-end demo on the bundled sample recommendation model. Prints one line per step and "
      "a summary table; lpo's detailed log and the KFP executor output go to OUT/demo.log and "

@@ -173,6 +173,23 @@ class ValidateOptions:
     iters: int = 50
     warmup: int = 5
     label_key: str = "label"
+    #: FULL_TRACE runs per model for the report's profile (nodes per run, time per op type), at the
+    #: largest batch size; 0: no profile
+    profile_runs: int = 10
+
+
+@dataclass(frozen=True)
+class ProfileOptions:
+    """Defaults of :func:`lpo.profile` (``lpo profile``)."""
+
+    batch_size: int = 512
+    #: FULL_TRACE runs per model (and as many untraced latency runs)
+    runs: int = 20
+    warmup: int = 5
+    #: op types in the table
+    top: int = 15
+    #: intra-op threads (0: TensorFlow's default); one thread shows per-op cost without parallel overlap
+    threads: int = 1
 
 
 #: ``data_type`` value that searches per-node forms under an accuracy budget (lpo/tune).
@@ -249,6 +266,7 @@ AUTO_OPTIONS = AutoOptions()
 CALIBRATE = CalibrateOptions()
 THRESHOLDS = Thresholds()
 VALIDATE = ValidateOptions()
+PROFILE = ProfileOptions()
 #: Orchestrator parameters cannot always be null: a negative threshold there means "off".
 OFF = -1.0
 #: Threshold defaults as orchestrator params (KFP components and pipelines, Airflow operators and DAGs):
@@ -601,7 +619,7 @@ __all__ = [
     "normalize_target", "CALIB_METHODS",
     "DATA_FORMATS", "PUBLISH_LAYOUTS", "AirflowOptions", "AIRFLOW", "DAG_PATHS", "airflow_root",
     "dag_path_default", "DEFAULT_TAGS", "DEFAULT_SIGNATURE", "OptimizeOptions", "CalibrateOptions", "Thresholds",
-    "ValidateOptions", "OPTIMIZE", "CALIBRATE", "THRESHOLDS", "VALIDATE", "OFF", "ORCHESTRATOR_THRESHOLDS", "NUM_SHARDS",
+    "ValidateOptions", "ProfileOptions", "PROFILE", "OPTIMIZE", "CALIBRATE", "THRESHOLDS", "VALIDATE", "OFF", "ORCHESTRATOR_THRESHOLDS", "NUM_SHARDS",
     "BATCH_SIZES_TEXT", "choice", "normalize_dtype",
     "AUTO", "AUTO_LADDERS", "AUTO_FASTER", "AutoOptions", "AUTO_OPTIONS", "normalize_auto_options",
     "NodeChoice", "VARIANT_SEP", "node_variants", "normalize_node_choice", "node_options",
