@@ -4,7 +4,6 @@ The folded model's outputs equal the original's bit for bit at FP32; the manifes
 result list the fold; refresh/convert_ckpt of a folded model equal a re-optimization.
 """
 import os
-import shutil
 from collections import Counter
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 
 import lpo
 from lpo.core.plan import read_manifest
-from lpo.samples.tf1 import graph_op_types, perturb_checkpoint, predict
+from lpo.samples.tf1 import graph_op_types, predict, retrained_model
 
 pytestmark = pytest.mark.slow  # builds and runs the DLRM sample
 
@@ -83,13 +82,8 @@ def test_low_precision_plans_fold_first(dot_sample, tmp_path):
 
 
 def test_refresh_and_convert_ckpt_of_a_folded_model_equal_a_reoptimization(dot_sample, folded, data, tmp_path):
-    prefix = perturb_checkpoint(dot_sample.model_path, str(tmp_path / "ckpt" / "model.ckpt-7"))
-    fp32 = tmp_path / "retrained"
-    shutil.copytree(dot_sample.model_path, fp32, ignore=shutil.ignore_patterns("variables"))
-    (fp32 / "variables").mkdir()
-    for f in os.listdir(tmp_path / "ckpt"):
-        shutil.copy(tmp_path / "ckpt" / f, fp32 / "variables" / f.replace("model.ckpt-7", "variables", 1))
-    again = lpo.optimize(str(fp32), str(tmp_path / "again"), data_type="FP32", quiet=True)
+    prefix, fp32 = retrained_model(dot_sample.model_path, str(tmp_path / "retrained"))
+    again = lpo.optimize(fp32, str(tmp_path / "again"), data_type="FP32", quiet=True)
     refreshed = lpo.refresh(folded.save_path, prefix, str(tmp_path / "refreshed"), quiet=True)
     want = predict(again.save_path, data)
     assert np.array_equal(predict(refreshed.save_path, data), want)

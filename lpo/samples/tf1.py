@@ -773,6 +773,23 @@ def perturb_checkpoint(model_path: str, out_prefix: str, *, seed: int = 1,
     return out_prefix
 
 
+def retrained_model(model_path: str, out_dir: str, *, seed: int = 1) -> tuple[str, str]:
+    """A "retrained" FP32 model: ``(checkpoint prefix, SavedModel copy restoring it)`` under ``out_dir``.
+
+    The checkpoint is :func:`perturb_checkpoint` of ``model_path`` at ``out_dir/ckpt/model.ckpt-2000``;
+    the SavedModel is ``out_dir/fp32``: ``model_path``'s graph with that checkpoint as its variables,
+    the model a re-optimization starts from (refresh of the first optimized model must equal it).
+    """
+    prefix = perturb_checkpoint(model_path, os.path.join(out_dir, "ckpt", "model.ckpt-2000"), seed=seed)
+    model = os.path.join(out_dir, "fp32")
+    shutil.copytree(model_path, model, ignore=shutil.ignore_patterns("variables"))
+    os.makedirs(os.path.join(model, "variables"))
+    for f in os.listdir(os.path.dirname(prefix)):
+        shutil.copy(os.path.join(os.path.dirname(prefix), f),
+                    os.path.join(model, "variables", f.replace("model.ckpt-2000", "variables", 1)))
+    return prefix, model
+
+
 def graph_op_types(model_path: str, tags: tuple[str, ...] = opts.DEFAULT_TAGS) -> set[str]:
     """Return the set of op types in the SavedModel's MetaGraph (functions included)."""
     from tensorflow.core.protobuf import saved_model_pb2
@@ -792,6 +809,6 @@ def graph_op_types(model_path: str, tags: tuple[str, ...] = opts.DEFAULT_TAGS) -
 __all__ = [
     "SAMPLE_VERSION", "VARIANTS", "ARCHS", "INPUT_NAMES", "DENSE_NAMES", "SPARSE_NAMES",
     "SIGNATURES", "SampleModel", "generate_data", "write_csv", "write_tfrecord",
-    "build_sample", "cached_sample", "default_cache_dir", "perturb_checkpoint",
+    "build_sample", "cached_sample", "default_cache_dir", "perturb_checkpoint", "retrained_model",
     "predict", "graph_op_types",
 ]
