@@ -4,8 +4,11 @@ DeepRec modelzoo's DLRM (``interaction_op='dot'``) and many TF1 recommenders kee
 lower triangle of the pairwise dot products ``x x^T`` [B, N, N] with a mask rebuilt on every run::
 
     ones = ones_like(x)                       # OnesLike, or Fill(Shape(x), 1)
-    mask = cast(ones - band_part(ones, 0, -1), bool)   # or cast(band_part(ones, lo, hi), bool)
+    mask = cast(ones - band_part(ones, 0, -1), bool)   # or band_part(ones, lo, hi); the Cast is optional
     out = boolean_mask(x, mask)               # Reshape(x, [-1]) -> GatherV2(., Squeeze(Where(Reshape(mask, [-1]))), 0)
+
+(TensorFlow Recommenders' ``DotInteraction`` passes the float 0/1 mask to ``boolean_mask``
+uncast: ``Where`` keeps its nonzero entries, the same positions.)
 
 The mask depends only on the static last two dimensions of ``x`` (its values are ones), so its
 kept positions are known at rewrite time: for each [N, M] matrix the row-major flat positions
@@ -132,11 +135,9 @@ def _fold_of(s: Surgery, m) -> dict | None:
     lower, upper = _scalar(m["lower"]), _scalar(m["upper"])
     squeeze = list(m["squeeze"].attr["squeeze_dims"].list.i)
     mask_shape = const_value(m["mask_shape"])
-    bool_mask = m["cast"].attr["DstT"].type == types_pb2.DT_BOOL if "cast" in m else \
-        m["band"].attr["T"].type == types_pb2.DT_BOOL
     if (lower is None or upper is None or _scalar(m["axis"]) != 0 or gather.attr["batch_dims"].i != 0
             or squeeze not in ([1], [-1]) or mask_shape is None or mask_shape.reshape(-1).tolist() != [-1]
-            or not bool_mask or not _ones_of(s, ones, tensor)):
+            or not _ones_of(s, ones, tensor)):
         return None
     shape, flat = static_shape(s, tensor), static_shape(s, tensor_ref(m["flat"].name))
     if not shape or len(shape) < 2 or min(shape[-2:]) < 1 or flat is None or len(flat) != 1:

@@ -122,6 +122,7 @@ def test_rewrite_node_by_node():
 @pytest.mark.parametrize("kw", [
     {}, {"ones": "Fill"}, {"complement": False, "lower": -1, "upper": 0}, {"complement": False, "lower": 1, "upper": 1},
     {"lower": 1, "upper": -1}, {"squeeze": (-1,)}, {"consumer": False}, {"shapes": True},
+    {"cast": False},  # TFRS's DotInteraction: the float 0/1 mask; Where keeps its nonzeros
 ])
 def test_rewritten_graph_equals_numpy_and_the_original_bit_for_bit(kw):
     g = _dot_mask_graph(**kw)
@@ -140,7 +141,6 @@ def test_rewritten_graph_equals_numpy_and_the_original_bit_for_bit(kw):
 
 @pytest.mark.parametrize("kw", [
     {"ones": "Fill2"},  # fill value 2: not a ones mask
-    {"cast": False},  # a float mask: Where keeps nonzeros, but the dtype is not the boolean_mask's
     {"squeeze": ()},  # squeeze of every axis: a scalar for one kept value
     {"axis": 1},
     {"mask_shape": (-1, 1)},
