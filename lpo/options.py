@@ -175,7 +175,7 @@ class ValidateOptions:
     label_key: str = "label"
     #: FULL_TRACE runs per model for the report's profile (nodes per run, time per op type), at the
     #: largest batch size; 0: no profile
-    profile_runs: int = 10
+    profile_runs: int = 5
 
 
 @dataclass(frozen=True)

@@ -187,10 +187,11 @@ def _trace(runner, feed) -> list[tuple[str, str, int]]:
 
 
 def profile_runners(runners: list, batch: dict[str, np.ndarray], runs: int = opts.PROFILE.runs,
-                    warmup: int = opts.PROFILE.warmup) -> list[ModelProfile]:
+                    warmup: int = opts.PROFILE.warmup, *, timed: bool = True) -> list[ModelProfile]:
     """Profile loaded :class:`SignatureRunner` s on one ``batch`` (``{input name: array}``).
 
     The runners' traced runs and their untraced (latency) runs are interleaved, A, B then B, A.
+    ``timed=False`` skips the untraced runs (``p50_ms`` is then NaN: e.g. validate measures latency itself).
     """
     runs = int(runs)
     if runs < 1:
@@ -206,9 +207,10 @@ def profile_runners(runners: list, batch: dict[str, np.ndarray], runs: int = opt
         order = range(len(runners)) if it % 2 == 0 else reversed(range(len(runners)))
         for k in order:
             traces[k].append(_trace(runners[k], batch))
-            t0 = time.perf_counter()
-            runners[k].call(*arrays[k])
-            times[k].append(time.perf_counter() - t0)
+            if timed:
+                t0 = time.perf_counter()
+                runners[k].call(*arrays[k])
+                times[k].append(time.perf_counter() - t0)
     return [_summarize(r.path, n, tr, t) for r, tr, t in zip(runners, traces, times)]
 
 
@@ -232,7 +234,7 @@ def _summarize(path: str, batch_size: int, traces: list[list], times: list[float
     totals = [sum(t for _n, _o, t in tr) for tr in traces]
     return ModelProfile(model_path=path, batch_size=int(batch_size), runs=len(traces),
                         nodes_per_run=int(np.median(counts)), op_ms=float(np.median(totals)) / 1e3,
-                        p50_ms=float(np.median(times)) * 1e3,
+                        p50_ms=float(np.median(times)) * 1e3 if times else float("nan"),
                         lpo_nodes=sum(1 for node, _o, _t in last if "lpo_" in node), op_types=stats)
 
 

@@ -407,7 +407,7 @@ def _profile(models, arrays, n, batch_size, runs) -> dict:
     from lpo.validation.profile import op_type_rows, profile_runners
 
     idx = np.arange(batch_size) % n
-    orig, opt = profile_runners(models, {k: v[idx] for k, v in arrays.items()}, runs, warmup=1)
+    orig, opt = profile_runners(models, {k: v[idx] for k, v in arrays.items()}, runs, warmup=1, timed=False)
     return {"batch_size": int(batch_size), "runs": int(runs), "original": orig.to_dict(), "optimized": opt.to_dict(),
             "rows": op_type_rows(orig, opt, opts.PROFILE.top)}
 
