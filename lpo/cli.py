@@ -392,7 +392,9 @@ def _optimize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="FP32 SavedModel directory (read only)")
     p.add_argument("out", metavar="OUT", help="output SavedModel directory")
     _add_choice(p, "--data-type", opts.DATA_TYPES + (opts.AUTO,), opts.OPTIMIZE.data_type,
-                "target precision, case-insensitive; INT4: INT4 embedding tables with INT8 dense layers; AUTO "
+                "target precision, case-insensitive; INT4: INT4 embedding tables with INT8 dense layers; FP32: "
+                "every table and layer kept float32, only the exact structural folds (e.g. a constant interaction "
+                "mask); AUTO "
                 "searches per-node forms for the smallest model within --max-auc-drop on --eval rows "
                 "(default: %(default)s)", upper=True)
     p.add_argument("--config", metavar="OPT_JSON",

@@ -94,3 +94,14 @@ def test_refresh_and_convert_ckpt_of_a_folded_model_equal_a_reoptimization(dot_s
         with open(conv.save_prefix + ext, "rb") as f, open(os.path.join(again.save_path, "variables", "variables" + ext),
                                                             "rb") as g:
             assert f.read() == g.read(), ext
+
+
+def test_samples_cli_writes_the_dot_sample(dot_sample, tmp_path, monkeypatch, capsys):
+    from conftest import SAMPLE_CACHE
+
+    from lpo.cli import main
+
+    monkeypatch.setenv("LPO_CACHE_DIR", SAMPLE_CACHE)
+    assert main(["samples", "model", str(tmp_path / "m"), "--arch", "dot", "--data", str(tmp_path / "d")]) == 0
+    assert "MatrixBandPart" in graph_op_types(str(tmp_path / "m"))
+    assert sorted(os.listdir(tmp_path / "d")) == ["calibration.csv", "heldout.npz"]
