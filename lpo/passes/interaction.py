@@ -176,12 +176,12 @@ def rewrite(s: Surgery, conv: Conversion) -> None:
     idx = s.index
     if conv.node not in idx:
         return
-    found = [(m, f) for m, f in _matches_at(s, conv.node)]
+    t = conv.targets
+    found = [(m, f) for m, f in _matches_at(s, conv.node) if all(f[k] == t[k] for k in f)]
     if not found:
-        log.warning("interaction fold: %s no longer matches its pattern; left as it is", conv.node)
+        log.warning("interaction fold: %s does not match its planned fold here; left as it is", conv.node)
         return
     m, fold = found[0]
-    t = conv.targets
     n, cols = t["shape"]
     kept = kept_positions(n, cols, t["lower"], t["upper"], t["complement"])
     old = m["gather"]

@@ -163,3 +163,10 @@ def test_mask_read_elsewhere_is_kept():
     names = {n.name for n in mg.graph_def.node}
     assert {"cast", "sub", "band", "ones", "spy"} <= names and "bm/where" not in names
     np.testing.assert_array_equal(run(mg, "bm/gather", {"x": X}, {}), run(g.mg, "bm/gather", {"x": X}, {}))
+
+
+def test_rewrite_leaves_a_graph_that_differs_from_the_plan():
+    (conv,) = interaction.find(Surgery(_dot_mask_graph().mg))
+    other = Surgery(_dot_mask_graph(lower=1).mg)  # another MetaGraph: same node name, another band
+    interaction.rewrite(other, conv)
+    assert other.index.node("bm/gather").op == "GatherV2" and "ones" in other.index
