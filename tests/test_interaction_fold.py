@@ -72,13 +72,18 @@ def test_fp32_fold_is_bit_equal_and_recorded(dot_sample, folded, data):
         assert np.array_equal(predict(dot_sample.model_path, small), predict(folded.save_path, small))
 
 
-def test_low_precision_plans_fold_first(dot_sample, tmp_path):
-    res = lpo.optimize(dot_sample.model_path, str(tmp_path / "int8"), data_type="INT8", int8_dense="weight_only",
-                       quiet=True)
+def test_low_precision_plans_fold_first_and_equals_unfolded(dot_sample, data, tmp_path):
+    kw = {"data_type": "INT8", "int8_dense": "weight_only", "quiet": True}
+    res = lpo.optimize(dot_sample.model_path, str(tmp_path / "int8"), **kw)
     plan = read_manifest(res.save_path)
-    assert plan.conversions[0].kind == "interaction"
+    assert plan.conversions[0].kind == "interaction" and plan.options["folds"] is True
     assert {c.kind for c in plan.conversions[1:]} == {"embedding", "dense"}
     assert "MatrixBandPart" not in graph_op_types(res.save_path)
+    unfolded = lpo.optimize(dot_sample.model_path, str(tmp_path / "int8-unfolded"), folds=False, **kw)
+    plan = read_manifest(unfolded.save_path)
+    assert "interaction" not in {c.kind for c in plan.conversions} and plan.options["folds"] is False
+    assert "MatrixBandPart" in graph_op_types(unfolded.save_path)
+    assert np.array_equal(predict(res.save_path, data), predict(unfolded.save_path, data))
 
 
 def test_refresh_and_convert_ckpt_of_a_folded_model_equal_a_reoptimization(dot_sample, folded, data, tmp_path):
