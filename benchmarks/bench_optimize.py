@@ -2,17 +2,21 @@
 
 Prints the CPU (model, vendor, the flags lpo decides on) and the oneDNN status first, then for
 each sample and oneDNN setting one row per configuration: size ratio (variables bytes), ΔAUC,
-max |Δp| and the p50 latency ratio at batch 512 against the FP32 original, all measured by
-``lpo.validate`` (the one measuring code path; the two models' runs are interleaved in one
-process). Each oneDNN setting runs in its own child process, because ``TF_ENABLE_ONEDNN_OPTS``
+max |Δp|, the p50 latency ratio at batch 512 against the FP32 original and the nodes executed per
+run (FULL_TRACE, original -> optimized), all measured by ``lpo.validate`` (the one measuring code
+path; the two models' runs are interleaved in one process; nodes per run from its profile,
+lpo.validation.profile). Each oneDNN setting runs in its own child process, because ``TF_ENABLE_ONEDNN_OPTS``
 must be set before TensorFlow is imported. Rows whose form needs oneDNN are skipped where it is off.
 
-    python benchmarks/bench_optimize.py [--variant resource keras dcn deepfm mlperf] [--iters 200]
+    python benchmarks/bench_optimize.py [--variant resource keras dcn deepfm mlperf dot] [--iters 200]
                                         [--onednn host|both|0|1] [--trace]
 
 Samples: ``resource`` (TF1 DLRM-like, 432->256 top layer), ``keras`` (Keras 3 DLRM), ``dcn`` (Keras 3
 DCN), ``deepfm`` (DeepCTR DeepFM, tf.tensordot DNN 256-128; needs deepctr), ``mlperf`` (TF1 with MLPerf
-DLRM's MLP widths: bottom 13-512-256-128, top 1024-1024-512-256-1). ``--trace``: instead of rows, a
+DLRM's MLP widths: bottom 13-512-256-128, top 1024-1024-512-256-1), ``dot`` (TF1, DeepRec modelzoo's DLRM
+with the dot interaction: 26 hashed string columns, dim 16, bottom 512-256-64-16 with batch norm, top
+512-256-1). ``FP32 folds`` is ``data_type='FP32'``: every table and layer float32, only the exact
+structural folds (the interaction mask). ``--trace``: instead of rows, a
 per-op FULL_TRACE of the INT8 (auto) model against FP32 at batch 512: each dense layer's op time
 (its QuantizeV2, int8 MatMul, scale Mul and Relu against the fused float32 MatMul+BiasAdd+Relu).
 Latency numbers taken on a loaded machine are noisy: compare ratios, rerun.
@@ -31,6 +35,7 @@ REPO = os.path.dirname(HERE)
 
 # label, optimize() keywords, needs oneDNN to run
 CONFIGS = [
+    ("FP32 folds", {"data_type": "FP32"}, False),
     ("INT8 auto", {"data_type": "INT8"}, False),
     ("INT8 compute", {"data_type": "INT8", "int8_dense": "compute"}, True),
     ("INT8 simulate", {"data_type": "INT8", "int8_dense": "simulate"}, False),
@@ -42,7 +47,7 @@ CONFIGS = [
     # INT4 tables (row-wise, fp16 scale + offset) with INT8 dense layers (issue 11)
     ("INT4 + INT8 auto", {"data_type": "INT4"}, False),
 ]
-VARIANTS = ("resource", "keras", "dcn", "deepfm", "mlperf")
+VARIANTS = ("resource", "keras", "dcn", "deepfm", "mlperf", "dot")
 
 
 def sample_for(variant: str):
@@ -61,7 +66,9 @@ def sample_for(variant: str):
         return cached_deepfm_sample()
     from lpo.samples.tf1 import cached_sample
 
-    return cached_sample("resource", arch="mlperf") if variant == "mlperf" else cached_sample(variant)
+    if variant in ("mlperf", "dot"):
+        return cached_sample("resource", arch=variant)
+    return cached_sample(variant)
 
 
 def machine() -> dict:
@@ -82,8 +89,8 @@ def machine() -> dict:
             "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else None, "python": platform.python_version()}
 
 
-def child_rows(variant: str, iters: int, out_dir: str) -> dict:
-    """Optimize and validate every config; return the machine facts and one dict per row."""
+def child_rows(variant: str, iters: int, out_dir: str, configs=None) -> dict:
+    """Optimize and validate every config (or those labelled in ``configs``); return the machine facts and rows."""
     import logging
 
     logging.getLogger("lpo").setLevel(logging.WARNING)
@@ -93,6 +100,8 @@ def child_rows(variant: str, iters: int, out_dir: str) -> dict:
     info = machine()
     rows = []
     for label, kw, needs in CONFIGS:
+        if configs and label not in configs:
+            continue
         if needs and not info["onednn"]:
             rows.append({"config": label, "skipped": "needs oneDNN"})
             continue
@@ -100,11 +109,13 @@ def child_rows(variant: str, iters: int, out_dir: str) -> dict:
         res = lpo.optimize(sample.model_path, dest, calib_file=sample.calib_path, quiet=True, overwrite=True, **kw)
         rep = lpo.validate(sample.model_path, dest, sample.heldout_path, batch_sizes=(512,), iters=iters,
                            warmup=10, raise_on_fail=False).to_dict()
+        prof = rep["profile"]
         out = rep["prediction_output"]
         rows.append({"config": label, "forms": res.forms, "size": rep["size"]["variables_ratio"],
                      "auc_delta": rep["accuracy"]["auc_delta"], "max_dp": rep["outputs"][out]["max_abs_diff"],
                      "lat_ratio": rep["latency"][0]["p50_ratio"], "fp32_ms": rep["latency"][0]["original"]["p50_ms"],
-                     "opt_ms": rep["latency"][0]["optimized"]["p50_ms"]})
+                     "opt_ms": rep["latency"][0]["optimized"]["p50_ms"],
+                     "nodes": prof["original"]["nodes_per_run"], "opt_nodes": prof["optimized"]["nodes_per_run"]})
     return {"machine": info, "rows": rows}
 
 
@@ -190,7 +201,8 @@ def _run_child(variant: str, setting: str, args) -> dict | None:
     if setting != "host":
         env["TF_ENABLE_ONEDNN_OPTS"] = setting
     cmd = [sys.executable, __file__, "--child", "--variant", variant, "--iters", str(args.iters),
-           "--threads", str(args.threads)] + (["--trace"] if args.trace else [])
+           "--threads", str(args.threads)] + (["--trace"] if args.trace else []) + \
+        (["--configs", *args.configs] if args.configs else [])
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         print(f"{variant:<9}{setting:<6}child failed: {proc.stderr.strip().splitlines()[-3:]}")
@@ -212,12 +224,14 @@ def main() -> None:
                     help="host: this process's setting; both: a child with 0 and one with 1")
     ap.add_argument("--trace", action="store_true", help="per-op trace of each INT8 dense layer against FP32")
     ap.add_argument("--threads", type=int, default=1, help="trace: intra-op threads (0: TensorFlow's default)")
+    ap.add_argument("--configs", nargs="+", default=None, choices=[c[0] for c in CONFIGS], metavar="LABEL",
+                    help="only these rows, e.g. 'FP32 folds' 'INT8 auto' (default: all)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         with tempfile.TemporaryDirectory(prefix="lpo-bench-") as d:
             fn = child_trace(args.variant[0], args.iters, args.threads, d) if args.trace else \
-                child_rows(args.variant[0], args.iters, d)
+                child_rows(args.variant[0], args.iters, d, args.configs)
             print(json.dumps(fn))
         return
     settings = {"both": ["0", "1"], "host": ["host"]}.get(args.onednn, [args.onednn])
@@ -243,7 +257,8 @@ def main() -> None:
                           f"{ratio:>7}")
                 continue
             print(f"\n{variant}, oneDNN {onednn}: latency = p50 at batch 512, interleaved with FP32, {args.iters} iters")
-            header = f"{'config':<18}{'size':>7}{'ΔAUC':>11}{'max|Δp|':>10}{'lat':>7}{'fp32 ms':>9}{'opt ms':>8}  forms"
+            header = (f"{'config':<18}{'size':>7}{'ΔAUC':>11}{'max|Δp|':>10}{'lat':>7}{'fp32 ms':>9}{'opt ms':>8}"
+                      f"{'nodes/run':>15}  forms")
             print(header)
             print("-" * len(header))
             for r in res["rows"]:
@@ -252,7 +267,8 @@ def main() -> None:
                     continue
                 forms = ", ".join(f"{k.split()[1]} x{v}" for k, v in r["forms"].items())
                 print(f"{r['config']:<18}{r['size']:>6.3f}x{r['auc_delta']:>+11.2e}{r['max_dp']:>10.2e}"
-                      f"{r['lat_ratio']:>6.2f}x{r['fp32_ms']:>9.2f}{r['opt_ms']:>8.2f}  {forms}")
+                      f"{r['lat_ratio']:>6.2f}x{r['fp32_ms']:>9.2f}{r['opt_ms']:>8.2f}"
+                      f"{str(r['nodes']) + '->' + str(r['opt_nodes']):>15}  {forms}")
     if not args.trace and {"keras", "dcn"} & set(args.variant):
         print("\nnote: a Keras export saves every variable twice and lpo's output keeps the one serving reads, "
               "so the keras/dcn size column is half the ratio to the variables serving reads (0.25x = 0.50x)")

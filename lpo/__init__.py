@@ -1,7 +1,7 @@
 """lpo: low-precision optimizer for TensorFlow recommendation models.
 
 Public API: :func:`optimize`, :func:`inspect_model`, :func:`convert_ckpt`,
-:func:`merge_ckpt`, :func:`refresh`, :func:`make_calibration`, :func:`validate`, and the
+:func:`merge_ckpt`, :func:`refresh`, :func:`make_calibration`, :func:`validate`, :func:`profile`, and the
 :class:`LpoError` hierarchy. TensorFlow is imported lazily, on first use.
 """
 from __future__ import annotations
@@ -29,6 +29,7 @@ _LAZY = {
     "optimize": "lpo.core.optimizer", "inspect_model": "lpo.core.optimizer", "convert_ckpt": "lpo.core.optimizer",
     "merge_ckpt": "lpo.core.optimizer", "refresh": "lpo.core.optimizer", "load_opt_config": "lpo.options", "OptimizeResult": "lpo.core.optimizer",
     "make_calibration": "lpo.data.sources", "validate": "lpo.validation.validator", "ValidationReport": "lpo.validation.validator",
+    "profile": "lpo.validation.profile", "ProfileResult": "lpo.validation.profile",
 }
 
 

@@ -295,6 +295,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    """``lpo profile``: nodes per run and time per op type of a model (and of another to compare)."""
+    lpo = _import_lpo()
+    _emit(lpo.profile(args.model, args.compare, batch_size=args.batch, runs=args.runs, data=args.data, top=args.top,
+                      threads=args.threads, tags=args.tags, signature=args.signature), args.json)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """``lpo demo``: build the sample model, optimize, validate and report."""
     from lpo.samples import demo  # noqa: PLC0415
@@ -312,7 +320,7 @@ def cmd_samples_model(args: argparse.Namespace) -> int:
     """``lpo samples model``: write the sample FP32 SavedModel (and its data)."""
     from lpo.samples.files import write_sample  # noqa: PLC0415
 
-    _emit(write_sample(args.out, args.data, variant=args.variant, overwrite=args.overwrite), args.json)
+    _emit(write_sample(args.out, args.data, variant=args.variant, overwrite=args.overwrite, arch=args.arch), args.json)
     return 0
 
 
@@ -384,7 +392,9 @@ def _optimize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="FP32 SavedModel directory (read only)")
     p.add_argument("out", metavar="OUT", help="output SavedModel directory")
     _add_choice(p, "--data-type", opts.DATA_TYPES + (opts.AUTO,), opts.OPTIMIZE.data_type,
-                "target precision, case-insensitive; INT4: INT4 embedding tables with INT8 dense layers; AUTO "
+                "target precision, case-insensitive; INT4: INT4 embedding tables with INT8 dense layers; FP32: "
+                "every table and layer kept float32, only the exact structural folds (e.g. a constant interaction "
+                "mask); AUTO "
                 "searches per-node forms for the smallest model within --max-auc-drop on --eval rows "
                 "(default: %(default)s)", upper=True)
     p.add_argument("--config", metavar="OPT_JSON",
@@ -527,6 +537,25 @@ def _validate_args(p: argparse.ArgumentParser) -> None:
     _add_json(p, "the report")
 
 
+def _profile_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="SavedModel directory")
+    p.add_argument("--compare", metavar="OTHER", default=None,
+                   help="a second SavedModel with the same inputs (e.g. MODEL optimized), profiled interleaved")
+    p.add_argument("--batch", type=_positive_int, default=opts.PROFILE.batch_size, metavar="N",
+                   help="rows per run (default: %(default)s)")
+    p.add_argument("--runs", type=_positive_int, default=opts.PROFILE.runs,
+                   help="FULL_TRACE runs per model (default: %(default)s)")
+    p.add_argument("--data", metavar="NPZ", default=None,
+                   help="serving inputs (.npz, e.g. calibration or held-out data); default: synthetic inputs")
+    p.add_argument("--top", type=_positive_int, default=opts.PROFILE.top,
+                   help="op types in the table (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=opts.PROFILE.threads,
+                   help="intra-op threads, 0: TensorFlow's default (default: %(default)s)")
+    p.add_argument("--signature", default=opts.DEFAULT_SIGNATURE, help="signature to run (default: %(default)s)")
+    p.add_argument("--tags", type=_tags, default=None, help="MetaGraph tags, comma-separated (default: serve)")
+    _add_json(p, "the profile")
+
+
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output directory for the optimized models and HTML reports "
                    "(default: a new directory under the system temp dir, printed at the end)")
@@ -544,6 +573,12 @@ def _publish_args(p: argparse.ArgumentParser) -> None:
     _add_json(p)
 
 
+def _sample_archs():
+    from lpo.samples.tf1 import ARCHS  # noqa: PLC0415
+
+    return ARCHS
+
+
 def _samples_args(p: argparse.ArgumentParser) -> None:
     samples = p.add_subparsers(dest="samples_command", metavar="SAMPLE", parser_class=_Parser)
     samples.required = True
@@ -558,6 +593,9 @@ def _samples_args(p: argparse.ArgumentParser) -> None:
                    help="also write calibration.csv and heldout.npz into DIR")
     q.add_argument("--variant", choices=("resource", "ref", "partitioned"), default="resource",
                    help="embedding variable kind (default: %(default)s)")
+    q.add_argument("--arch", choices=tuple(_sample_archs()), default="small",
+                   help="model: small (DLRM-like), mlperf (MLPerf DLRM's MLP widths) or dot (DeepRec modelzoo's "
+                        "DLRM with the dot interaction) (default: %(default)s)")
     q.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     _add_json(q)
     q = samples.add_parser("checkpoint", help='write a perturbed "retrained" checkpoint of a model',
@@ -600,6 +638,10 @@ _COMMANDS = (
      "Run ORIGINAL and OPTIMIZED on DATA and check accuracy, latency and size. Exits 3 "
      "if a threshold is breached. WARNING: a SavedModel is a program; validating an "
      "untrusted SavedModel executes its graph.", _validate_args),
+    ("profile", cmd_profile, "show nodes per run and time per op type (before/after with --compare)",
+     "Run MODEL's signature with FULL_TRACE on one batch and print the nodes executed per run, the op "
+     "time and latency, and the top op types by time; with --compare OTHER, both side by side "
+     "(runs interleaved). WARNING: a SavedModel is a program; profiling one executes its graph.", _profile_args),
     ("demo", cmd_demo, "build the sample model, optimize it, validate it and report",
      "End-to-end demo on the bundled sample recommendation model. Prints one line per step and "
      "a summary table; lpo's detailed log and the KFP executor output go to OUT/demo.log and "

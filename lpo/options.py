@@ -16,13 +16,14 @@ from typing import Any, Optional
 from lpo.errors import ConfigError, closest
 
 # --------------------------------------------------------------------------- choices
-#: Data types a whole model can be optimized to (``data_type``). ``INT4`` means INT4
-#: embedding tables with INT8 dense layers (see :data:`FAMILY_DTYPE`).
-DATA_TYPES = ("BF16", "FP16", "INT8", "INT4")
 #: The opt_config value that keeps a node in float32.
 KEEP = "FP32"
+#: Data types a whole model can be optimized to (``data_type``). ``INT4`` means INT4
+#: embedding tables with INT8 dense layers (see :data:`FAMILY_DTYPE`). ``FP32`` keeps every
+#: table and layer float32 and applies only the exact structural folds (lpo.passes.registry).
+DATA_TYPES = ("BF16", "FP16", "INT8", "INT4", KEEP)
 #: Data types valid as ``opt_config`` values (per node).
-NODE_DTYPES = DATA_TYPES + (KEEP,)
+NODE_DTYPES = DATA_TYPES
 #: Embedding table scales (INT8 and INT4): one scale (and INT4 offset) per column or per row.
 EMBEDDING_SCHEMES = ("per_dim", "per_row")
 #: The INT4 scheme lpo prefers (FBGEMM's row-wise 4-bit form). Unless a node names one
@@ -115,6 +116,8 @@ class OptimizeOptions:
     #: INT4 tables: a scheme one node named in opt_config (``"INT4:per_dim"``); None: :data:`INT4_SCHEME`
     #: where the size rule allows (no error), else the smaller layout
     int4_scheme: Optional[str] = None
+    #: apply the exact structural folds (no variables, every data type; lpo.passes.registry.register_fold)
+    folds: bool = True
 
     def to_dict(self) -> dict:
         """Return a JSON-able dict."""
@@ -172,6 +175,23 @@ class ValidateOptions:
     iters: int = 50
     warmup: int = 5
     label_key: str = "label"
+    #: FULL_TRACE runs per model for the report's profile (nodes per run, time per op type), at the
+    #: largest batch size; 0: no profile
+    profile_runs: int = 5
+
+
+@dataclass(frozen=True)
+class ProfileOptions:
+    """Defaults of :func:`lpo.profile` (``lpo profile``)."""
+
+    batch_size: int = 512
+    #: FULL_TRACE runs per model (and as many untraced latency runs)
+    runs: int = 20
+    warmup: int = 5
+    #: op types in the table
+    top: int = 15
+    #: intra-op threads (0: TensorFlow's default); one thread shows per-op cost without parallel overlap
+    threads: int = 1
 
 
 #: ``data_type`` value that searches per-node forms under an accuracy budget (lpo/tune).
@@ -248,6 +268,7 @@ AUTO_OPTIONS = AutoOptions()
 CALIBRATE = CalibrateOptions()
 THRESHOLDS = Thresholds()
 VALIDATE = ValidateOptions()
+PROFILE = ProfileOptions()
 #: Orchestrator parameters cannot always be null: a negative threshold there means "off".
 OFF = -1.0
 #: Threshold defaults as orchestrator params (KFP components and pipelines, Airflow operators and DAGs):
@@ -320,7 +341,7 @@ def choice(value: Any, valid: tuple, what: str, *, upper: bool = False) -> str:
 
 
 def normalize_dtype(value: Any, what: str = "data_type", *, allow_keep: bool = False) -> str:
-    """Return a data type (``BF16``/``FP16``/``INT8``, and ``FP32`` with ``allow_keep``)."""
+    """Return a data type (``BF16``/``FP16``/``INT8``/``INT4``/``FP32``; ``allow_keep`` is kept for callers)."""
     return choice(value, NODE_DTYPES if allow_keep else DATA_TYPES, what, upper=True)
 
 
@@ -600,7 +621,7 @@ __all__ = [
     "normalize_target", "CALIB_METHODS",
     "DATA_FORMATS", "PUBLISH_LAYOUTS", "AirflowOptions", "AIRFLOW", "DAG_PATHS", "airflow_root",
     "dag_path_default", "DEFAULT_TAGS", "DEFAULT_SIGNATURE", "OptimizeOptions", "CalibrateOptions", "Thresholds",
-    "ValidateOptions", "OPTIMIZE", "CALIBRATE", "THRESHOLDS", "VALIDATE", "OFF", "ORCHESTRATOR_THRESHOLDS", "NUM_SHARDS",
+    "ValidateOptions", "ProfileOptions", "PROFILE", "OPTIMIZE", "CALIBRATE", "THRESHOLDS", "VALIDATE", "OFF", "ORCHESTRATOR_THRESHOLDS", "NUM_SHARDS",
     "BATCH_SIZES_TEXT", "choice", "normalize_dtype",
     "AUTO", "AUTO_LADDERS", "AUTO_FASTER", "AutoOptions", "AUTO_OPTIONS", "normalize_auto_options",
     "NodeChoice", "VARIANT_SEP", "node_variants", "normalize_node_choice", "node_options",

@@ -24,7 +24,7 @@ from lpo.errors import ConfigError, ValidationFailed
 from lpo.fsutil import tree_checksum
 
 REPO = Path(__file__).resolve().parents[1]
-SUBCOMMANDS = ["inspect", "optimize", "convert-ckpt", "refresh", "calibrate", "validate", "demo", "publish",
+SUBCOMMANDS = ["inspect", "optimize", "convert-ckpt", "refresh", "calibrate", "validate", "profile", "demo", "publish",
                "samples"]
 
 

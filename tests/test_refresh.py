@@ -21,7 +21,7 @@ import pytest
 
 import lpo
 from lpo.errors import CheckpointError, ConfigError, LpoError, OutputExistsError
-from lpo.samples.tf1 import perturb_checkpoint, predict
+from lpo.samples.tf1 import predict, retrained_model
 
 ROWS = 512
 
@@ -38,14 +38,7 @@ def retrained(work):
 
     def get(sample):
         if sample.model_path not in cache:
-            d = work / f"retrained-{sample.variant}"
-            prefix = perturb_checkpoint(sample.model_path, str(d / "ckpt" / "model.ckpt-2000"))
-            model = d / "fp32"
-            shutil.copytree(sample.model_path, model, ignore=shutil.ignore_patterns("variables"))
-            (model / "variables").mkdir()
-            for f in os.listdir(d / "ckpt"):
-                shutil.copy(d / "ckpt" / f, model / "variables" / f.replace("model.ckpt-2000", "variables", 1))
-            cache[sample.model_path] = (prefix, str(model))
+            cache[sample.model_path] = retrained_model(sample.model_path, str(work / f"retrained-{sample.variant}"))
         return cache[sample.model_path]
 
     return get

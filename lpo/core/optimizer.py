@@ -71,7 +71,11 @@ class NodeReport:
     dtype: str
 
     def line(self) -> str:
-        """The seed's report line, e.g. ``Optimize embedding to INT8: emb``."""
+        """The seed's report line, e.g. ``Optimize embedding to INT8: emb`` (a fold: ``Fold interaction: node``)."""
+        from lpo import passes
+
+        if passes.is_fold(self.kind):
+            return f"Fold {self.kind}: {self.node}"
         what = {"embedding": "embedding", "ev": "embedding variable"}.get(self.kind, "dense op")
         return f"Optimize {what} to {self.dtype}: {self.node}"
 
@@ -215,6 +219,8 @@ def _optimized_info(model_path) -> dict:
 def _assign(found, opt_config, data_type) -> dict[str, opts.NodeChoice]:
     """Return each node to optimize with its dtype (and scheme, from ``opt_config``)."""
     if opt_config is None:
+        if data_type == opts.KEEP:  # FP32: every node kept, only the exact folds apply
+            return {}
         return {c.name: opts.NodeChoice(opts.dtype_for(data_type, c.kind)) for c in found}
     if not isinstance(opt_config, dict):
         raise ConfigError(
@@ -375,7 +381,7 @@ def optimize(model_path, save_path, opt_config=None, data_type=opts.OPTIMIZE.dat
              calib_max_batches=None, target=opts.OPTIMIZE.target,
              dequantize_at_load=opts.OPTIMIZE.dequantize_at_load, quiet=False, eval_file=None,
              max_auc_drop=opts.AUTO_OPTIONS.max_auc_drop, auto_options=None, report_dir=None,
-             _auto=None) -> OptimizeResult:
+             folds=opts.OPTIMIZE.folds, _auto=None) -> OptimizeResult:
     """Write at ``save_path`` a SavedModel whose embeddings and dense layers run in low precision.
 
     Args:
@@ -414,6 +420,8 @@ def optimize(model_path, save_path, opt_config=None, data_type=opts.OPTIMIZE.dat
             budget, default 1e-4; not the validation gate). ``opt_config`` then pins nodes.
             ``auto_options``: :class:`lpo.options.AutoOptions` fields (seed, max_evals, ...);
             ``report_dir``: the frontier report (HTML/Markdown/JSON). See :mod:`lpo.tune`.
+        folds: apply the exact structural folds (e.g. a constant interaction mask into static gather
+            indices, lpo/passes/interaction.py) at every data type; ``data_type='FP32'`` applies only them.
 
     Returns:
         OptimizeResult with the optimized nodes and the bytes before and after.
@@ -434,7 +442,7 @@ def optimize(model_path, save_path, opt_config=None, data_type=opts.OPTIMIZE.dat
     options = opts.OptimizeOptions(
         data_type=data_type, embedding_scheme=embedding_scheme, dense_mode=dense_mode, int8_dense=int8_dense,
         calib_method=calib_method, calib_batch_size=calib_batch_size,
-        dequantize_at_load=dequantize_at_load, target=target).normalized()
+        dequantize_at_load=dequantize_at_load, target=target, folds=bool(folds)).normalized()
     opt_config = opts.normalize_opt_config(opt_config)
     model_path, save_path = os.path.abspath(os.fspath(model_path)), os.path.abspath(os.fspath(save_path))
     _check_output(save_path, model_path, overwrite)
@@ -465,7 +473,16 @@ def _plan_conversions(model_path, mg, opt_config, options: opts.OptimizeOptions)
     assigned = _assign(found, opt_config, options.data_type)
     check_checkpoint(variables_prefix(model_path), _target_specs(mg))  # fail fast, before any work
     convs = [_plan_node(c, assigned[c.name], options) for c in found if c.name in assigned]
-    return found, convs
+    return found, (_plan_folds(mg) if options.folds else []) + convs
+
+
+def _plan_folds(mg) -> list[Conversion]:
+    """The exact structural folds of ``mg`` (every data type, FP32 included; no variables), rewritten first."""
+    from lpo import passes
+    from lpo.passes.surgery import Surgery
+
+    surgery = Surgery(mg)
+    return [conv for name in passes.fold_names() for conv in passes.get(name).find(surgery)]
 
 
 def _calibrate_static(model_path, sm, tags, convs: list[Conversion], calib_file, options: opts.OptimizeOptions, *,

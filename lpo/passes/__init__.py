@@ -1,5 +1,5 @@
 """Graph passes, one module per op family, registered by name."""
-from lpo.passes import dense, embedding, ev  # noqa: F401  (registers the families)
-from lpo.passes.registry import get, names
+from lpo.passes import dense, embedding, ev, interaction  # noqa: F401  (registers the families and folds)
+from lpo.passes.registry import fold_names, get, is_fold, names
 
-__all__ = ["get", "names"]
+__all__ = ["get", "names", "fold_names", "is_fold"]

@@ -11,6 +11,13 @@ a family's kind; it calls, with one signature for every family:
   (``options`` is the resolved :class:`lpo.options.OptimizeOptions`). Raises
   ``ConfigError`` for a dtype the family cannot take.
 * ``rewrite(surgery, conversion)``: the graph edit of one planned conversion.
+
+A *fold* is an exact structural rewrite with no variables (e.g. a constant interaction mask
+folded into static gather indices, lpo/passes/interaction.py). It applies at every data type,
+FP32 included, and is not an opt_config node: ``find(surgery) -> list[Conversion]`` returns its
+planned conversions (no checkpoint tensors, so convert_ckpt/refresh have nothing to replay for
+it), ``describe(conversion)`` a line for reports, ``rewrite`` as above. The optimizer plans the
+folds first and rewrites them before the families' conversions.
 """
 from __future__ import annotations
 
@@ -30,6 +37,7 @@ class PassFamily:
 
 
 _PASSES: dict[str, PassFamily] = {}
+_FOLDS: dict[str, PassFamily] = {}
 
 
 def register(name: str, *, find: Callable, describe: Callable, plan: Callable, rewrite: Callable) -> None:
@@ -37,11 +45,26 @@ def register(name: str, *, find: Callable, describe: Callable, plan: Callable, r
     _PASSES[name] = PassFamily(name, find, describe, plan, rewrite)
 
 
+def register_fold(name: str, *, find: Callable, describe: Callable, rewrite: Callable) -> None:
+    """Register the fold ``name`` (an exact structural rewrite without variables)."""
+    _FOLDS[name] = PassFamily(name, find, describe, None, rewrite)
+
+
 def get(name: str) -> PassFamily:
-    """Return the registered pass family ``name``."""
-    return _PASSES[name]
+    """Return the registered pass family or fold ``name``."""
+    return _PASSES[name] if name in _PASSES else _FOLDS[name]
 
 
 def names() -> list[str]:
-    """Return the registered family names in registration order."""
+    """Return the registered family names in registration order (folds are not families)."""
     return list(_PASSES)
+
+
+def fold_names() -> list[str]:
+    """Return the registered fold names in registration order."""
+    return list(_FOLDS)
+
+
+def is_fold(name: str) -> bool:
+    """True for a registered fold."""
+    return name in _FOLDS

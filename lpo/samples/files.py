@@ -44,8 +44,11 @@ class SampleFiles:
 
 
 def write_sample(out: str, data_dir: Optional[str] = None, *, variant: str = "resource",
-                 overwrite: bool = False, cache_dir: Optional[str] = None) -> SampleFiles:
+                 overwrite: bool = False, cache_dir: Optional[str] = None, arch: str = "small") -> SampleFiles:
     """Copy the sample FP32 SavedModel to ``out`` and, with ``data_dir``, its data there.
+
+    ``arch`` picks the model (:data:`lpo.samples.tf1.ARCHS`): ``small``, ``mlperf`` or ``dot``
+    (DeepRec modelzoo's DLRM with the dot interaction).
 
     ``data_dir`` gets ``calibration.csv`` (training rows to calibrate from) and
     ``heldout.npz`` (held-out rows with labels, for the validation gate).
@@ -53,7 +56,7 @@ def write_sample(out: str, data_dir: Optional[str] = None, *, variant: str = "re
     from lpo.fsutil import atomic_output_dir, atomic_output_file
     from lpo.samples.tf1 import cached_sample
 
-    sample = cached_sample(variant, cache_dir=cache_dir)
+    sample = cached_sample(variant, cache_dir=cache_dir, arch=arch)
     out = os.path.abspath(out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with atomic_output_dir(out, overwrite=overwrite) as tmp:

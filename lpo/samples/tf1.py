@@ -37,6 +37,16 @@ Variants (``variant=``):
 :func:`build_sample`). Each table variable also has the usual unused
 init/read nodes (``Assign``/``AssignVariableOp``, ``IsInitialized``,
 ``Read/ReadVariableOp``, ``<var>/read``) and the saver's nodes.
+
+``arch='dot'`` is shaped like DeepRec modelzoo's ``dlrm/train.py`` with ``interaction_op='dot'``:
+26 ``categorical_column_with_hash_bucket`` columns (DeepRec's bucket counts, capped at
+:data:`DOT_MAX_BUCKETS` to build fast) -> ``embedding_column(16)``, the per-column outputs of
+``input_layer(cols_to_output_tensors=...)``; bottom MLP 13-512-256-64-16, each layer
+``Dense+Relu`` then batch normalization (moving statistics at serving); the dot interaction
+``stack([bottom, 26 embeddings], 1)`` -> ``matmul(x, x, transpose_b)`` [B, 27, 27] ->
+``boolean_mask`` by ``cast(ones_like - band_part(ones_like, 0, -1), bool)`` (the strictly
+lower triangle, 351 values, a mask rebuilt every run) -> ``concat([bottom, dot])``; top MLP
+367-512-256-1.
 """
 from __future__ import annotations
 
@@ -82,7 +92,16 @@ SCOPE = "dlrm"
 ARCHS = {
     "small": {"bottom": BOTTOM_UNITS, "top": TOP_UNITS, "train_rows": 100_000},
     "mlperf": {"bottom": (512, 256, 128), "top": (1024, 1024, 512, 256, 1), "train_rows": 60_000},
+    # DeepRec modelzoo's DLRM with the dot interaction and batch-normalized bottom layers
+    "dot": {"bottom": (512, 256, 64, 16), "top": (512, 256, 1), "train_rows": 30_000, "interaction": "dot"},
 }
+#: DeepRec modelzoo dlrm/train.py's HASH_BUCKET_SIZES (C1..C26), capped at DOT_MAX_BUCKETS for ``arch='dot'``.
+DEEPREC_BUCKETS = (2500, 2000, 5000000, 1500000, 1000, 100, 20000, 4000, 20, 100000, 10000, 5000000, 40000, 100, 100,
+                   3000000, 50, 10000, 4000, 20, 4000000, 100, 100, 250000, 400, 100000)
+DOT_MAX_BUCKETS = 1000
+BN_EPSILON = 1e-3
+#: 0.9, not Keras' 0.99: the sample trains ~100 steps, and the moving statistics must settle in them
+BN_MOMENTUM = 0.9
 
 SIGNATURES = {"serving_default": "probabilities", "predict_logits": "logits"}
 
@@ -271,10 +290,87 @@ def _dense_layer(x, units: int, name: str, relu: bool):
         return tf.nn.relu(y) if relu else y
 
 
-def _model(features: dict, variant: str, arch: str = "small"):
+def _batch_norm(x, training: bool):
+    """``tf.layers.batch_normalization`` of a [B, D] input (batch statistics when training, moving ones serving)."""
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    d = int(x.shape[-1])
+    with v1.variable_scope("batch_normalization"):
+        gamma = v1.get_variable("gamma", [d], tf.float32, initializer=v1.ones_initializer())
+        beta = v1.get_variable("beta", [d], tf.float32, initializer=v1.zeros_initializer())
+        moving_mean = v1.get_variable("moving_mean", [d], tf.float32, initializer=v1.zeros_initializer(),
+                                      trainable=False)
+        moving_var = v1.get_variable("moving_variance", [d], tf.float32, initializer=v1.ones_initializer(),
+                                     trainable=False)
+        if training:
+            mean, var = tf.nn.moments(x, [0])
+            for v, batch in ((moving_mean, mean), (moving_var, var)):
+                v1.add_to_collection(v1.GraphKeys.UPDATE_OPS,
+                                     v1.assign(v, BN_MOMENTUM * v + (1.0 - BN_MOMENTUM) * batch))
+        else:
+            mean, var = moving_mean, moving_var
+        return tf.nn.batch_normalization(x, mean, var, beta, gamma, BN_EPSILON)
+
+
+def _dot_interaction(features):
+    """DeepRec modelzoo DLRM's ``_dot_op``: the strictly lower triangle of ``x x^T``, by a boolean mask."""
+    import tensorflow as tf
+
+    batch_size = tf.shape(features)[0]
+    matrixdot = tf.matmul(features, features, transpose_b=True)
+    feature_dim = int(matrixdot.shape[-1])
+    ones_mat = tf.ones_like(matrixdot)
+    lower_tri_mat = ones_mat - tf.linalg.band_part(ones_mat, 0, -1)
+    lower_tri_mask = tf.cast(lower_tri_mat, tf.bool)
+    result = tf.boolean_mask(matrixdot, lower_tri_mask)
+    output_dim = feature_dim * (feature_dim - 1) // 2
+    return tf.reshape(result, (batch_size, output_dim))
+
+
+def _dot_model(features: dict, variant: str, training: bool):
+    """DeepRec modelzoo's DLRM (``interaction_op='dot'``); return logits of shape [None]."""
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    fc = v1.feature_column
+    arch = ARCHS["dot"]
+    dense_cols = [fc.numeric_column(n) for n in DENSE_NAMES]
+    emb_cols = [
+        fc.embedding_column(
+            fc.categorical_column_with_hash_bucket(n, min(b, DOT_MAX_BUCKETS), dtype=tf.string),
+            dimension=EMBED_DIM, combiner="mean")
+        for n, b in zip(SPARSE_NAMES, DEEPREC_BUCKETS)
+    ]
+    partitioner = v1.fixed_size_partitioner(2) if variant == "partitioned" else None
+    with v1.variable_scope(SCOPE, use_resource=variant != "ref"):
+        with v1.variable_scope("input_layer"):
+            with v1.variable_scope("dense_input_layer"):
+                x = fc.input_layer(features, dense_cols)
+            with v1.variable_scope("sparse_input_layer", partitioner=partitioner):
+                column_tensors: dict = {}
+                fc.input_layer(features, emb_cols, cols_to_output_tensors=column_tensors)
+        with v1.variable_scope("mlp_bot_layer"):
+            for i, u in enumerate(arch["bottom"]):
+                with v1.variable_scope(f"mlp_bot_hiddenlayer_{i}"):
+                    x = _batch_norm(_dense_layer(x, u, "dense", relu=True), training)
+        with v1.variable_scope("Op_dot_layer"):
+            stacked = tf.stack([x] + [column_tensors[c] for c in emb_cols], axis=1)
+            x = tf.concat([x, _dot_interaction(stacked)], 1)
+        top = arch["top"]
+        with v1.variable_scope("mlp_top_layer"):
+            for i, u in enumerate(top[:-1]):
+                x = _dense_layer(x, u, f"mlp_top_hiddenlayer_{i}", relu=True)
+        x = _dense_layer(x, top[-1], "logits", relu=False)
+        return tf.reshape(x, [-1], name="logits")
+
+
+def _model(features: dict, variant: str, arch: str = "small", training: bool = False):
     """Build the DLRM-like forward pass; return logits of shape [None]."""
     import tensorflow as tf
 
+    if ARCHS[arch].get("interaction") == "dot":
+        return _dot_model(features, variant, training)
     v1 = tf.compat.v1
     fc = v1.feature_column
     dense_cols = [fc.numeric_column(n) for n in DENSE_NAMES]
@@ -379,10 +475,11 @@ def _train(data, variant, lookup, seed, epochs, batch_size, lr, ckpt_prefix, arc
         v1.set_random_seed(seed)
         feats = _placeholders()
         label = v1.placeholder(tf.float32, [None], name="label")
-        logits = _model(feats, variant, arch)
+        logits = _model(feats, variant, arch, training=True)
         loss = tf.reduce_mean(
             tf.nn.sigmoid_cross_entropy_with_logits(labels=label, logits=logits))
-        train_op = v1.train.AdamOptimizer(lr).minimize(loss)
+        with tf.control_dependencies(v1.get_collection(v1.GraphKeys.UPDATE_OPS)):  # batch norm statistics
+            train_op = v1.train.AdamOptimizer(lr).minimize(loss)
         saver = v1.train.Saver(var_list=v1.global_variables(scope=SCOPE))
         init = v1.global_variables_initializer()
     n = len(data["label"])
@@ -472,7 +569,8 @@ def build_sample(out_dir: str, *, variant: str = "resource", seed: int = 0,
     ``VariableV2 -> Identity -> GatherV2 -> SparseSegmentMean``. The other
     keywords size the data and training; the defaults build in ~15-35 s on 2
     cores and reach held-out AUC ~0.82. ``arch`` picks the MLP widths (:data:`ARCHS`):
-    ``'mlperf'`` is the production-width one (MLPerf DLRM's MLPs, ~1-2 min to build).
+    ``'mlperf'`` is the production-width one (MLPerf DLRM's MLPs, ~1-2 min to build); ``'dot'`` is
+    DeepRec modelzoo's DLRM with the dot interaction and batch norm (see the module doc).
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -675,6 +773,23 @@ def perturb_checkpoint(model_path: str, out_prefix: str, *, seed: int = 1,
     return out_prefix
 
 
+def retrained_model(model_path: str, out_dir: str, *, seed: int = 1) -> tuple[str, str]:
+    """A "retrained" FP32 model: ``(checkpoint prefix, SavedModel copy restoring it)`` under ``out_dir``.
+
+    The checkpoint is :func:`perturb_checkpoint` of ``model_path`` at ``out_dir/ckpt/model.ckpt-2000``;
+    the SavedModel is ``out_dir/fp32``: ``model_path``'s graph with that checkpoint as its variables,
+    the model a re-optimization starts from (refresh of the first optimized model must equal it).
+    """
+    prefix = perturb_checkpoint(model_path, os.path.join(out_dir, "ckpt", "model.ckpt-2000"), seed=seed)
+    model = os.path.join(out_dir, "fp32")
+    shutil.copytree(model_path, model, ignore=shutil.ignore_patterns("variables"))
+    os.makedirs(os.path.join(model, "variables"))
+    for f in os.listdir(os.path.dirname(prefix)):
+        shutil.copy(os.path.join(os.path.dirname(prefix), f),
+                    os.path.join(model, "variables", f.replace("model.ckpt-2000", "variables", 1)))
+    return prefix, model
+
+
 def graph_op_types(model_path: str, tags: tuple[str, ...] = opts.DEFAULT_TAGS) -> set[str]:
     """Return the set of op types in the SavedModel's MetaGraph (functions included)."""
     from tensorflow.core.protobuf import saved_model_pb2
@@ -694,6 +809,6 @@ def graph_op_types(model_path: str, tags: tuple[str, ...] = opts.DEFAULT_TAGS) -
 __all__ = [
     "SAMPLE_VERSION", "VARIANTS", "ARCHS", "INPUT_NAMES", "DENSE_NAMES", "SPARSE_NAMES",
     "SIGNATURES", "SampleModel", "generate_data", "write_csv", "write_tfrecord",
-    "build_sample", "cached_sample", "default_cache_dir", "perturb_checkpoint",
+    "build_sample", "cached_sample", "default_cache_dir", "perturb_checkpoint", "retrained_model",
     "predict", "graph_op_types",
 ]

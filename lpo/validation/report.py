@@ -99,6 +99,9 @@ def _tables(d: dict) -> list:
         t.append(("Latency (ms) and throughput (rows/s), interleaved runs",
                   ["Batch", "p50 orig", "p50 opt", "p99 orig", "p99 opt", "rows/s orig",
                    "rows/s opt", "p50 ratio"], rows))
+    prof = d.get("profile")
+    if prof:
+        t.append(profile_table(prof))
     s = d.get("size")
     if s:
         t.append(("Size", ["", "Original", "Optimized", "Ratio (opt/orig)"],
@@ -129,6 +132,18 @@ def _tables(d: dict) -> list:
                  if isinstance(v, (int, float))]
     t.append(("Environment", ["Key", "Value"], env_rows))
     return t
+
+
+def profile_table(prof: dict) -> tuple:
+    """The report's profile (lpo.validation.profile) as ``(title, header, rows)``: totals, then the top op types."""
+    o, p = prof["original"], prof["optimized"]
+    rows = [["all nodes (op time)", _num(o["nodes_per_run"]), _num(p["nodes_per_run"]), _num(o["op_ms"] * 1e3, 4),
+             _num(p["op_ms"] * 1e3, 4)],
+            ["added by lpo", _num(o["lpo_nodes"]), _num(p["lpo_nodes"]), "", ""]]
+    rows += [[r["op"], _num(r["nodes"]), _num(r["nodes_compare"]), _num(r["us"], 4), _num(r["us_compare"], 4)]
+             for r in prof["rows"]]
+    return (f"Profile at batch {prof['batch_size']} (FULL_TRACE, median of {prof['runs']} runs): nodes per run "
+            "and op time per op type", ["Op type", "nodes orig", "nodes opt", "µs orig", "µs opt"], rows)
 
 
 # --------------------------------------------------------------------------- markdown
@@ -249,7 +264,26 @@ def make_plots(report) -> dict | None:
             ax.margins(y=0.2)
             ax.legend(frameon=False, loc="upper left")
         plots["Latency"] = png(fig)
+    prof = d.get("profile")
+    if prof and prof.get("rows"):
+        plots["Time per op type"] = profile_plot(plt, prof)
     return plots
+
+
+def profile_plot(plt, prof: dict) -> bytes:
+    """Horizontal bars: op time per op type (top rows), original against optimized, with nodes per run."""
+    rows = prof["rows"][::-1]
+    y = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(9.0, 0.9 + 0.32 * len(rows)))
+    ax.barh(y + 0.2, [r["us"] for r in rows], 0.4, label=f"original ({prof['original']['nodes_per_run']:,} nodes/run)",
+            color=_ORIG_COLOR)
+    ax.barh(y - 0.2, [r["us_compare"] for r in rows], 0.4,
+            label=f"optimized ({prof['optimized']['nodes_per_run']:,} nodes/run)", color=_OPT_COLOR)
+    ax.set_yticks(y, [f"{r['op']} ({r['nodes']}→{r['nodes_compare']})" for r in rows], fontsize=8)
+    ax.set_xlabel(f"µs per run at batch {prof['batch_size']} (op type (nodes per run))")
+    ax.set_title("Time per op type")
+    ax.legend(frameon=False, loc="lower right")
+    return png(fig)
 
 
 # --------------------------------------------------------------------------- html
@@ -302,7 +336,7 @@ def render_html(d: dict, plots: dict | None) -> str:
         out.append("<div class='note'><b>Breached:</b> " + "; ".join(
             e(b["message"]) for b in d.get("breaches", [])) + "</div>")
     tables = _tables(d)
-    plot_after = {"Size": ["Model size"], "Latency": ["Latency"],
+    plot_after = {"Size": ["Model size"], "Latency": ["Latency"], "Profile": ["Time per op type"],
                   "Output differences": ["Prediction differences",
                                          "Original vs optimized predictions"]}
     for title, header, rows in tables:

@@ -21,7 +21,8 @@ class SignatureRunner:
     * ``predict(data, batch_size)``: the same over all rows of ``data``, in chunks;
     * ``call(*arrays)``: the fast path (a session callable) for arrays in ``input_names`` order,
       returning the outputs in ``output_names`` order (latency measurement);
-    * ``fetch(feed, tensor_names)``: arbitrary graph tensors (calibration).
+    * ``fetch(feed, tensor_names)``: arbitrary graph tensors (calibration);
+    * ``trace(feed)``: one FULL_TRACE run's ``RunMetadata`` (``lpo profile``).
     """
 
     def __init__(self, model_path, tags=None, signature: str = DEFAULT_SIGNATURE, *, session_config=None,
@@ -80,6 +81,16 @@ class SignatureRunner:
             for name, v in zip(self.output_names, self.call(*[data[k][s:s + batch_size] for k in self.input_names])):
                 parts[name].append(np.asarray(v))
         return {name: np.concatenate(v, axis=0) if v else np.zeros((0,), np.float32) for name, v in parts.items()}
+
+    def trace(self, feed: dict[str, np.ndarray]):
+        """Run the signature on one batch with FULL_TRACE; return its ``RunMetadata`` (step stats per node)."""
+        import tensorflow as tf
+
+        v1 = tf.compat.v1
+        md = v1.RunMetadata()
+        self._guard(self.session.run, [self.outputs[n] for n in self.output_names], self.feed_dict(feed),
+                    v1.RunOptions(trace_level=v1.RunOptions.FULL_TRACE), md)
+        return md
 
     def fetch(self, feed: dict[str, np.ndarray], tensor_names: list[str]) -> list[np.ndarray]:
         """Evaluate graph tensors ``tensor_names`` on one batch."""

@@ -60,6 +60,9 @@ class ValidationReport:
     report_files: dict = field(default_factory=dict)
     #: what the optimized model requires (manifest) against what this process offers (oneDNN, CPU features)
     runtime: dict = field(default_factory=dict)
+    #: FULL_TRACE profile of both models at the largest batch size (lpo.validation.profile): nodes per
+    #: run, op time, top op types; {} when ``profile_runs`` is 0
+    profile: dict = field(default_factory=dict)
     #: Predictions of ``prediction_output`` (subsampled) for plots; not serialized.
     samples: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -291,14 +294,16 @@ def validate(original, optimized, data, *, batch_sizes=opts.VALIDATE.batch_sizes
              max_abs_diff=opts.THRESHOLDS.max_abs_diff, max_latency_ratio=opts.THRESHOLDS.max_latency_ratio,
              min_size_reduction=opts.THRESHOLDS.min_size_reduction, report_dir=None, tags=None,
              signature=opts.DEFAULT_SIGNATURE, raise_on_fail=True,
-             session_config=None) -> ValidationReport:
+             session_config=None, profile_runs=opts.VALIDATE.profile_runs) -> ValidationReport:
     """Compare ``optimized`` with ``original`` on ``data`` (an npz of inputs + optional label).
 
     Measures per-output |diff| (max, mean, p99), AUC/logloss when labels exist,
     interleaved latency p50/p99 and throughput at each batch size, and sizes.
     Thresholds (None = off; defaults in :mod:`lpo.options`): ``max_auc_drop``, ``max_abs_diff``,
     ``max_latency_ratio`` (p50 at batch 512, or the largest batch size) and
-    ``min_size_reduction`` (fraction of variables bytes saved, < 1). With
+    ``min_size_reduction`` (fraction of variables bytes saved, < 1). ``profile_runs`` FULL_TRACE
+    runs per model at the largest batch size give the report's profile (nodes per run, time per
+    op type; 0: none). With
     ``report_dir``, report.json/.md/.html are written there. On a breach,
     ``ValidationFailed`` is raised (after the report is written) if ``raise_on_fail``.
     """
@@ -308,6 +313,7 @@ def validate(original, optimized, data, *, batch_sizes=opts.VALIDATE.batch_sizes
     batch_sizes = list(opts.normalize_batch_sizes(batch_sizes))
     warmup = _positive_int("warmup", warmup, minimum=0)
     iters = _positive_int("iters", iters)
+    profile_runs = _positive_int("profile_runs", profile_runs, minimum=0)
     if max_rows is not None:
         max_rows = _positive_int("max_rows", max_rows)
     tags = opts.normalize_tags(tags)
@@ -325,7 +331,8 @@ def validate(original, optimized, data, *, batch_sizes=opts.VALIDATE.batch_sizes
     arrays, labels, n = _load_data(data, specs, label_key, max_rows)
     report.rows = int(n)
     preds = _run_models(report, (original, optimized), arrays, tags=tags, signature=signature,
-                        session_config=session_config, batch_sizes=batch_sizes, warmup=warmup, iters=iters)
+                        session_config=session_config, batch_sizes=batch_sizes, warmup=warmup, iters=iters,
+                        profile_runs=profile_runs)
     common = _compare_outputs(report, preds)
     _accuracy(report, preds, common, labels, label_key)
     _size_and_manifest(report, original, optimized)
@@ -367,8 +374,8 @@ def _common_inputs(original, optimized, tags, signature) -> dict:
     return specs
 
 
-def _run_models(report, paths, arrays, *, tags, signature, session_config, batch_sizes, warmup, iters):
-    """Load both models, predict every row with each, and measure interleaved latency."""
+def _run_models(report, paths, arrays, *, tags, signature, session_config, batch_sizes, warmup, iters, profile_runs):
+    """Load both models, predict every row with each, measure interleaved latency, and profile them."""
     from lpo.validation.runner import SignatureRunner
 
     names = sorted(arrays)
@@ -385,10 +392,24 @@ def _run_models(report, paths, arrays, *, tags, signature, session_config, batch
         t0 = time.perf_counter()
         report.latency = _latency(models, arrays, n, batch_sizes, warmup, iters)
         report.timings["latency_s"] = time.perf_counter() - t0
+        if profile_runs:
+            t0 = time.perf_counter()
+            report.profile = _profile(models, arrays, n, max(batch_sizes), profile_runs)
+            report.timings["profile_s"] = time.perf_counter() - t0
     finally:
         for m in models:
             m.close()
     return preds
+
+
+def _profile(models, arrays, n, batch_size, runs) -> dict:
+    """Both models' FULL_TRACE profiles on one batch (rows repeated to ``batch_size``)."""
+    from lpo.validation.profile import op_type_rows, profile_runners
+
+    idx = np.arange(batch_size) % n
+    orig, opt = profile_runners(models, {k: v[idx] for k, v in arrays.items()}, runs, warmup=1, timed=False)
+    return {"batch_size": int(batch_size), "runs": int(runs), "original": orig.to_dict(), "optimized": opt.to_dict(),
+            "rows": op_type_rows(orig, opt, opts.PROFILE.top)}
 
 
 def _compare_outputs(report, preds) -> list[str]:
