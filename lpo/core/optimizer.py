@@ -23,7 +23,7 @@ from lpo.core.savedmodel import (
     rebuild_saver, select_meta_graph, variable_specs, variables_prefix, write_saved_model,
 )
 
-log = logging.getLogger("lpo")
+log = logging.getLogger(__name__)
 
 ERROR_SAMPLE_BATCHES = 4
 WARN_REL_RMSE = 0.05

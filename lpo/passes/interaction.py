@@ -36,7 +36,7 @@ from lpo.core.plan import Conversion
 from lpo.passes.registry import register_fold
 from lpo.passes.surgery import Surgery
 
-log = logging.getLogger("lpo")
+log = logging.getLogger(__name__)
 
 KIND = "interaction"
 #: ops that only compute the mask or the flat view: removed once nothing reads them

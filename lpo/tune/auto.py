@@ -32,7 +32,7 @@ import numpy as np
 from lpo import options as opts
 from lpo.errors import ConfigError
 
-log = logging.getLogger("lpo")
+log = logging.getLogger(__name__)
 
 #: File (in the model's assets.extra and in report_dir) holding the chosen opt_config.
 CONFIG_NAME = "lpo_auto_config.json"

@@ -21,7 +21,7 @@ import numpy as np
 from lpo.errors import DataError
 from lpo.options import DEFAULT_SIGNATURE, DEFAULT_TAGS
 
-log = logging.getLogger("lpo")
+log = logging.getLogger(__name__)
 
 #: Rows per session.run when predicting.
 PREDICT_CHUNK = 4096

@@ -17,7 +17,7 @@ from lpo.validation.report import (
     _CSS, _bytes, _num, html_figures, html_page_end, markdown_page, png, pyplot, report_paths, write_report_files,
 )
 
-log = logging.getLogger("lpo")
+log = logging.getLogger(__name__)
 
 __all__ = ["pareto", "auto_tables", "render_auto_markdown", "render_auto_html", "make_auto_plots",
            "write_auto_report"]

@@ -32,7 +32,7 @@ import logging
 from lpo import options as opts
 from lpo.errors import LpoError
 
-log = logging.getLogger("lpo")
+log = logging.getLogger(__name__)
 
 
 def _smallest(spaces) -> dict:

@@ -21,7 +21,7 @@ import numpy as np
 
 from lpo.options import DEFAULT_SIGNATURE, DEFAULT_TAGS
 
-log = logging.getLogger("lpo")
+log = logging.getLogger(__name__)
 
 #: Conversion modes whose graph computes with float32 values of the stored weights.
 SIMULABLE_MODES = ("", "weight_only")

@@ -25,7 +25,7 @@ from lpo.core.checkpoint import convert_values
 from lpo.core.plan import Conversion
 from lpo.errors import LpoError
 
-log = logging.getLogger("lpo")
+log = logging.getLogger(__name__)
 
 
 @dataclass

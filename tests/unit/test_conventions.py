@@ -1,0 +1,14 @@
+"""Code conventions the architecture states, checked over the package source."""
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULE_LOGGER = re.compile(r"^(\w+) = logging\.getLogger\((.*)\)$", re.M)
+
+
+def test_module_loggers_are_named_after_their_module():
+    """``logging.getLogger(__name__)`` everywhere (records carry the module, all under ``lpo``)."""
+    bad = [f"{p.relative_to(ROOT)}: {m.group(0)}" for d in ("lpo", "components", "operators")
+           for p in sorted((ROOT / d).rglob("*.py")) for m in MODULE_LOGGER.finditer(p.read_text(encoding="utf-8"))
+           if m.group(2) != "__name__"]
+    assert bad == []
