@@ -7,7 +7,8 @@ have no logical date: ``{{ ds }}``/``{{ ts_nodash }}`` are undefined there; use
 ``{{ dag_run.run_after | ts_nodash }}``). Arguments are checked in :meth:`execute`
 (after rendering), each operator returns a JSON-able dict (pushed to XCom as
 ``return_value``). A breached validation threshold or a bad input fails the task
-without retries (``AirflowFailException``); nothing to do skips it
+without retries: every ``execute`` maps an :class:`lpo.LpoError` (bad paths and numbers
+included) to ``AirflowFailException``; nothing to do skips it
 (``AirflowSkipException``). TensorFlow's native start-up noise is kept out of the
 task log (:func:`lpo.log.quiet_tensorflow`).
 """
@@ -205,7 +206,8 @@ class LpoOptimizeOperator(BaseOperator):
     Args:
         model_path: FP32 SavedModel (read only).
         save_path: output SavedModel directory.
-        data_type: ``BF16``, ``FP16`` or ``INT8``.
+        data_type: ``BF16``, ``FP16``, ``INT8``, ``INT4`` or ``AUTO`` (default: the pipelines' default,
+            :data:`lpo.options.PIPELINE_DATA_TYPE`).
         opt_config: ``{node: dtype}`` as a dict or JSON string; empty: every node gets ``data_type``.
         calib_file: calibration ``.npz`` (needed for static INT8 dense layers).
         embedding_scheme, dense_mode, int8_dense, calib_method: as in :func:`lpo.optimize`.
