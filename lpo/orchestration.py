@@ -292,8 +292,9 @@ def find_refresh_inputs(*, path: Optional[str] = None, event_path: Optional[str]
     """Inputs of a refresh run: the checkpoint, the served model to refresh, its FP32 model, work paths.
 
     The checkpoint is ``path`` > Asset event > the newest under ``root`` (an event's or the
-    newest checkpoint is nothing new when the served model was made from it). The FP32 model is ``fp32_model`` > the one
-    recorded when the served model was published > the newest under ``training_root``.
+    newest checkpoint is nothing new when the served model was made from it). The FP32 model
+    is ``fp32_model`` > the one recorded when the served model was published > the newest
+    under ``training_root``.
     Raises :class:`NothingToDo` when nothing is served yet or no new checkpoint is found.
     """
     served = served_model(serving_dir)
