@@ -6,12 +6,12 @@ from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
 from lpo.components.defaults import with_defaults
 from lpo.components.image import LPO_IMAGE
-from lpo.options import AUTO_OPTIONS, OPTIMIZE
+from lpo.options import AUTO_OPTIONS, OPTIMIZE, PIPELINE_DATA_TYPE
 
 
 @dsl.component(base_image=LPO_IMAGE, install_kfp_package=False)
-@with_defaults(OPTIMIZE, max_auc_drop=AUTO_OPTIONS.max_auc_drop, auto_max_evals=AUTO_OPTIONS.max_evals,
-               auto_seed=AUTO_OPTIONS.seed)
+@with_defaults(OPTIMIZE, data_type=PIPELINE_DATA_TYPE, max_auc_drop=AUTO_OPTIONS.max_auc_drop,
+               auto_max_evals=AUTO_OPTIONS.max_evals, auto_seed=AUTO_OPTIONS.seed)
 def optimize(
     model: Input[Model],
     optimized: Output[Model],
@@ -81,7 +81,7 @@ def optimize(
 def optimize_cli(
     model: Input[Model],
     optimized: Output[Model],
-    data_type: str = OPTIMIZE.data_type,
+    data_type: str = PIPELINE_DATA_TYPE,
     calibration: Optional[Input[Dataset]] = None,
     opt_config: Optional[Input[Artifact]] = None,
     embedding_scheme: str = OPTIMIZE.embedding_scheme,

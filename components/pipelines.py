@@ -16,7 +16,9 @@ from lpo.components.optimize import optimize
 from lpo.components.refresh import refresh
 from lpo.components.shard_indices import shard_indices
 from lpo.components.validate import validate
-from lpo.options import BATCH_SIZES_TEXT, CALIBRATE, NUM_SHARDS, OPTIMIZE, ORCHESTRATOR_THRESHOLDS, VALIDATE
+from lpo.options import (
+    BATCH_SIZES_TEXT, CALIBRATE, NUM_SHARDS, OPTIMIZE, ORCHESTRATOR_THRESHOLDS, PIPELINE_DATA_TYPE, VALIDATE,
+)
 
 
 @dsl.pipeline(name="lpo-optimize",
@@ -25,7 +27,7 @@ def optimize_pipeline(
     model_uri: str,
     calib_source: str,
     heldout_data: str,
-    data_type: str = OPTIMIZE.data_type,
+    data_type: str = PIPELINE_DATA_TYPE,
     opt_config: str = "",
     calib_rows: int = CALIBRATE.num_rows,
     max_auc_drop: float = ORCHESTRATOR_THRESHOLDS["max_auc_drop"],

@@ -611,22 +611,26 @@ def atomic_checkpoint(save_prefix: PathLike, *, overwrite: bool = False, require
     exists, the files are built in a temp sibling directory, fsynced and moved next to
     ``save_prefix`` with the ``.index`` last (old ``save_prefix.*`` files, refused unless
     ``overwrite``, go index first), so a reader never sees an index with foreign data.
-    When it does not exist (the parent tool's ``convert_ckpt`` creates it), the missing
-    directories are built in a temp sibling of the topmost missing one and renamed into
-    place at once: the new directory appears complete or not at all, and one created
-    meanwhile by someone else is never clobbered. ``require_index=False`` allows an
+    When it does not exist (the parent tool's ``convert_ckpt`` creates it), its missing
+    ancestors are created as ``mkdir -p`` does (concurrent writers, e.g. the shards of one
+    conversion into a fresh shared ``work/shard-NNNNN/``, all succeed) and the directory
+    itself is built in a temp sibling and renamed into place at once: it appears complete
+    or not at all, and one created meanwhile by someone else is never clobbered (a failed
+    run may leave the empty ancestors behind). ``require_index=False`` allows an
     output of sidecars alone (an empty shard). A full disk is an OutOfSpaceError, raised
     before any work when fewer than ``needed`` bytes are free.
     """
     dest = _abs(save_prefix)
     if not dest.name or dest.name in (".", ".."):
         raise ConfigError(f"checkpoint prefix {save_prefix} has no file name part; pass e.g. DIR/variables")
-    top = _missing_top(dest.parent)
-    if top is not None:
-        with atomic_output_dir(top, needed=needed) as tmp:
-            d = tmp / dest.parent.relative_to(top)
-            d.mkdir(parents=True, exist_ok=True)
-            yield str(d / dest.name)
+    if _missing_top(dest.parent) is not None:
+        try:
+            os.makedirs(dest.parent.parent, exist_ok=True)  # shared ancestors: no race between writers
+        except OSError as e:
+            raise ConfigError(f"cannot create {dest.parent.parent} for the checkpoint prefix {dest} "
+                              f"({e.strerror or e}); choose a writable path") from e
+        with atomic_output_dir(dest.parent, needed=needed) as tmp:  # this writer's own leaf: atomic
+            yield str(tmp / dest.name)
         return
     check_parent_writable(dest)
     if not overwrite and checkpoint_files(dest):

@@ -276,6 +276,10 @@ OFF = -1.0
 ORCHESTRATOR_THRESHOLDS = {k: OFF if v is None else v for k, v in THRESHOLDS.to_dict().items()}
 #: Parallel conversion tasks of the sharded refresh pipelines (KFP and Airflow).
 NUM_SHARDS = 4
+#: Default ``data_type`` of the orchestrated pipelines: the KFP pipelines and optimize components,
+#: the Airflow DAGs and LpoOptimizeOperator. INT8: the smallest model (they calibrate and gate it).
+#: The library API keeps :attr:`OptimizeOptions.data_type` (BF16: no calibration needed).
+PIPELINE_DATA_TYPE = "INT8"
 #: ``VALIDATE.batch_sizes`` as an orchestrator string param (``"1,64,512"``).
 BATCH_SIZES_TEXT = ",".join(str(b) for b in VALIDATE.batch_sizes)
 
@@ -289,7 +293,7 @@ class AirflowOptions:
     """
 
     root: str = "/data/lpo"
-    data_type: str = "INT8"
+    data_type: str = PIPELINE_DATA_TYPE
     calib_rows: int = CALIBRATE.num_rows
     max_auc_drop: float = THRESHOLDS.max_auc_drop
     max_abs_diff: float = ORCHESTRATOR_THRESHOLDS["max_abs_diff"]
@@ -621,7 +625,8 @@ __all__ = [
     "normalize_target", "CALIB_METHODS",
     "DATA_FORMATS", "PUBLISH_LAYOUTS", "AirflowOptions", "AIRFLOW", "DAG_PATHS", "airflow_root",
     "dag_path_default", "DEFAULT_TAGS", "DEFAULT_SIGNATURE", "OptimizeOptions", "CalibrateOptions", "Thresholds",
-    "ValidateOptions", "ProfileOptions", "PROFILE", "OPTIMIZE", "CALIBRATE", "THRESHOLDS", "VALIDATE", "OFF", "ORCHESTRATOR_THRESHOLDS", "NUM_SHARDS",
+    "ValidateOptions", "ProfileOptions", "PROFILE", "OPTIMIZE", "CALIBRATE", "THRESHOLDS", "VALIDATE", "OFF",
+    "ORCHESTRATOR_THRESHOLDS", "NUM_SHARDS", "PIPELINE_DATA_TYPE",
     "BATCH_SIZES_TEXT", "choice", "normalize_dtype",
     "AUTO", "AUTO_LADDERS", "AUTO_FASTER", "AutoOptions", "AUTO_OPTIONS", "normalize_auto_options",
     "NodeChoice", "VARIANT_SEP", "node_variants", "normalize_node_choice", "node_options",

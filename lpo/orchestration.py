@@ -94,28 +94,28 @@ def validation_metrics(report: dict) -> dict[str, float]:
     return {k.replace("/", "_").replace(" ", "_"): v for k, v in out.items()}
 
 
-def fp32_model_with_checkpoint(model_path: str, ckpt_prefix: str, out_dir: str) -> str:
+def fp32_model_with_checkpoint(model_path: str, ckpt_prefix: str, out_dir: str, *, overwrite: bool = False) -> str:
     """Write ``out_dir``: the FP32 SavedModel ``model_path`` with its variables from ``ckpt_prefix``.
 
     This is the reference a refreshed (optimized) model is validated against: the
     graph is unchanged by retraining, only the checkpoint is new. The V2 checkpoint
-    files are copied and renamed to ``variables/variables.*``.
+    files are copied and renamed to ``variables/variables.*``. ``out_dir`` is built in a
+    temporary sibling and renamed into place (:func:`lpo.fsutil.atomic_output_dir`); a
+    non-empty one is refused unless ``overwrite``.
     """
+    from lpo.fsutil import atomic_output_dir
+
     ckpt_dir, base = os.path.split(os.path.abspath(ckpt_prefix))
     files = [f for f in os.listdir(ckpt_dir) if f.startswith(base + ".")] if os.path.isdir(ckpt_dir) else []
     if not any(f.endswith(".index") for f in files):
         raise DataError(f"checkpoint {ckpt_prefix} not found (no {base}.index)")
-    os.makedirs(out_dir, exist_ok=True)
-    for name in os.listdir(model_path):
-        src = os.path.join(model_path, name)
-        if name == "variables":
-            continue
-        dst = os.path.join(out_dir, name)
-        (shutil.copytree if os.path.isdir(src) else shutil.copy2)(src, dst)
-    var_dir = os.path.join(out_dir, "variables")
-    os.makedirs(var_dir, exist_ok=True)
-    for f in files:
-        shutil.copy2(os.path.join(ckpt_dir, f), os.path.join(var_dir, "variables" + f[len(base):]))
+    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+        shutil.copytree(model_path, tmp, dirs_exist_ok=True, ignore=lambda d, names: (
+            ["variables"] if os.path.samefile(d, model_path) else []))
+        var_dir = os.path.join(tmp, "variables")
+        os.makedirs(var_dir)
+        for f in files:
+            shutil.copy2(os.path.join(ckpt_dir, f), os.path.join(var_dir, "variables" + f[len(base):]))
     log.info("Wrote FP32 reference %s (graph of %s, checkpoint %s)", out_dir, model_path, ckpt_prefix)
     return out_dir
 
@@ -261,14 +261,26 @@ def _discover(kind: str, path: Optional[str], event_path: Optional[str], root: O
         raise NothingToDo(f"{e}: {nothing}") from None
 
 
+def _same_path(a: Any, b: Any) -> bool:
+    return bool(a) and bool(b) and os.path.realpath(str(a)) == os.path.realpath(str(b))
+
+
 def find_retrain_inputs(*, path: Optional[str] = None, event_path: Optional[str] = None,
-                        root: Optional[str] = None, work_dir: str) -> dict:
+                        root: Optional[str] = None, serving_dir: Optional[str] = None, work_dir: str) -> dict:
     """Inputs of a retrain run: the FP32 model (``path`` > Asset event > newest under ``root``) and work paths.
 
-    Raises :class:`NothingToDo` when discovery finds no SavedModel.
+    Raises :class:`NothingToDo` when discovery finds no SavedModel, or when the model found
+    from an Asset event or as the newest is the one the model served from ``serving_dir`` was
+    made from (optimized, or refreshed since): re-optimizing it would replace a newer refresh
+    with an older checkpoint's weights. An explicit ``path`` is always optimized.
     """
     model, by = _discover("saved_model", path, event_path, root,
                           "nothing to optimize. Export a model there or pass model_path")
+    served = served_model(serving_dir) if serving_dir and by != "param" else None
+    if served is not None and _same_path(((read_publish_record(served) or {}).get("inputs") or {})
+                                         .get("fp32_model"), model):
+        raise NothingToDo(f"the FP32 model {model} is already served ({served}): nothing new. Pass model_path "
+                          "to optimize it again")
     return {"model_path": model, "found_by": by,
             **_work_paths(work_dir, {"calib_file": "calibration.npz", "optimized": "optimized",
                                      "report_dir": "report"})}
@@ -279,9 +291,10 @@ def find_refresh_inputs(*, path: Optional[str] = None, event_path: Optional[str]
                         training_root: Optional[str] = None, work_dir: str) -> dict:
     """Inputs of a refresh run: the checkpoint, the served model to refresh, its FP32 model, work paths.
 
-    The checkpoint is ``path`` > Asset event > the newest under ``root`` (nothing new if
-    the served model was made from it). The FP32 model is ``fp32_model`` > the one
-    recorded when the served model was published > the newest under ``training_root``.
+    The checkpoint is ``path`` > Asset event > the newest under ``root`` (an event's or the
+    newest checkpoint is nothing new when the served model was made from it). The FP32 model
+    is ``fp32_model`` > the one recorded when the served model was published > the newest
+    under ``training_root``.
     Raises :class:`NothingToDo` when nothing is served yet or no new checkpoint is found.
     """
     served = served_model(serving_dir)
@@ -291,8 +304,9 @@ def find_refresh_inputs(*, path: Optional[str] = None, event_path: Optional[str]
     inputs = record.get("inputs") or {}
     ckpt, by = _discover("checkpoint", path, event_path, root,
                          "nothing to refresh. Write a checkpoint there or pass ckpt_prefix")
-    if by == "newest" and inputs.get("ckpt_prefix") == ckpt:
-        raise NothingToDo(f"the newest checkpoint {ckpt} is already served ({served}): nothing new")
+    if by != "param" and _same_path(inputs.get("ckpt_prefix"), ckpt):
+        raise NothingToDo(f"the checkpoint {ckpt} is already served ({served}): nothing new. Pass ckpt_prefix "
+                          "to refresh it again")
     if fp32_model:
         fp32 = find_ready("saved_model", path=fp32_model)
     elif inputs.get("fp32_model") and is_saved_model(inputs["fp32_model"]):
@@ -302,7 +316,7 @@ def find_refresh_inputs(*, path: Optional[str] = None, event_path: Optional[str]
     else:
         raise DataError(f"no FP32 model to validate the refresh against: the served model {served} does not "
                         "record one; pass fp32_model (the SavedModel the served model was optimized from)")
-    return {"ckpt_prefix": ckpt, "found_by": by, "opt_model": served, "fp32_model": fp32,
+    return {"ckpt_prefix": ckpt, "found_by": by, "opt_model_path": served, "fp32_model": fp32,
             **_work_paths(work_dir, {"refreshed": "refreshed", "reference": "fp32_reference",
                                      "report_dir": "report"})}
 
@@ -392,6 +406,24 @@ def served_model(serving_dir: str) -> Optional[str]:
     return None
 
 
+def check_serving_dir(serving_dir: str) -> None:
+    """Raise ConfigError unless ``serving_dir`` is a writable directory, or can be created as one.
+
+    A missing ``serving_dir`` is created by publishing, but not its parent: a missing parent
+    is more likely a typo (or an unmounted volume) than a wish.
+    """
+    from lpo.fsutil import check_parent_writable
+
+    if not os.path.lexists(serving_dir):
+        check_parent_writable(serving_dir)
+    elif not os.path.isdir(serving_dir):
+        raise ConfigError(f"serving directory {serving_dir} exists and is not a directory; pass the directory "
+                          "the models are published into")
+    elif not os.access(serving_dir, os.W_OK | os.X_OK):
+        raise ConfigError(f"serving directory {serving_dir} is not writable; choose another one or fix its "
+                          "permissions")
+
+
 def publish_model(model_path: str, serving_dir: str, version: Any, *, layout: str = "current",
                   inputs: Optional[dict] = None) -> dict:
     """Publish ``model_path`` into ``serving_dir`` as ``version``; return a :class:`PublishResult` dict.
@@ -409,7 +441,8 @@ def publish_model(model_path: str, serving_dir: str, version: Any, *, layout: st
     the new one, complete, never neither. Publishing a version again with the same
     model is a no-op (an Airflow retry); with a different model it replaces the
     version in one atomic exchange (``current`` layout) or is refused
-    (``tf_serving``: a server does not reload a version it has loaded).
+    (``tf_serving``: a server does not reload a version it has loaded). ``serving_dir`` is
+    checked first (:func:`check_serving_dir`): a missing one is created, its parent is not.
     The published copy gets ``assets.extra/lpo_publish.json`` (source, checksum,
     ``inputs``, time), which refresh runs read to find what is served.
     """
@@ -421,6 +454,7 @@ def publish_model(model_path: str, serving_dir: str, version: Any, *, layout: st
         raise DataError(f"model to publish not found or not a complete SavedModel: {model_path}")
     version = _clean_version(version, layout)
     serving_dir = os.path.abspath(serving_dir)
+    check_serving_dir(serving_dir)
     dest = _version_dir(serving_dir, version, layout)
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     cleanup_stale_temps(dest)  # left by a killed publish

@@ -7,7 +7,8 @@ have no logical date: ``{{ ds }}``/``{{ ts_nodash }}`` are undefined there; use
 ``{{ dag_run.run_after | ts_nodash }}``). Arguments are checked in :meth:`execute`
 (after rendering), each operator returns a JSON-able dict (pushed to XCom as
 ``return_value``). A breached validation threshold or a bad input fails the task
-without retries (``AirflowFailException``); nothing to do skips it
+without retries: every ``execute`` maps an :class:`lpo.LpoError` (bad paths and numbers
+included) to ``AirflowFailException``; nothing to do skips it
 (``AirflowSkipException``). TensorFlow's native start-up noise is kept out of the
 task log (:func:`lpo.log.quiet_tensorflow`).
 """
@@ -22,6 +23,7 @@ from typing import Any, Optional, Sequence
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from lpo.errors import ConfigError, LpoError
 from lpo.options import AIRFLOW, AUTO_OPTIONS, CALIBRATE, OPTIMIZE, ORCHESTRATOR_THRESHOLDS, VALIDATE
 
 log = logging.getLogger(__name__)
@@ -81,12 +83,29 @@ def _quiet(execute):
     return wrapper
 
 
+def _fail_fast(execute):
+    """Map an :class:`lpo.LpoError` raised by ``execute`` to ``AirflowFailException``.
+
+    LpoErrors are deterministic (a bad input or option, a breached gate): a retry cannot help,
+    so the task fails at once with the error's one line.
+    """
+
+    @functools.wraps(execute)
+    def wrapper(self, context):
+        try:
+            return execute(self, context)
+        except LpoError as e:
+            raise AirflowFailException(f"{type(e).__name__}: {e}") from e
+
+    return wrapper
+
+
 def _path(name: str, value: Any, *, must_exist: bool = False) -> str:
     if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
-        raise ValueError(f"{name} must be a non-empty path, got {value!r}")
+        raise ConfigError(f"{name} must be a non-empty path, got {value!r}")
     value = os.fspath(value)
     if must_exist and not os.path.exists(value):
-        raise FileNotFoundError(f"{name} does not exist: {value}")
+        raise ConfigError(f"{name} does not exist: {value}")
     return value
 
 
@@ -94,10 +113,36 @@ def _int(name: str, value: Any, *, minimum: int = 1) -> int:
     try:
         number = int(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+        raise ConfigError(f"{name} must be an integer, got {value!r}") from None
     if number < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {number}")
+        raise ConfigError(f"{name} must be >= {minimum}, got {number}")
     return number
+
+
+def _make_parent(name: str, path: str) -> None:
+    """Create the missing parent directories of the output ``path`` (``mkdir -p``); ConfigError if impossible."""
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{name}: cannot create the directory {parent} ({e.strerror or e})") from None
+
+
+def _json_arg(name: str, value: Any) -> Any:
+    """A dict param given as a dict or a JSON string (``''``/None: None); ConfigError if not JSON."""
+    if not isinstance(value, str):
+        return value
+    if not value.strip():
+        return None
+    try:
+        return json.loads(value)
+    except ValueError as e:
+        raise ConfigError(f"{name} must be a JSON object, got {value!r} ({e})") from None
+
+
+def _jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON types (what XCom stores): paths, numpy numbers etc. become strings."""
+    return json.loads(json.dumps(obj, default=str))
 
 
 def _bool(value: Any) -> bool:
@@ -108,11 +153,6 @@ def _bool(value: Any) -> bool:
 
 def _opt(value: Any) -> Optional[str]:
     return None if value is None or (isinstance(value, str) and not value.strip()) else value
-
-
-def _lpo_error(exc: Exception) -> AirflowFailException:
-    # LpoErrors are deterministic (bad input, breached gate): retrying cannot help.
-    return AirflowFailException(f"{type(exc).__name__}: {exc}")
 
 
 class LpoCalibrateOperator(BaseOperator):
@@ -143,6 +183,7 @@ class LpoCalibrateOperator(BaseOperator):
         self.data_format = data_format
         self.overwrite = overwrite
 
+    @_fail_fast
     @_quiet
     def execute(self, context) -> dict:
         import lpo
@@ -151,14 +192,11 @@ class LpoCalibrateOperator(BaseOperator):
         model = _path("model_path", self.model_path, must_exist=True)
         save = _path("save_path", self.save_path)
         if not save.endswith(".npz"):
-            raise ValueError(f"save_path must end with .npz, got {save!r}")
-        os.makedirs(os.path.dirname(os.path.abspath(save)), exist_ok=True)
-        try:
-            result = lpo.make_calibration(source, save, model, num_rows=_int("num_rows", self.num_rows),
-                                          seed=_int("seed", self.seed, minimum=0),
-                                          format=_opt(self.data_format), overwrite=_bool(self.overwrite))
-        except lpo.LpoError as e:
-            raise _lpo_error(e) from e
+            raise ConfigError(f"save_path must end with .npz, got {save!r}")
+        _make_parent("save_path", save)
+        result = lpo.make_calibration(source, save, model, num_rows=_int("num_rows", self.num_rows),
+                                      seed=_int("seed", self.seed, minimum=0),
+                                      format=_opt(self.data_format), overwrite=_bool(self.overwrite))
         return result.to_dict()
 
 
@@ -168,7 +206,8 @@ class LpoOptimizeOperator(BaseOperator):
     Args:
         model_path: FP32 SavedModel (read only).
         save_path: output SavedModel directory.
-        data_type: ``BF16``, ``FP16`` or ``INT8``.
+        data_type: ``BF16``, ``FP16``, ``INT8``, ``INT4`` or ``AUTO`` (default: the pipelines' default,
+            :data:`lpo.options.PIPELINE_DATA_TYPE`).
         opt_config: ``{node: dtype}`` as a dict or JSON string; empty: every node gets ``data_type``.
         calib_file: calibration ``.npz`` (needed for static INT8 dense layers).
         embedding_scheme, dense_mode, int8_dense, calib_method: as in :func:`lpo.optimize`.
@@ -190,7 +229,7 @@ class LpoOptimizeOperator(BaseOperator):
                                       "report_dir")
     ui_color = "#dcebf7"
 
-    def __init__(self, *, model_path: str, save_path: str, data_type: str = OPTIMIZE.data_type,
+    def __init__(self, *, model_path: str, save_path: str, data_type: str = AIRFLOW.data_type,
                  opt_config: Any = None, calib_file: Optional[str] = None,
                  embedding_scheme: str = OPTIMIZE.embedding_scheme, dense_mode: str = OPTIMIZE.dense_mode,
                  int8_dense: str = OPTIMIZE.int8_dense, calib_method: str = OPTIMIZE.calib_method,
@@ -214,6 +253,7 @@ class LpoOptimizeOperator(BaseOperator):
         self.target = target
         self.overwrite = overwrite
 
+    @_fail_fast
     @_quiet
     def execute(self, context) -> dict:
         import lpo
@@ -223,32 +263,27 @@ class LpoOptimizeOperator(BaseOperator):
         calib = _opt(self.calib_file)
         if calib is not None:
             calib = _path("calib_file", calib, must_exist=True)
-        os.makedirs(os.path.dirname(os.path.abspath(save)), exist_ok=True)
+        _make_parent("save_path", save)
         auto = {}
         if str(self.data_type).strip().upper() == "AUTO":
-            options = self.auto_options
-            if isinstance(options, str):
-                options = json.loads(options) if options.strip() else None
+            options = _json_arg("auto_options", self.auto_options)
             try:
                 budget = float(self.max_auc_drop)
             except (TypeError, ValueError):
-                raise ValueError(f"max_auc_drop must be a number, got {self.max_auc_drop!r}") from None
+                raise ConfigError(f"max_auc_drop must be a number, got {self.max_auc_drop!r}") from None
             auto = {"eval_file": _path("eval_file", self.eval_file, must_exist=True), "max_auc_drop": budget,
                     "auto_options": options, "report_dir": _opt(self.report_dir)}
-        try:
-            result = lpo.optimize(
-                model, save, opt_config=self.opt_config or None, data_type=self.data_type,
-                calib_file=calib, overwrite=_bool(self.overwrite), embedding_scheme=self.embedding_scheme,
-                dense_mode=self.dense_mode, int8_dense=self.int8_dense, calib_method=self.calib_method,
-                target=self.target or None, quiet=True, **auto)
-        except lpo.LpoError as e:
-            raise _lpo_error(e) from e
+        result = lpo.optimize(
+            model, save, opt_config=self.opt_config or None, data_type=self.data_type,
+            calib_file=calib, overwrite=_bool(self.overwrite), embedding_scheme=self.embedding_scheme,
+            dense_mode=self.dense_mode, int8_dense=self.int8_dense, calib_method=self.calib_method,
+            target=self.target or None, quiet=True, **auto)
         out = result.to_dict()
         if out.get("auto"):
             from lpo.orchestration import auto_summary
 
             out["auto"] = auto_summary(out["auto"])
-        return json.loads(json.dumps(out, default=str))
+        return _jsonable(out)
 
 
 class LpoValidateOperator(BaseOperator):
@@ -294,6 +329,7 @@ class LpoValidateOperator(BaseOperator):
         self.batch_sizes = batch_sizes
         self.max_rows = max_rows
 
+    @_fail_fast
     @_quiet
     def execute(self, context) -> dict:
         import lpo
@@ -306,20 +342,17 @@ class LpoValidateOperator(BaseOperator):
         report_dir = _opt(self.report_dir)
         max_rows = _opt(self.max_rows)
         max_rows = _int("max_rows", max_rows, minimum=0) or None if max_rows is not None else None
-        try:
-            report = lpo.validate(
-                original, optimized, data, max_auc_drop=optional_threshold(self.max_auc_drop),
-                max_abs_diff=optional_threshold(self.max_abs_diff),
-                max_latency_ratio=optional_threshold(self.max_latency_ratio),
-                min_size_reduction=optional_threshold(self.min_size_reduction),
-                iters=_int("iters", self.iters), batch_sizes=self.batch_sizes,
-                max_rows=max_rows, report_dir=report_dir, raise_on_fail=False)
-        except lpo.LpoError as e:
-            raise _lpo_error(e) from e
+        report = lpo.validate(
+            original, optimized, data, max_auc_drop=optional_threshold(self.max_auc_drop),
+            max_abs_diff=optional_threshold(self.max_abs_diff),
+            max_latency_ratio=optional_threshold(self.max_latency_ratio),
+            min_size_reduction=optional_threshold(self.min_size_reduction),
+            iters=_int("iters", self.iters), batch_sizes=self.batch_sizes,
+            max_rows=max_rows, report_dir=report_dir, raise_on_fail=False)
         out = {"passed": bool(report.passed), "summary": report.summary(),
                "metrics": validation_metrics(report.to_dict()),
                "report_files": dict(report.report_files or {}),
-               "runtime": json.loads(json.dumps(report.runtime or {}, default=str))}
+               "runtime": _jsonable(report.runtime or {})}
         if not report.passed:
             ti = context.get("ti") if hasattr(context, "get") else None
             if ti is not None:
@@ -356,32 +389,27 @@ class LpoRefreshOperator(BaseOperator):
         self.reference_path = reference_path
         self.overwrite = overwrite
 
+    @_fail_fast
     @_quiet
     def execute(self, context) -> dict:
-        import shutil
-
         import lpo
         from lpo.orchestration import fp32_model_with_checkpoint
 
         opt_model = _path("opt_model_path", self.opt_model_path, must_exist=True)
         ckpt = _path("ckpt_prefix", self.ckpt_prefix)
         if not os.path.exists(ckpt + ".index"):
-            raise FileNotFoundError(f"checkpoint not found: {ckpt}.index")
+            raise ConfigError(f"ckpt_prefix: checkpoint not found ({ckpt}.index does not exist)")
         save = _path("save_path", self.save_path)
         fp32, ref = _opt(self.fp32_model_path), _opt(self.reference_path)
         if (fp32 is None) != (ref is None):
-            raise ValueError("fp32_model_path and reference_path go together")
-        os.makedirs(os.path.dirname(os.path.abspath(save)), exist_ok=True)
-        try:
-            result = lpo.refresh(opt_model, ckpt, save, overwrite=_bool(self.overwrite), quiet=True)
-        except lpo.LpoError as e:
-            raise _lpo_error(e) from e
-        out = json.loads(json.dumps(result.to_dict(), default=str))
+            raise ConfigError("fp32_model_path and reference_path go together")
+        _make_parent("save_path", save)
+        result = lpo.refresh(opt_model, ckpt, save, overwrite=_bool(self.overwrite), quiet=True)
+        out = _jsonable(result.to_dict())
         if fp32 is not None:
-            if os.path.exists(ref):
-                shutil.rmtree(ref)
+            _make_parent("reference_path", ref)
             out["reference_path"] = fp32_model_with_checkpoint(_path("fp32_model_path", fp32, must_exist=True),
-                                                               ckpt, ref)
+                                                               ckpt, ref, overwrite=_bool(self.overwrite))
         return out
 
 
@@ -413,21 +441,19 @@ class LpoPublishOperator(BaseOperator):
         self.layout = layout
         self.inputs = inputs
 
+    @_fail_fast
     def execute(self, context) -> dict:
-        import lpo
         from lpo.orchestration import publish_model
 
         model = _path("model_path", self.model_path, must_exist=True)
         serving = _path("serving_dir", self.serving_dir)
+        _make_parent("serving_dir", serving)  # the DAGs' <root>/serving/<name> on a fresh root
         version = str(self.version).strip() if self.version is not None else ""
         if not version:
             version = _run_key(context)
-        inputs = json.loads(self.inputs) if isinstance(self.inputs, str) and self.inputs.strip() else self.inputs
-        try:
-            out = publish_model(model, serving, version, layout=self.layout or "current",
-                                inputs=inputs if isinstance(inputs, dict) else None)
-        except lpo.LpoError as e:
-            raise _lpo_error(e) from e
+        inputs = _json_arg("inputs", self.inputs)
+        out = publish_model(model, serving, version, layout=self.layout or "current",
+                            inputs=inputs if isinstance(inputs, dict) else None)
         _emit_outlet_events(self, context, {"path": out["published"], "version": out["version"]})
         return out
 
@@ -502,8 +528,8 @@ class LpoFindInputsOperator(BaseOperator):
         self.training_root = training_root
         self.version = version
 
+    @_fail_fast
     def execute(self, context) -> dict:
-        import lpo
         from lpo import orchestration as orch
 
         key = _run_key(context)
@@ -512,19 +538,18 @@ class LpoFindInputsOperator(BaseOperator):
         try:
             if self.pipeline == "retrain":
                 found = orch.find_retrain_inputs(path=_opt(self.path), event_path=_event_path(context),
-                                                 root=_opt(self.root), work_dir=work)
+                                                 root=_opt(self.root), serving_dir=_opt(self.serving_dir),
+                                                 work_dir=work)
             elif self.pipeline == "refresh":
                 found = orch.find_refresh_inputs(
                     path=_opt(self.path), event_path=_event_path(context), root=_opt(self.root),
                     serving_dir=_path("serving_dir", self.serving_dir), fp32_model=_opt(self.fp32_model),
                     training_root=_opt(self.training_root), work_dir=work)
             else:
-                raise ValueError(f"pipeline must be 'retrain' or 'refresh', got {self.pipeline!r}")
+                raise ConfigError(f"pipeline must be 'retrain' or 'refresh', got {self.pipeline!r}")
         except orch.NothingToDo as e:
             log.info("Nothing to do, skipping this run: %s", e)
             raise AirflowSkipException(str(e)) from None
-        except lpo.LpoError as e:
-            raise _lpo_error(e) from e
         found["run_key"] = key
         found["version"] = str(self.version).strip() if _opt(self.version) is not None else key
         log.info("Inputs (%s): %s", found["found_by"], json.dumps(found, sort_keys=True))
@@ -553,8 +578,8 @@ class LpoMarkReadyOperator(BaseOperator):
         self.path = path
         self.root = root
 
+    @_fail_fast
     def execute(self, context) -> dict:
-        import lpo
         from lpo import orchestration as orch
 
         try:
@@ -562,14 +587,9 @@ class LpoMarkReadyOperator(BaseOperator):
         except orch.NothingToDo as e:
             log.info("Nothing to mark ready: %s", e)
             raise AirflowSkipException(str(e)) from None
-        except lpo.LpoError as e:
-            raise _lpo_error(e) from e
         _emit_outlet_events(self, context, {"path": found})
         log.info("Marked %s ready: %s", self.kind, found)
         return {"kind": self.kind, "path": found}
-        if not str(self.version).strip():
-            raise ValueError("version must be non-empty")
-        return publish_model(model, serving, str(self.version))
 
 
 def _shard_prefix(work_dir: str, shard: int) -> str:
@@ -602,6 +622,7 @@ class LpoConvertShardOperator(BaseOperator):
         self.shard = shard
         self.num_shards = num_shards
 
+    @_fail_fast
     @_quiet
     def execute(self, context) -> dict:
         import lpo
@@ -611,11 +632,8 @@ class LpoConvertShardOperator(BaseOperator):
         work = _path("work_dir", self.work_dir)
         n = _int("num_shards", self.num_shards)
         i = _int("shard", self.shard, minimum=0)
-        try:
-            result = lpo.convert_ckpt(ckpt, _shard_prefix(work, i), opt_model, shard=i, num_shards=n, quiet=True)
-        except lpo.LpoError as e:
-            raise _lpo_error(e) from e
-        return json.loads(json.dumps(result.to_dict(), default=str))
+        result = lpo.convert_ckpt(ckpt, _shard_prefix(work, i), opt_model, shard=i, num_shards=n, quiet=True)
+        return _jsonable(result.to_dict())
 
 
 class LpoMergeCkptOperator(BaseOperator):
@@ -642,6 +660,7 @@ class LpoMergeCkptOperator(BaseOperator):
         self.save_prefix = save_prefix
         self.overwrite = overwrite
 
+    @_fail_fast
     @_quiet
     def execute(self, context) -> dict:
         import lpo
@@ -649,9 +668,6 @@ class LpoMergeCkptOperator(BaseOperator):
         work = _path("work_dir", self.work_dir, must_exist=True)
         n = _int("num_shards", self.num_shards)
         save = _path("save_prefix", self.save_prefix)
-        try:
-            result = lpo.merge_ckpt([_shard_prefix(work, i) for i in range(n)], save,
-                                    overwrite=_bool(self.overwrite))
-        except lpo.LpoError as e:
-            raise _lpo_error(e) from e
-        return json.loads(json.dumps(result.to_dict(), default=str))
+        result = lpo.merge_ckpt([_shard_prefix(work, i) for i in range(n)], save,
+                                overwrite=_bool(self.overwrite))
+        return _jsonable(result.to_dict())

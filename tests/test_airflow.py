@@ -66,7 +66,8 @@ def _run(airflow_env, dag_file, dag_id, conf, logical_date=None):
 
 @pytest.fixture(scope="session")
 def described(airflow_home):
-    names = ("lpo_retrain_dag.py", "lpo_refresh_dag.py", "lpo_ready_dags.py", "lpo_retrain_k8s_dag.py")
+    names = ("lpo_retrain_dag.py", "lpo_refresh_dag.py", "lpo_ready_dags.py", "lpo_retrain_k8s_dag.py",
+             "lpo_sharded_refresh_dag.py")
     return _runner(_base_env(airflow_home), "describe", *[str(airflow_home / "dags" / n) for n in names],
                    timeout=300)
 
@@ -97,6 +98,67 @@ def test_provider_info_and_operators():
     assert {"path", "root", "work_root"} <= set(LpoFindInputsOperator.template_fields)
     with pytest.raises(TypeError):
         LpoOptimizeOperator("t", "m", "s")  # keyword-only
+
+
+def _fails_without_retry(op, match):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with pytest.raises(AirflowFailException, match=match) as ei:
+        op.execute({})
+    return ei.value
+
+
+def test_bad_operator_inputs_fail_without_retry(tmp_path):
+    """A bad path, number or JSON is an LpoError mapped to AirflowFailException (no retry), one line."""
+    from lpo.operators.operators import (
+        LpoConvertShardOperator, LpoMergeCkptOperator, LpoOptimizeOperator, LpoPublishOperator, LpoRefreshOperator,
+    )
+
+    model = tmp_path / "model"
+    model.mkdir()
+    shard = {"task_id": "s", "opt_model_path": str(model), "ckpt_prefix": str(tmp_path / "ck"),
+             "work_dir": str(tmp_path / "w"), "shard": 0, "num_shards": 2}
+    err = _fails_without_retry(LpoConvertShardOperator(**dict(shard, opt_model_path="")),
+                               "ConfigError: opt_model_path must be a non-empty path")
+    assert "\n" not in str(err)
+    _fails_without_retry(LpoConvertShardOperator(**dict(shard, opt_model_path=str(tmp_path / "nope"))),
+                         "opt_model_path does not exist")
+    _fails_without_retry(LpoConvertShardOperator(**dict(shard, num_shards="two")), "num_shards must be an integer")
+    _fails_without_retry(LpoConvertShardOperator(**dict(shard, shard=-1)), "shard must be >= 0")
+    _fails_without_retry(LpoMergeCkptOperator(task_id="m", work_dir=str(tmp_path / "nope"), num_shards=2,
+                                              save_prefix=str(tmp_path / "m" / "v")), "work_dir does not exist")
+    _fails_without_retry(LpoRefreshOperator(task_id="r", opt_model_path=str(model), ckpt_prefix=str(tmp_path / "ck"),
+                                            save_path=str(tmp_path / "out")), "ckpt_prefix: checkpoint not found")
+    _fails_without_retry(LpoOptimizeOperator(task_id="o", model_path=str(model), save_path=str(tmp_path / "o"),
+                                             data_type="AUTO", auto_options="{not json",
+                                             eval_file=str(model)), "auto_options must be a JSON object")
+    _fails_without_retry(LpoPublishOperator(task_id="p", model_path=str(model), serving_dir=str(tmp_path / "s"),
+                                            version="1", inputs="[oops"), "inputs must be a JSON object")
+    (tmp_path / "afile").write_text("x")
+    _fails_without_retry(LpoPublishOperator(task_id="p", model_path=str(model),
+                                            serving_dir=str(tmp_path / "afile" / "serving"), version="1"),
+                         "serving_dir: cannot create the directory")
+    # an LpoError from the library (not a SavedModel) is mapped the same way
+    _fails_without_retry(LpoPublishOperator(task_id="p", model_path=str(model), serving_dir=str(tmp_path / "s"),
+                                            version="1"), "DataError: model to publish not found")
+    assert not (tmp_path / "w").exists() and not (tmp_path / "o").exists()
+
+
+def test_the_optimized_model_param_has_one_name_everywhere():
+    """``opt_model_path``: the API's parameter, the KFP sharded pipeline's, the operators' and the DAG's."""
+    import inspect
+
+    import lpo
+    from lpo.components.pipelines import sharded_refresh_pipeline
+    from lpo.operators.operators import LpoConvertShardOperator, LpoRefreshOperator
+
+    for fn in (lpo.convert_ckpt, lpo.refresh):
+        assert "opt_model_path" in inspect.signature(fn).parameters
+    assert "opt_model_path" in sharded_refresh_pipeline.component_spec.inputs
+    for op in (LpoConvertShardOperator, LpoRefreshOperator):
+        assert "opt_model_path" in op.template_fields
+    dag = open(os.path.join(DAGS, "lpo_sharded_refresh_dag.py"), encoding="utf-8").read()
+    assert '"opt_model_path": Param(' in dag and "params.opt_model " not in dag and '"opt_model"' not in dag
 
 
 @pytest.mark.slow
@@ -140,6 +202,23 @@ def test_readme_parameter_tables_match_the_code(airflow_home):
     readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
     for name in ("model_path", "ckpt_prefix", "calib_rows", "validate_batch_sizes", "max_abs_diff"):
         assert f"| `{name}` |" in readme
+
+
+@pytest.mark.slow
+def test_readme_has_an_example_conf_for_every_dag_with_real_params(described):
+    """README "Parameters": one ``airflow dags trigger DAG --conf '{...}'`` per DAG, each key a param of it."""
+    import re
+
+    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    section = readme.split("\n### Parameters", 1)[1].split("<!-- params:begin -->", 1)[0]
+    examples = dict(re.findall(r"^airflow dags trigger (\S+) --conf '(\{.*\})'$", section, flags=re.M))
+    dag_ids = {n for f in os.listdir(DAGS) if f.endswith(".py")
+               for n in re.findall(r'dag_id="(lpo_\w+)"', open(os.path.join(DAGS, f)).read())}
+    dag_ids |= {"lpo_model_ready", "lpo_checkpoint_ready"}  # defined in a loop
+    assert set(examples) == dag_ids, (sorted(examples), sorted(dag_ids))
+    for dag_id, conf in examples.items():
+        if dag_id in described:  # lpo_retrain_k8s only where its provider is installed
+            assert set(json.loads(conf)) <= set(described[dag_id]["params"]), dag_id
 
 
 @pytest.mark.slow
@@ -233,7 +312,7 @@ def test_sharded_refresh_dag_maps_shards_and_merges(airflow_env, served, sample_
     opt = os.path.realpath(served / "current")
     ckpt = perturb_checkpoint(sample_resource.model_path, str(tmp_path / "ckpts" / "model.ckpt-100"))
     work = tmp_path / "work"
-    conf = {"opt_model": opt, "ckpt_prefix": ckpt, "work_dir": str(work), "num_shards": 3}
+    conf = {"opt_model_path": opt, "ckpt_prefix": ckpt, "work_dir": str(work), "num_shards": 3}
     out = _run(airflow_env, "lpo_sharded_refresh_dag.py", "lpo_sharded_refresh", conf)
     assert out["state"] == "success", out
     assert out["tasks"]["merge"] == "success" and out["tasks"]["refresh"] == "success"

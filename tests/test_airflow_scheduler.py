@@ -2,14 +2,16 @@
 
 A real api-server, scheduler and dag-processor (LocalExecutor, SQLite) in a temporary
 AIRFLOW_HOME on free loopback ports (tests/real_airflow.py), stopped by process group
-also when the test fails. The two ``bash`` blocks of README "Try it on a local Airflow"
+also when the test fails. The three demo ``bash`` blocks of README "Try it on a local Airflow"
 run verbatim, with ``DEMO`` pointed at a temporary directory:
 
 1. manual ``airflow dags trigger lpo_retrain`` (no logical date) publishes a model that
    loads and serves; a second run whose gate cannot pass fails at validate and publishes
    nothing; unpausing started no run;
 2. a "retrained" checkpoint marked ready through ``lpo_checkpoint_ready`` emits the Asset
-   event that starts ``lpo_refresh``, which publishes a refreshed model.
+   event that starts ``lpo_refresh``, which publishes a refreshed model;
+3. ``lpo_sharded_refresh`` of the served model with that checkpoint gives the refreshed model,
+   and a retrain with ``layout: tf_serving`` publishes ``<serving_dir>/<version>/saved_model.pb``.
 
 Task logs carry no TensorFlow start-up noise and no error-level lines in successful tasks.
 """
@@ -35,12 +37,23 @@ pytestmark = [pytest.mark.real_scheduler, pytest.mark.slow]
 
 
 def readme_blocks() -> list[str]:
-    """The ``bash`` blocks of the README section "Try it on a local Airflow"."""
+    """The demo ``bash`` blocks of the README section "Try it on a local Airflow".
+
+    The section has five: start a local Airflow, retrain, refresh, sharded refresh + TF Serving
+    layout, stop. The test starts and stops its own Airflow (tests/real_airflow.py) and runs
+    the three demo blocks; the start block's settings are checked against the helper's.
+    """
     text = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
     section = text.split("### Try it on a local Airflow", 1)[1].split("\n### ", 1)[0]
     blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
-    assert len(blocks) == 2, "README's Airflow walkthrough must have two bash blocks"
-    return blocks
+    assert len(blocks) == 5, "README's Airflow walkthrough must have five bash blocks"
+    start, *demo, stop = blocks
+    for setting in ("mkdir -p \"$AIRFLOW_HOME/dags\"", "AIRFLOW__API__PORT", "AIRFLOW__API__BASE_URL",
+                    "AIRFLOW__CORE__LOAD_EXAMPLES=False", "AIRFLOW__CORE__PARALLELISM", "setsid",
+                    "airflow dags list-import-errors"):
+        assert setting in start, setting
+    assert "kill -TERM -- -\"$PGID\"" in stop and "pgrep -s" in stop
+    return demo
 
 
 def _predict(model, sample, rows=2000):
@@ -64,7 +77,7 @@ def _check_logs(af, dag_id, run_id, tasks):
 
 
 def test_readme_walkthrough_under_real_scheduler(tmp_path, sample_resource):
-    block1, block2 = readme_blocks()
+    block1, block2, block3 = readme_blocks()
     assert "export DEMO=" in block1
     demo = tmp_path / "demo"
     block1 = re.sub(r"^export DEMO=\S+", f"export DEMO={demo}", block1, count=1, flags=re.M)
@@ -120,5 +133,16 @@ def test_readme_walkthrough_under_real_scheduler(tmp_path, sample_resource):
         refreshed = _predict(serving / "current", sample_resource)
         assert not np.allclose(refreshed, served)
         assert np.mean(np.abs(refreshed - served)) < 0.05
+
+        # a sharded refresh of the served model, and the export published in TF Serving's layout
+        proc = af.shell(block3)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        (sharded,) = af.wait_runs("lpo_sharded_refresh", 1, timeout=900)
+        assert sharded["state"] == "success", (sharded, af.tasks("lpo_sharded_refresh", sharded["run_id"]))
+        tfs_run = af.wait_runs("lpo_retrain", 3, timeout=900)[-1]
+        assert tfs_run["state"] == "success", (tfs_run, af.tasks("lpo_retrain", tfs_run["run_id"]))
+        (version,) = os.listdir(demo / "serving" / "tfs")
+        assert re.fullmatch(r"\d{14}", version) and (demo / "serving" / "tfs" / version / "saved_model.pb").is_file()
+        assert np.allclose(_predict(demo / "work" / "sharded" / "refreshed", sample_resource), refreshed, atol=1e-6)
     for proc in af.procs.values():
         assert proc.poll() is not None

@@ -339,3 +339,65 @@ def test_tree_checksum(tmp_path):
     assert tree_checksum(f) == tree_checksum(f)
     with pytest.raises(FileNotFoundError):
         tree_checksum(tmp_path / "nope")
+
+
+CKPT_CHILD = """
+    import sys
+    from lpo.fsutil import atomic_checkpoint
+    with atomic_checkpoint(sys.argv[1]) as tmp:
+        for suffix in (".data-00000-of-00001", ".index"):
+            open(tmp + suffix, "w").write(sys.argv[1])
+        print("ready", flush=True)
+        sys.stdin.readline()  # every writer is inside its block before any commits
+    print("done", flush=True)
+"""
+
+
+def test_concurrent_checkpoints_into_a_fresh_shared_directory_all_succeed(tmp_path):
+    """Shards starting together into a missing ``work/`` (a ParallelFor on a fresh volume) all land.
+
+    Each writer creates the shared ancestors as ``mkdir -p`` does and builds only its own
+    leaf ``shard-NNNNN/`` atomically; none finds the shared directory "already existing".
+    """
+    prefixes = [tmp_path / "vol" / "work" / f"shard-{i:05d}" / "variables" for i in range(4)]
+    procs = []
+    try:
+        for p in prefixes:
+            proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(CKPT_CHILD), str(p)],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+            procs.append(proc)
+        for proc in procs:
+            assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+        assert not (tmp_path / "vol" / "work" / "shard-00000").exists()  # nothing committed yet
+        outs = [proc.communicate("go\n", timeout=60) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert [proc.returncode for proc in procs] == [0] * len(procs), [err for _out, err in outs]
+    work = tmp_path / "vol" / "work"
+    assert sorted(os.listdir(work)) == [f"shard-{i:05d}" for i in range(4)]  # no temp left behind
+    for p in prefixes:
+        assert sorted(os.listdir(p.parent)) == ["variables.data-00000-of-00001", "variables.index"]
+        assert (p.parent / "variables.index").read_text() == str(p)
+
+
+def test_checkpoint_into_a_new_directory_is_atomic_at_its_leaf(tmp_path):
+    """A failure leaves no leaf directory (only the empty ancestors ``mkdir -p`` made); a file in the way is refused."""
+    from lpo.fsutil import atomic_checkpoint
+
+    prefix = tmp_path / "a" / "b" / "leaf" / "variables"
+    with pytest.raises(RuntimeError):
+        with atomic_checkpoint(prefix) as tmp:
+            open(tmp + ".index", "w").write("x")
+            raise RuntimeError("boom")
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["a", "a/b"]
+    with atomic_checkpoint(prefix) as tmp:
+        open(tmp + ".index", "w").write("x")
+    assert sorted(os.listdir(prefix.parent)) == ["variables.index"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="not a directory"):
+        with atomic_checkpoint(tmp_path / "file" / "sub" / "leaf" / "variables"):
+            pass

@@ -16,6 +16,7 @@ yaml = pytest.importorskip("yaml")
 from kfp import compiler  # noqa: E402
 
 from lpo.components.image import LPO_IMAGE  # noqa: E402
+from lpo.options import AIRFLOW, PIPELINE_DATA_TYPE  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*non-Python base image.*:RuntimeWarning")
 VALIDATE_FAST = {"validate_iters": 2, "validate_batch_sizes": "64", "validate_max_rows": 4000}
@@ -44,7 +45,7 @@ def test_pipelines_compile_to_ir(tmp_path):
     for name in ("model_uri", "calib_source", "heldout_data", "data_type", "opt_config", "max_auc_drop",
                  "max_abs_diff", "max_latency_ratio", "min_size_reduction"):
         assert name in params, name
-    assert params["data_type"]["defaultValue"] == "BF16"
+    assert params["data_type"]["defaultValue"] == PIPELINE_DATA_TYPE == AIRFLOW.data_type  # one default
     assert params["target"]["defaultValue"] == "host"
     tasks = opt["root"]["dag"]["tasks"]
     assert {"calibrate", "optimize", "validate"} <= set(tasks)

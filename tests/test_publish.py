@@ -117,6 +117,49 @@ def test_publish_refuses_bad_input(tmp_path, models):
         publish_model(str(a), str(tmp_path / "s"), "  ")
 
 
+def test_publish_checks_the_serving_directory_up_front(tmp_path, models):
+    """A file, a missing parent or a read-only directory: ConfigError before anything is copied."""
+    a = models[0]
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match="exists and is not a directory"):
+        publish_model(str(a), str(tmp_path / "afile"), "1")
+    with pytest.raises(ConfigError, match="not a directory"):
+        publish_model(str(a), str(tmp_path / "afile" / "serving"), "1")
+    with pytest.raises(ConfigError, match="does not exist"):
+        publish_model(str(a), str(tmp_path / "no" / "such" / "serving"), "1")
+    assert not (tmp_path / "no").exists()
+    out = publish_model(str(a), str(tmp_path / "serving"), "1")  # a missing serving_dir itself is created
+    assert out["published"] == str(tmp_path / "serving" / "versions" / "1")
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        try:
+            with pytest.raises(ConfigError, match="not writable"):
+                publish_model(str(a), str(ro), "1")
+            with pytest.raises(ConfigError, match="not writable"):
+                publish_model(str(a), str(ro / "serving"), "1")
+        finally:
+            ro.chmod(0o755)
+
+
+def _lpo(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, "-m", "lpo", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("where,match", [("afile", "is not a directory"),
+                                         ("afile/serving", "not a directory"),
+                                         ("missing/serving", "does not exist")])
+def test_cli_publish_bad_serving_dir_is_one_line_exit_2(tmp_path, models, where, match):
+    (tmp_path / "afile").write_text("x")
+    r = _lpo("publish", str(models[0]), str(tmp_path / where), "--version", "1")
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and match in lines[0] and "Traceback" not in r.stderr, r.stderr
+    assert (tmp_path / "afile").read_text() == "x" and not (tmp_path / "missing").exists()
+
+
 def test_exchange_swaps_directories(tmp_path):
     x, y = tmp_path / "x", tmp_path / "y"
     x.mkdir()
@@ -313,3 +356,29 @@ def test_run_key():
     assert run_key(when) == "20250102010405"
     assert run_key("2025-01-02T03:04:05+00:00") == "20250102030405"
     assert len(run_key()) == 14
+
+
+def test_an_export_or_checkpoint_already_served_is_nothing_new(tmp_path, models):
+    """Retrain (like refresh) skips an input found by an Asset event or as the newest that is already served.
+
+    The served model was optimized from ``20250102`` and then refreshed with ``run1``: a retrain
+    of ``20250102`` would replace that refresh with the older weights. An explicit path always runs.
+    """
+    from lpo.orchestration import NothingToDo, find_refresh_inputs, find_retrain_inputs
+
+    training, serving, work = tmp_path / "training", str(tmp_path / "serving"), str(tmp_path / "work")
+    export = str(fake_model(training / "20250102" / "saved_model", "fp32"))
+    ckpt = _ckpt(tmp_path / "ckpts" / "run1" / "model.ckpt-100")
+    publish_model(str(models[0]), serving, "20250103000000", inputs={"fp32_model": export, "ckpt_prefix": ckpt})
+    for kw in ({"root": str(training)}, {"event_path": export}):
+        with pytest.raises(NothingToDo, match="already served"):
+            find_retrain_inputs(serving_dir=serving, work_dir=work, **kw)
+        with pytest.raises(NothingToDo, match="already served"):
+            find_refresh_inputs(serving_dir=serving, work_dir=work,
+                                **({"root": str(tmp_path / "ckpts")} if "root" in kw else {"event_path": ckpt}))
+    assert find_retrain_inputs(path=export, serving_dir=serving, work_dir=work)["found_by"] == "param"
+    assert find_refresh_inputs(path=ckpt, serving_dir=serving, work_dir=work)["opt_model_path"] == \
+        str(tmp_path / "serving" / "versions" / "20250103000000")
+    assert find_retrain_inputs(root=str(training), work_dir=work)["model_path"] == export  # nothing served there
+    newer = str(fake_model(training / "20250110" / "saved_model", "fp32-2"))
+    assert find_retrain_inputs(root=str(training), serving_dir=serving, work_dir=work)["model_path"] == newer

@@ -124,12 +124,56 @@ def test_convert_ckpt_creates_a_missing_directory_as_the_parent_tool_does(sample
     (root / "afile").write_text("x")
     with pytest.raises(ConfigError, match="not a directory"):
         lpo.convert_ckpt(src, str(root / "afile" / "sub" / "variables"), opt, quiet=True)
-    # a failed conversion into a new directory leaves no directory behind
+    # a failed conversion into a new directory leaves no file and no leaf directory behind (the
+    # ancestors are made as `mkdir -p` does, so that concurrent shards can share them)
     bad = work / "newdir-bad"
     bad.mkdir()
     with pytest.raises(CheckpointError):
         lpo.convert_ckpt(str(bad / "no-such-ckpt"), str(bad / "a" / "b" / "variables"), opt, quiet=True)
-    assert listing(bad) == [] and os.listdir(bad) == []
+    assert listing(bad) == [] and os.listdir(bad / "a") == []
+
+
+SHARD_PROCESS = """
+import json, os, sys, time
+import lpo
+src, prefix, opt, shard, num_shards, barrier = sys.argv[1:]
+open(os.path.join(barrier, shard), "w").close()
+deadline = time.time() + 300
+while len(os.listdir(barrier)) < int(num_shards) and time.time() < deadline:  # start together
+    time.sleep(0.005)
+res = lpo.convert_ckpt(src, prefix, opt, shard=int(shard), num_shards=int(num_shards), quiet=True)
+print(json.dumps(res.to_dict()))
+"""
+
+
+def test_concurrent_shard_processes_into_a_fresh_shared_directory(sample_resource, work, optimized):
+    """Shards run as separate processes, released together, into a ``work/`` that does not exist yet.
+
+    As the ParallelFor of the KFP pipeline or the mapped Airflow tasks on a fresh volume:
+    every shard succeeds and the merge equals the unsharded conversion.
+    """
+    opt = optimized(sample_resource, data_type="INT8", int8_dense="weight_only")
+    src = os.path.join(sample_resource.model_path, "variables", "variables")
+    d, n = work / "concurrent", 3
+    barrier = d / "barrier"
+    barrier.mkdir(parents=True)
+    prefixes = [str(d / "volume" / "work" / f"shard-{i:05d}" / "variables") for i in range(n)]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    procs = [subprocess.Popen([sys.executable, "-c", SHARD_PROCESS, src, p, opt, str(i), str(n), str(barrier)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for i, p in enumerate(prefixes)]
+    try:
+        outs = [proc.communicate(timeout=600) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert [p.returncode for p in procs] == [0] * n, [err[-2000:] for _out, err in outs]
+    assert [json.loads(out)["shard"] for out, _err in outs] == list(range(n))
+    assert sorted(os.listdir(d / "volume" / "work")) == [f"shard-{i:05d}" for i in range(n)]
+    merged = lpo.merge_ckpt(prefixes, str(d / "volume" / "merged" / "variables"))
+    assert tensors(merged.save_prefix) == tensors(os.path.join(opt, "variables", "variables"))
 
 
 def test_merge_fails_clearly_on_missing_failed_or_foreign_shards(sample_resource, work, optimized):

@@ -58,7 +58,7 @@ with DAG(
         fp32_model="{{ params.fp32_model }}", training_root=path_setting("training_root"),
         version="{{ params.version }}")
     refresh = LpoRefreshOperator(
-        task_id="refresh", opt_model_path=find.output["opt_model"], ckpt_prefix=find.output["ckpt_prefix"],
+        task_id="refresh", opt_model_path=find.output["opt_model_path"], ckpt_prefix=find.output["ckpt_prefix"],
         save_path=find.output["refreshed"], fp32_model_path=find.output["fp32_model"],
         reference_path=find.output["reference"], multiple_outputs=True)
     validate = LpoValidateOperator(

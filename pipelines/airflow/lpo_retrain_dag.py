@@ -5,8 +5,9 @@ Asset ``lpo_fp32_model`` gets an event (DAG ``lpo_model_ready``, a training DAG'
 with that outlet, or the REST API). There is no time schedule, so unpausing starts
 nothing. The first task, ``find_inputs``, picks the model: the ``model_path`` param,
 else the ``path`` of the triggering Asset event, else the newest SavedModel under
-``training_root``; when there is none the run is skipped with one log line saying
-why. Runs need no logical date: work directories and the published version use the
+``training_root``; when there is none, or the model found from an event or as the
+newest is the one the served model was made from (optimized, or refreshed since), the
+run is skipped with one log line saying why (an explicit ``model_path`` always runs). Runs need no logical date: work directories and the published version use the
 run's key (``YYYYMMDDHHMMSS`` of ``dag_run.run_after``). Publish runs only when the
 gate passed and emits the Asset ``lpo_optimized_model``.
 
@@ -54,7 +55,8 @@ with DAG(
 ) as dag:
     find = LpoFindInputsOperator(
         task_id="find_inputs", pipeline="retrain", path="{{ params.model_path }}",
-        root=path_setting("training_root"), work_root=path_setting("work_root"), version="{{ params.version }}")
+        root=path_setting("training_root"), work_root=path_setting("work_root"),
+        serving_dir=path_setting("serving_dir"), version="{{ params.version }}")
     calibrate = LpoCalibrateOperator(
         task_id="calibrate", source=path_setting("calib_source"), model_path=find.output["model_path"],
         save_path=find.output["calib_file"], num_rows="{{ params.calib_rows }}", multiple_outputs=True)

@@ -26,7 +26,7 @@ with DAG(
     catchup=False,
     tags=["lpo"],
     params={
-        "opt_model": Param("", type="string", description="The optimized SavedModel to refresh (its plan)"),
+        "opt_model_path": Param("", type="string", description="The optimized SavedModel to refresh (its plan)"),
         "ckpt_prefix": Param("", type="string", description="The new FP32 checkpoint prefix"),
         "work_dir": Param("", type="string", description="Shared work directory: shards/, merged/, refreshed/"),
         "num_shards": Param(NUM_SHARDS, type="integer", minimum=1, description="Parallel conversion tasks"),
@@ -39,14 +39,14 @@ with DAG(
         return list(range(int(params["num_shards"])))
 
     shards = LpoConvertShardOperator.partial(
-        task_id="convert_shard", opt_model_path="{{ params.opt_model }}", ckpt_prefix="{{ params.ckpt_prefix }}",
+        task_id="convert_shard", opt_model_path="{{ params.opt_model_path }}", ckpt_prefix="{{ params.ckpt_prefix }}",
         work_dir="{{ params.work_dir }}/shards", num_shards="{{ params.num_shards }}",
     ).expand(shard=shard_numbers())
     merge = LpoMergeCkptOperator(
         task_id="merge", work_dir="{{ params.work_dir }}/shards", num_shards="{{ params.num_shards }}",
         save_prefix="{{ params.work_dir }}/merged/variables")
     refresh = LpoRefreshOperator(
-        task_id="refresh", opt_model_path="{{ params.opt_model }}",
+        task_id="refresh", opt_model_path="{{ params.opt_model_path }}",
         ckpt_prefix="{{ params.work_dir }}/merged/variables", save_path="{{ params.work_dir }}/refreshed")
 
     shards >> merge >> refresh
