@@ -87,8 +87,10 @@ TARGET_NAMES = ("host",) + tuple(TARGETS)
 #:
 #: * INT8, target with oneDNN: ``compute`` for layers with at least INT8_COMPUTE_MIN_WEIGHTS
 #:   weights (K*N), ``weight_only`` below (too small for int8 to beat float32 at batch 512:
-#:   the quantize and scale ops cost more than the MatMul saves);
-#: * INT8, target without oneDNN: ``simulate`` (what lpo always did: the AVX2 default is unchanged);
+#:   the quantize and scale ops cost more than the MatMul saves); a ``compute`` layer whose
+#:   calibration misses :data:`ACTIVATION_GATE` falls back to ``weight_only``;
+#: * INT8, target without oneDNN: ``weight_only`` (``simulate`` adds a FakeQuant op to the same
+#:   float32 MatMul, so it is never faster, and 8-bit activations move single predictions);
 #: * BF16: ``compute`` where bf16 MatMuls beat float32 (oneDNN and AMX, or AMD Zen 4 with
 #:   AVX512_BF16) for layers with at least BF16_COMPUTE_MIN_WEIGHTS weights, else ``weight_only``.
 #:   Intel AVX512_BF16 without AMX runs bf16 MatMuls ~1.7-2x slower than float32 (measured,
@@ -96,6 +98,28 @@ TARGET_NAMES = ("host",) + tuple(TARGETS)
 #: * FP16: ``weight_only`` (oneDNN has no fast fused fp16 MatMul on these CPUs).
 INT8_COMPUTE_MIN_WEIGHTS = 65536
 BF16_COMPUTE_MIN_WEIGHTS = 65536
+
+
+@dataclass(frozen=True)
+class ActivationGate:
+    """Outlier-proof INT8 activations: when a calibrated INT8 layer (``compute``/``simulate``) is safe.
+
+    Measured per layer on the calibration rows (``calib_error`` in the manifest): ``clipped``, the
+    fraction of input values outside the range, and ``output_rel_rmse``, the RMS change of the
+    layer's output (``x @ W``, before bias and Relu) that 8-bit activations cause, relative to
+    the output's RMS. A layer that ``int8_dense='auto'`` made calibrated falls back to
+    ``weight_only`` when either exceeds its limit; an explicitly requested form is kept with a
+    warning. ``lpo validate`` fails a model whose manifest records a calibrated layer over them.
+    """
+
+    max_clip_rate: float = 1e-3
+    max_output_rel_rmse: float = 0.005
+
+    def to_dict(self) -> dict:
+        """Return a JSON-able dict."""
+        return asdict(self)
+
+
 
 
 @dataclass(frozen=True)
@@ -108,7 +132,7 @@ class OptimizeOptions:
     int8_dense: str = "auto"
     #: the serving CPU (a TARGETS name or ``host``): decides what ``auto`` means
     target: str = "host"
-    calib_method: str = "l2"
+    calib_method: str = "minmax"
     calib_batch_size: int = 256
     #: weight_only/static dense layers: dequantize the weights once at load into a float32 local variable
     dequantize_at_load: bool = True
@@ -244,6 +268,7 @@ class AutoOptions:
 
 
 OPTIMIZE = OptimizeOptions()
+ACTIVATION_GATE = ActivationGate()
 AUTO_OPTIONS = AutoOptions()
 CALIBRATE = CalibrateOptions()
 THRESHOLDS = Thresholds()
@@ -596,7 +621,8 @@ def normalize_opt_config(value: Any) -> Optional[dict]:
 __all__ = [
     "DATA_TYPES", "KEEP", "NODE_DTYPES", "EMBEDDING_SCHEMES", "INT4_SCHEME", "FAMILY_DTYPE",
     "dtype_for", "DENSE_MODES", "INT8_DENSE_MODES", "INT8_DENSE_ALIASES", "CALIBRATED_INT8_MODES", "TARGETS",
-    "TARGET_NAMES", "INT8_COMPUTE_MIN_WEIGHTS", "BF16_COMPUTE_MIN_WEIGHTS", "normalize_int8_dense",
+    "TARGET_NAMES", "INT8_COMPUTE_MIN_WEIGHTS", "BF16_COMPUTE_MIN_WEIGHTS", "ActivationGate", "ACTIVATION_GATE",
+    "normalize_int8_dense",
     "normalize_target", "CALIB_METHODS",
     "DATA_FORMATS", "PUBLISH_LAYOUTS", "AirflowOptions", "AIRFLOW", "DAG_PATHS", "airflow_root",
     "dag_path_default", "DEFAULT_TAGS", "DEFAULT_SIGNATURE", "OptimizeOptions", "CalibrateOptions", "Thresholds",
