@@ -200,6 +200,8 @@ class ValidateOptions:
 
 #: ``data_type`` value that searches per-node forms under an accuracy budget (lpo/tune).
 AUTO = "AUTO"
+#: AUTO's accuracy measures (:attr:`AutoOptions.harm`).
+AUTO_HARMS = ("soft_auc", "auc")
 
 #: AUTO's per-node forms, least accurate (smallest) first; a form whose dtype this lpo does
 #: not have, that its node's pass refuses, or that is not strictly smaller than the next
@@ -234,8 +236,18 @@ class AutoOptions:
 
     #: AUTO's accuracy budget: largest allowed |ΔAUC| vs FP32.
     max_auc_drop: float = 1e-4
+    #: What the search measures the budget on: ``soft_auc`` (default), the expected ΔAUC with the
+    #: FP32 model's probabilities as labels on unlabelled rows (the tuning rows, the calibration
+    #: file's and ``unlabeled_file``'s; exact, no label noise), or ``auc``, the labelled ΔAUC of
+    #: the tuning rows. Either way the labelled confirmation rows judge the final choice.
+    harm: str = "soft_auc"
+    #: More unlabelled serving inputs (.npz) for the ``soft_auc`` estimate (None: none).
+    unlabeled_file: Optional[str] = None
     #: The search needs ``|ΔAUC| + margin_sigmas * SE(ΔAUC)`` within the budget on the tuning
-    #: rows (SE: paired DeLong standard error), so a choice does not rest on lucky rows.
+    #: rows (SE: paired DeLong standard error for ``auc``; for ``soft_auc`` a jackknife over the
+    #: rows, ~20x smaller), so a choice does not rest on lucky rows. With ``soft_auc`` the labelled
+    #: confirmation rejects a choice only when its labelled ΔAUC is over the budget by more than
+    #: ``margin_sigmas`` DeLong standard errors (evidence that it is over, not label noise).
     margin_sigmas: float = 2.0
     #: The budget used instead when ``eval_file`` has no label: p99 of |Δ prediction| vs FP32.
     max_output_diff: float = 1e-3
@@ -476,6 +488,9 @@ def normalize_auto_options(value: Any = None, **overrides) -> AutoOptions:
     number("latency_batch", 1, integer=True)
     number("latency_iters", 1, integer=True)
     number("min_speedup", 0.0, 1.0, hi_open=True)
+    d["harm"] = choice(d["harm"], AUTO_HARMS, "AUTO option harm")
+    if d["unlabeled_file"] is not None:
+        d["unlabeled_file"] = os.fspath(d["unlabeled_file"])
     if not isinstance(d["label_key"], str) or not d["label_key"]:
         raise ConfigError(f"AUTO option label_key must be a non-empty string, got {d['label_key']!r}")
     if d["config_out"] is not None:
@@ -620,7 +635,7 @@ def normalize_opt_config(value: Any) -> Optional[dict]:
 
 __all__ = [
     "DATA_TYPES", "KEEP", "NODE_DTYPES", "EMBEDDING_SCHEMES", "INT4_SCHEME", "FAMILY_DTYPE",
-    "dtype_for", "DENSE_MODES", "INT8_DENSE_MODES", "INT8_DENSE_ALIASES", "CALIBRATED_INT8_MODES", "TARGETS",
+    "dtype_for", "AUTO_HARMS", "DENSE_MODES", "INT8_DENSE_MODES", "INT8_DENSE_ALIASES", "CALIBRATED_INT8_MODES", "TARGETS",
     "TARGET_NAMES", "INT8_COMPUTE_MIN_WEIGHTS", "BF16_COMPUTE_MIN_WEIGHTS", "ActivationGate", "ACTIVATION_GATE",
     "normalize_int8_dense",
     "normalize_target", "CALIB_METHODS",

@@ -252,10 +252,8 @@ def test_loads_with_tf2_loader_and_saved_model_cli(sample_resource, optimized):
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     proc = subprocess.run([cli, "show", "--all", "--dir", out], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    from lpo.target import host
-
-    form = "QuantizedMatMulWithBiasAndDequantize" if host().onednn else "FakeQuantWithMinMaxArgs"
-    assert "signature_def['serving_default']" in proc.stdout and form in proc.stdout
+    # INT8 'auto' on this model is weight-only everywhere (its one big layer misses the activation gate)
+    assert "signature_def['serving_default']" in proc.stdout and "FakeQuantWithMinMaxArgs" not in proc.stdout
 
 
 @pytest.mark.slow
