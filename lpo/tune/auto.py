@@ -361,17 +361,12 @@ def _confirmation(fp32, labels, budget, pred, auto) -> dict:
     reject a choice only on evidence, since their noise at 1e-4 is larger than the budget.
     """
     from lpo.tune.evaluate import Metric
-    from lpo.validation.metrics import auc_delta
 
     if auto.harm != "soft_auc":
         return Metric(fp32, labels, budget).measure(pred)
-    conf = Metric(fp32, None, budget, auto.margin_sigmas, harm="soft_auc").measure(pred)
-    conf["soft_feasible"] = conf["feasible"]
+    conf = Metric(fp32, labels, budget, auto.margin_sigmas, harm="soft_auc").measure(pred)
     if labels is not None:
-        delta, se = auc_delta(labels, fp32, pred)
-        conf.update(labelled_delta_auc=delta, labelled_se=se,
-                    labelled_ok=bool(abs(delta) - auto.margin_sigmas * se <= budget))
-        conf["feasible"] = conf["feasible"] and conf["labelled_ok"]
+        conf["labelled_ok"] = not conf.pop("labelled_veto", False)
     return conf
 
 

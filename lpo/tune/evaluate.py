@@ -136,7 +136,9 @@ class Metric:
     ``harm='soft_auc'`` (AUTO's default): the loss is ``|ΔsoftAUC|``, the expected AUC change
     with the FP32 probabilities as soft labels (:func:`lpo.validation.metrics.soft_auc`): it
     needs no labels and has no label noise, so it is precise on a few thousand rows; its SE is
-    a jackknife over the rows. ``labels`` (of the first rows, when given) are only reported.
+    a jackknife over the rows. ``labels`` (of the first rows, when given) can only veto: a
+    configuration whose labelled ``|ΔAUC|`` exceeds the budget by more than ``margin_sigmas``
+    DeLong SEs is not feasible (evidence that it is over, beyond label noise).
 
     ``harm='auc'`` with labels: the loss is ``|ΔAUC|``; SE is the paired DeLong standard error,
     dominated by label noise at the 1e-4 level. Without labels (and not soft): the p99 of
@@ -174,13 +176,16 @@ class Metric:
             out.update(delta_auc=delta, se=se, loss=abs(delta), score=abs(delta) + self.margin_sigmas * se,
                        labelled_delta_auc=None if labelled is None else labelled[0],
                        labelled_se=None if labelled is None else labelled[1])
+            if labelled is not None and abs(labelled[0]) - self.margin_sigmas * labelled[1] > self.budget:
+                out["labelled_veto"] = True
         elif labelled is not None:
             delta, se = labelled
             out.update(delta_auc=delta, se=se, auc=self.auc_fp32 + delta, loss=abs(delta))
             out["score"] = out["loss"] + self.margin_sigmas * se
         else:
             out["loss"] = out["score"] = out["p99_abs_diff"]
-        out["feasible"] = bool(math.isfinite(out["score"]) and out["score"] <= self.budget)
+        out["feasible"] = bool(math.isfinite(out["score"]) and out["score"] <= self.budget
+                               and not out.get("labelled_veto"))
         return out
 
 
@@ -317,7 +322,8 @@ class Evaluator:
                   p99_abs_diff=scores["p99_abs_diff"], max_abs_diff=scores["max_abs_diff"], mse=scores["mse"],
                   latency=latency, change=change,
                   seconds=time.perf_counter() - t0,
-                  extra={k: scores[k] for k in ("labelled_delta_auc", "labelled_se") if scores.get(k) is not None})
+                  extra={k: scores[k] for k in ("labelled_delta_auc", "labelled_se", "labelled_veto")
+                         if scores.get(k) is not None})
         self.trials.append(t)
         self.budget.used += 1
         lat = f", latency {t.latency_ratio:.2f}x" if t.latency_ratio is not None else ""
