@@ -3,8 +3,11 @@
 1. Split ``eval_file`` (stratified by label, shuffled by ``seed``) into tuning rows, which
    the search scores every candidate on, and confirmation rows, which it never sees.
 2. Search (:mod:`lpo.tune.search`) for the smallest, then fastest, configuration whose
-   loss against FP32 on the tuning rows is within the budget: ``|ΔAUC| <= max_auc_drop``,
-   or, when ``eval_file`` has no label, p99 ``|Δprediction| <= max_output_diff``.
+   loss against FP32 is within the budget. ``harm='soft_auc'`` (default): the soft-label
+   ``|ΔAUC|`` (FP32 probabilities as labels) on the tuning rows plus the calibration file's
+   and ``unlabeled_file``'s rows, labels vetoing only on evidence; ``harm='auc'``: the
+   labelled ``|ΔAUC| <= max_auc_drop`` on the tuning rows, or, when ``eval_file`` has no
+   label, p99 ``|Δprediction| <= max_output_diff``.
 3. Confirm the chosen configuration, built for real, on the confirmation rows; when it
    misses there, a clearly safer one (half the harm) is confirmed instead, at most
    ``max_confirms`` times (the confirmation rows decide pass or fail only).
