@@ -217,7 +217,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         a = result.auto
         print(json.dumps(a["chosen"]["config"], indent=1, sort_keys=True))
         conf = a["confirm"]
-        what = "|dAUC|" if a["budget"]["metric"] == "auc" else "p99 |dp|"
+        what = {"auc": "|dAUC|", "soft_auc": "|dsoftAUC|"}.get(a["budget"]["metric"], "p99 |dp|")
         print(f"AUTO: size {result.size_ratio:.3f}x of FP32 variables; {what} {a['tune']['loss']:.3g} on "
               f"{a['rows']['tune']} tuning rows, {conf['loss']:.3g} on {a['rows']['confirm']} rows it never saw "
               f"(budget {a['budget'].get('max_auc_drop', a['budget'].get('max_output_diff')):g}); "
