@@ -198,7 +198,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         auto = {"eval_file": args.eval, "max_auc_drop": args.max_auc_drop, "report_dir": args.report_dir,
                 "auto_options": {k: v for k, v in (
                     ("max_output_diff", args.max_output_diff), ("label_key", args.label_key),
-                    ("margin_sigmas", args.margin_sigmas),
+                    ("margin_sigmas", args.margin_sigmas), ("harm", args.harm),
+                    ("unlabeled_file", args.unlabeled_file),
                     ("tune_fraction", args.tune_fraction), ("seed", args.seed), ("max_evals", args.max_evals),
                     ("time_budget_s", args.time_budget), ("max_builds", args.max_builds),
                     ("config_out", args.save_config)) if v is not None}}
@@ -216,7 +217,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         a = result.auto
         print(json.dumps(a["chosen"]["config"], indent=1, sort_keys=True))
         conf = a["confirm"]
-        what = "|dAUC|" if a["budget"]["metric"] == "auc" else "p99 |dp|"
+        what = {"auc": "|dAUC|", "soft_auc": "|dsoftAUC|"}.get(a["budget"]["metric"], "p99 |dp|")
         print(f"AUTO: size {result.size_ratio:.3f}x of FP32 variables; {what} {a['tune']['loss']:.3g} on "
               f"{a['rows']['tune']} tuning rows, {conf['loss']:.3g} on {a['rows']['confirm']} rows it never saw "
               f"(budget {a['budget'].get('max_auc_drop', a['budget'].get('max_output_diff')):g}); "
@@ -441,6 +442,12 @@ def _optimize_args(p: argparse.ArgumentParser) -> None:
     a.add_argument("--margin-sigmas", type=_float, default=None, metavar="Z",
                    help="the search needs |dAUC| + Z standard errors within the budget on the tuning rows "
                         f"(default: {opts.AUTO_OPTIONS.margin_sigmas:g})")
+    a.add_argument("--harm", choices=opts.AUTO_HARMS, default=None,
+                   help="what the search bounds: soft_auc (expected dAUC with FP32's probabilities as labels, on "
+                        "unlabelled rows: no label noise) or auc (labelled dAUC of the tuning rows) (default: "
+                        f"{opts.AUTO_OPTIONS.harm})")
+    a.add_argument("--unlabeled-file", metavar="FILE", default=None,
+                   help=".npz of more serving inputs (no label needed) for the soft_auc estimate")
     a.add_argument("--max-output-diff", type=_float, default=None, metavar="X",
                    help="budget used when --eval has no label: p99 |prediction - FP32 prediction| "
                         f"(default: {opts.AUTO_OPTIONS.max_output_diff:g})")

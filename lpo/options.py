@@ -88,8 +88,10 @@ TARGET_NAMES = ("host",) + tuple(TARGETS)
 #:
 #: * INT8, target with oneDNN: ``compute`` for layers with at least INT8_COMPUTE_MIN_WEIGHTS
 #:   weights (K*N), ``weight_only`` below (too small for int8 to beat float32 at batch 512:
-#:   the quantize and scale ops cost more than the MatMul saves);
-#: * INT8, target without oneDNN: ``simulate`` (what lpo always did: the AVX2 default is unchanged);
+#:   the quantize and scale ops cost more than the MatMul saves); a ``compute`` layer whose
+#:   calibration misses :data:`ACTIVATION_GATE` falls back to ``weight_only``;
+#: * INT8, target without oneDNN: ``weight_only`` (``simulate`` adds a FakeQuant op to the same
+#:   float32 MatMul, so it is never faster, and 8-bit activations move single predictions);
 #: * BF16: ``compute`` where bf16 MatMuls beat float32 (oneDNN and AMX, or AMD Zen 4 with
 #:   AVX512_BF16) for layers with at least BF16_COMPUTE_MIN_WEIGHTS weights, else ``weight_only``.
 #:   Intel AVX512_BF16 without AMX runs bf16 MatMuls ~1.7-2x slower than float32 (measured,
@@ -97,6 +99,28 @@ TARGET_NAMES = ("host",) + tuple(TARGETS)
 #: * FP16: ``weight_only`` (oneDNN has no fast fused fp16 MatMul on these CPUs).
 INT8_COMPUTE_MIN_WEIGHTS = 65536
 BF16_COMPUTE_MIN_WEIGHTS = 65536
+
+
+@dataclass(frozen=True)
+class ActivationGate:
+    """Outlier-proof INT8 activations: when a calibrated INT8 layer (``compute``/``simulate``) is safe.
+
+    Measured per layer on the calibration rows (``calib_error`` in the manifest): ``clipped``, the
+    fraction of input values outside the range, and ``output_rel_rmse``, the RMS change of the
+    layer's output (``x @ W``, before bias and Relu) that 8-bit activations cause, relative to
+    the output's RMS. A layer that ``int8_dense='auto'`` made calibrated falls back to
+    ``weight_only`` when either exceeds its limit; an explicitly requested form is kept with a
+    warning. ``lpo validate`` fails a model whose manifest records a calibrated layer over them.
+    """
+
+    max_clip_rate: float = 1e-3
+    max_output_rel_rmse: float = 0.005
+
+    def to_dict(self) -> dict:
+        """Return a JSON-able dict."""
+        return asdict(self)
+
+
 
 
 @dataclass(frozen=True)
@@ -109,7 +133,7 @@ class OptimizeOptions:
     int8_dense: str = "auto"
     #: the serving CPU (a TARGETS name or ``host``): decides what ``auto`` means
     target: str = "host"
-    calib_method: str = "l2"
+    calib_method: str = "minmax"
     calib_batch_size: int = 256
     #: weight_only/static dense layers: dequantize the weights once at load into a float32 local variable
     dequantize_at_load: bool = True
@@ -196,6 +220,8 @@ class ProfileOptions:
 
 #: ``data_type`` value that searches per-node forms under an accuracy budget (lpo/tune).
 AUTO = "AUTO"
+#: AUTO's accuracy measures (:attr:`AutoOptions.harm`).
+AUTO_HARMS = ("soft_auc", "auc")
 
 #: AUTO's per-node forms, least accurate (smallest) first; a form whose dtype this lpo does
 #: not have, that its node's pass refuses, or that is not strictly smaller than the next
@@ -230,8 +256,18 @@ class AutoOptions:
 
     #: AUTO's accuracy budget: largest allowed |ΔAUC| vs FP32.
     max_auc_drop: float = 1e-4
+    #: What the search measures the budget on: ``soft_auc`` (default), the expected ΔAUC with the
+    #: FP32 model's probabilities as labels on unlabelled rows (the tuning rows, the calibration
+    #: file's and ``unlabeled_file``'s; exact, no label noise), or ``auc``, the labelled ΔAUC of
+    #: the tuning rows. Either way the labelled confirmation rows judge the final choice.
+    harm: str = "soft_auc"
+    #: More unlabelled serving inputs (.npz) for the ``soft_auc`` estimate (None: none).
+    unlabeled_file: Optional[str] = None
     #: The search needs ``|ΔAUC| + margin_sigmas * SE(ΔAUC)`` within the budget on the tuning
-    #: rows (SE: paired DeLong standard error), so a choice does not rest on lucky rows.
+    #: rows (SE: paired DeLong standard error for ``auc``; for ``soft_auc`` a jackknife over the
+    #: rows, ~20x smaller), so a choice does not rest on lucky rows. With ``soft_auc`` the labelled
+    #: confirmation rejects a choice only when its labelled ΔAUC is over the budget by more than
+    #: ``margin_sigmas`` DeLong standard errors (evidence that it is over, not label noise).
     margin_sigmas: float = 2.0
     #: The budget used instead when ``eval_file`` has no label: p99 of |Δ prediction| vs FP32.
     max_output_diff: float = 1e-3
@@ -264,6 +300,7 @@ class AutoOptions:
 
 
 OPTIMIZE = OptimizeOptions()
+ACTIVATION_GATE = ActivationGate()
 AUTO_OPTIONS = AutoOptions()
 CALIBRATE = CalibrateOptions()
 THRESHOLDS = Thresholds()
@@ -476,6 +513,9 @@ def normalize_auto_options(value: Any = None, **overrides) -> AutoOptions:
     number("latency_batch", 1, integer=True)
     number("latency_iters", 1, integer=True)
     number("min_speedup", 0.0, 1.0, hi_open=True)
+    d["harm"] = choice(d["harm"], AUTO_HARMS, "AUTO option harm")
+    if d["unlabeled_file"] is not None:
+        d["unlabeled_file"] = os.fspath(d["unlabeled_file"])
     if not isinstance(d["label_key"], str) or not d["label_key"]:
         raise ConfigError(f"AUTO option label_key must be a non-empty string, got {d['label_key']!r}")
     if d["config_out"] is not None:
@@ -620,8 +660,9 @@ def normalize_opt_config(value: Any) -> Optional[dict]:
 
 __all__ = [
     "DATA_TYPES", "KEEP", "NODE_DTYPES", "EMBEDDING_SCHEMES", "INT4_SCHEME", "FAMILY_DTYPE",
-    "dtype_for", "DENSE_MODES", "INT8_DENSE_MODES", "INT8_DENSE_ALIASES", "CALIBRATED_INT8_MODES", "TARGETS",
-    "TARGET_NAMES", "INT8_COMPUTE_MIN_WEIGHTS", "BF16_COMPUTE_MIN_WEIGHTS", "normalize_int8_dense",
+    "dtype_for", "AUTO_HARMS", "DENSE_MODES", "INT8_DENSE_MODES", "INT8_DENSE_ALIASES", "CALIBRATED_INT8_MODES", "TARGETS",
+    "TARGET_NAMES", "INT8_COMPUTE_MIN_WEIGHTS", "BF16_COMPUTE_MIN_WEIGHTS", "ActivationGate", "ACTIVATION_GATE",
+    "normalize_int8_dense",
     "normalize_target", "CALIB_METHODS",
     "DATA_FORMATS", "PUBLISH_LAYOUTS", "AirflowOptions", "AIRFLOW", "DAG_PATHS", "airflow_root",
     "dag_path_default", "DEFAULT_TAGS", "DEFAULT_SIGNATURE", "OptimizeOptions", "CalibrateOptions", "Thresholds",

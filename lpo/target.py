@@ -196,8 +196,8 @@ def dense_mode(dtype: str, requested: str, target: Target, shape, *, transposed:
     weights = int(shape[0]) * int(shape[1])
     if dtype == "INT8":
         if requested == "auto":
-            if not target.int8_compute:
-                return "simulate"
+            if not target.int8_compute:  # simulate is never faster than weight-only, and less accurate
+                return "weight_only"
             big = weights >= opts.INT8_COMPUTE_MIN_WEIGHTS and not transposed
             return "compute" if big else "weight_only"
         if requested == "compute" and transposed:

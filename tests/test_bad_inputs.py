@@ -373,13 +373,14 @@ def _calib(w, d, mutate, name="calib.npz") -> str:
 
 
 def _opt_int8(w, d, calib, match=None) -> Setup:
-    return _opt(w, d, data_type="INT8", calib_file=calib, inputs=[calib] if os.path.exists(calib) else [],
-                match=match)
+    """INT8 with calibrated activations (int8_dense='auto' is weight-only without oneDNN: no calibration)."""
+    return _opt(w, d, data_type="INT8", int8_dense="simulate", calib_file=calib,
+                inputs=[calib] if os.path.exists(calib) else [], match=match)
 
 
 @case("optimize-int8-without-calibration", CalibrationError)
 def _(w, d):
-    return _opt(w, d, data_type="INT8", match="calib")
+    return _opt(w, d, data_type="INT8", int8_dense="simulate", match="calib")
 
 
 @case("optimize-calib-file-missing", CalibrationError)

@@ -203,7 +203,7 @@ def test_optimize_defaults_and_json(fake_api, capsys):
     kwargs = fake_api[0][2]
     assert kwargs["data_type"] == "BF16" and kwargs["opt_config"] is None
     assert kwargs["overwrite"] is False and kwargs["allow_pickle"] is False
-    assert kwargs["embedding_scheme"] == "per_dim" and kwargs["calib_method"] == "l2"
+    assert kwargs["embedding_scheme"] == "per_dim" and kwargs["calib_method"] == opts.OPTIMIZE.calib_method
     assert json.loads(capsys.readouterr().out) == _Result().to_dict()
 
 

@@ -34,7 +34,6 @@ def test_source_to_int8_to_validated_model(sample_resource, tmp_path, source):
     manifest = json.load(open(out / "assets.extra" / "lpo_manifest.json"))
     assert all(c["activation_range"] for c in manifest["conversions"] if c["kind"] == "dense"
                and c["mode"] in ("compute", "simulate"))
-    assert any(c["activation_range"] for c in manifest["conversions"] if c["kind"] == "dense")
     assert (tmp_path / "report" / "report.html").stat().st_size > 10_000
 
 

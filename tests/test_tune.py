@@ -236,10 +236,14 @@ def _predict(model, npz):
 def test_auto_keras_meets_the_budget_on_rows_it_never_saw(sample_keras, keras_files, keras_auto):
     d, res = keras_auto
     a = res.auto
-    assert res.data_type == "AUTO" and a["budget"] == {"metric": "auc", "max_auc_drop": 1e-4, "output": "output_0", "margin_sigmas": 2.0}
-    assert a["confirm"]["loss"] <= 1e-4 and a["tune"]["loss"] <= 1e-4
+    assert res.data_type == "AUTO" and a["budget"] == {"metric": "soft_auc", "max_auc_drop": 1e-4, "output": "output_0",
+                                                       "margin_sigmas": 2.0, "labelled_confirmation": True}
+    assert a["confirm"]["loss"] <= 1e-4 and a["tune"]["score"] <= 1e-4
+    assert abs(a["confirm"]["labelled_delta_auc"]) - 2 * a["confirm"]["labelled_se"] <= 1e-4
+    calib_rows = len(np.load(sample_keras.calib_path)[next(iter(np.load(sample_keras.calib_path).files))])
     assert a["rows"] == {"eval_file": str(keras_files / "eval.npz"), "total": EVAL_ROWS, "tune": EVAL_ROWS // 2,
-                         "confirm": EVAL_ROWS // 2, "seed": 0}
+                         "confirm": EVAL_ROWS // 2, "seed": 0,
+                         "unlabelled": {"eval_tune": EVAL_ROWS // 2, "calib_file": calib_rows}}
     p_auto, y = _predict(str(d / "model"), keras_files / "unseen.npz")
     p_fp32, _ = _predict(sample_keras.model_path, keras_files / "unseen.npz")
     assert abs(auc(y, p_auto) - auc(y, p_fp32)) <= 1e-4
@@ -346,7 +350,7 @@ def test_a_choice_that_misses_on_the_confirmation_rows_gives_way_to_a_safer_one(
     """Without a margin (margin_sigmas=0) the tuning rows' winner overfits them; AUTO backs off, not re-rolls."""
     res = lpo.optimize(sample_keras.model_path, str(tmp_path / "m"), data_type="AUTO",
                        eval_file=str(keras_files / "eval.npz"), quiet=True,
-                       auto_options=dict(FAST, margin_sigmas=0, seed=0, max_builds=0))
+                       auto_options=dict(FAST, margin_sigmas=0, seed=0, max_builds=0, harm="auc"))
     conf = res.auto["confirmations"]
     assert [c["passed"] for c in conf] == [False, True]
     trials = {t["id"]: t for t in res.auto["trials"]}
@@ -373,12 +377,29 @@ def test_auto_without_a_label_falls_back_to_the_output_difference(sample_keras, 
     data.pop("label")
     np.savez(tmp_path / "nolabel.npz", **{k: v[:2000] for k, v in data.items()})
     res = lpo.optimize(sample_keras.model_path, str(tmp_path / "m"), data_type="AUTO",
-                       eval_file=str(tmp_path / "nolabel.npz"), auto_options=dict(FAST, max_output_diff=0.01),
-                       quiet=True)
+                       eval_file=str(tmp_path / "nolabel.npz"),
+                       auto_options=dict(FAST, max_output_diff=0.01, harm="auc"), quiet=True)
     a = res.auto
     assert a["budget"]["metric"] == "p99_abs_diff" and a["budget"]["max_output_diff"] == 0.01
     assert any("no 'label' array" in n for n in a["notes"])
     assert a["confirm"]["p99_abs_diff"] <= 0.01 and a["confirm"]["delta_auc"] is None
+
+
+@pytest.mark.slow
+def test_soft_auto_needs_no_labels_and_reads_unlabeled_rows(sample_keras, keras_files, tmp_path):
+    """harm='soft_auc' on an eval file without labels, with more unlabelled rows from unlabeled_file."""
+    data = dict(np.load(keras_files / "eval.npz"))
+    data.pop("label")
+    np.savez(tmp_path / "nolabel.npz", **{k: v[:2000] for k, v in data.items()})
+    np.savez(tmp_path / "more.npz", **{k: v[2000:5000] for k, v in data.items()})
+    res = lpo.optimize(sample_keras.model_path, str(tmp_path / "m"), data_type="AUTO",
+                       eval_file=str(tmp_path / "nolabel.npz"), quiet=True,
+                       auto_options=dict(FAST, unlabeled_file=str(tmp_path / "more.npz")))
+    a = res.auto
+    assert a["budget"]["metric"] == "soft_auc" and a["budget"]["labelled_confirmation"] is False
+    assert a["rows"]["unlabelled"] == {"eval_tune": 1000, "unlabeled_file": 3000}
+    assert a["confirm"]["loss"] <= 1e-4 and a["confirm"]["labelled_delta_auc"] is None
+    assert all(t["delta_auc"] <= 0 for t in a["trials"])  # FP32's own ranking maximises the soft AUC
 
 
 def _bad_eval(keras_files, tmp_path, **change):
@@ -469,12 +490,13 @@ def test_cli_auto_wiring(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(vars(lpo), "optimize", fake)
     rc = cli.main(["optimize", "m", "o", "--data-type", "auto", "--eval", "e.npz", "--max-auc-drop", "5e-4",
                    "--seed", "3", "--max-evals", "10", "--margin-sigmas", "1.5", "--report-dir", "r",
-                   "--save-config", "c.json", "-q"])
+                   "--save-config", "c.json", "--harm", "auc", "--unlabeled-file", "u.npz", "-q"])
     assert rc == 0
     [(args, kw)] = calls
     assert kw["data_type"] == "AUTO" and kw["eval_file"] == "e.npz" and kw["max_auc_drop"] == 5e-4
     assert kw["report_dir"] == "r"
-    assert kw["auto_options"] == {"seed": 3, "max_evals": 10, "margin_sigmas": 1.5, "config_out": "c.json"}
+    assert kw["auto_options"] == {"seed": 3, "max_evals": 10, "margin_sigmas": 1.5, "config_out": "c.json",
+                                  "harm": "auc", "unlabeled_file": "u.npz"}
     out = capsys.readouterr().out
     assert json.loads(out[:out.index("}") + 1]) == {"emb/C1": "INT8:per_row"}
     assert "reuse it with --config" in out and "r/auto_report.html" in out

@@ -153,3 +153,43 @@ def test_no_labels_and_no_matplotlib(sample_resource, tmp_path, monkeypatch):
     html = open(files["html"], encoding="utf-8").read()
     assert "matplotlib is not installed" in html and "data:image" not in html
     assert math.isfinite(rep.timings["total_s"])
+
+
+def test_calibration_metrics_and_the_activation_gate(sample_resource, perturbed, tmp_path):
+    """Reliability, mean prediction vs CTR and |Δp| percentiles; a calibrated INT8 layer over the gate fails."""
+    from lpo import options as opts
+
+    model = str(tmp_path / "model")
+    shutil.copytree(perturbed, model)
+    path = os.path.join(model, "assets.extra", "lpo_manifest.json")
+    m = json.load(open(path))
+    over = {"clipped": 0.0, "rel_rmse": 0.01, "output_rel_rmse": 4 * opts.ACTIVATION_GATE.max_output_rel_rmse}
+    m["conversions"] = [
+        {"kind": "dense", "node": "top", "dtype": "INT8", "scheme": "per_channel", "mode": "simulate", "variables": [],
+         "activation_range": [0.0, 2.0], "calib_method": "minmax", "calib_error": dict(over, gate="over")},
+        {"kind": "dense", "node": "bottom", "dtype": "INT8", "scheme": "per_channel", "mode": "weight_only",
+         "variables": [], "calib_method": "minmax",
+         "calib_error": dict(over, gate="fallback", fallback_from="compute")}]
+    json.dump(m, open(path, "w"))
+    rep = validate(sample_resource.model_path, model, sample_resource.heldout_path, raise_on_fail=False,
+                   report_dir=tmp_path / "r", **FAST)
+    (b,) = rep.breaches  # the weight-only fallback is not gated
+    assert b["threshold"] == "activation_gate" and "'top'" in b["message"] and "output error" in b["message"]
+    assert [a["node"] for a in rep.activations] == ["top", "bottom"]
+    d = rep.prediction["abs_diff"]
+    assert list(d) == ["p50", "p90", "p99", "p99.9", "max"] and d["max"] == rep.outputs["probabilities"]["max_abs_diff"]
+    assert d["p50"] <= d["p90"] <= d["p99"] <= d["p99.9"] <= d["max"] and d["max"] > 0
+    assert rep.prediction["soft_auc_delta"] <= 0
+    acc = rep.accuracy
+    y = np.load(sample_resource.heldout_path)["label"][:2000]
+    assert acc["observed_ctr"] == pytest.approx(float(np.mean(y)))
+    for key in ("original", "optimized"):
+        bins = acc["reliability"][key]
+        assert len(bins) == 10 and sum(r["rows"] for r in bins) == 2000
+        assert sum(r["ctr"] * r["rows"] for r in bins) / 2000 == pytest.approx(acc["observed_ctr"])
+        assert sum(r["mean_pred"] * r["rows"] for r in bins) / 2000 == pytest.approx(acc[f"mean_pred_{key}"])
+        assert [r["mean_pred"] for r in bins] == sorted(r["mean_pred"] for r in bins)
+    text = open(rep.report_files["html"], encoding="utf-8").read()
+    assert "Reliability curve" in text and "INT8 activations" in text and "from compute" in text
+    md = open(rep.report_files["markdown"], encoding="utf-8").read()
+    assert "Prediction change" in md and "p99.9" in md and "Reliability" in md

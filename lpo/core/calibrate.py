@@ -219,3 +219,64 @@ class CompactRunner:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# --------------------------------------------------------------------------- outlier-proof activations
+def layer_output_error(conv, x: np.ndarray, weight: np.ndarray, lo: float, hi: float) -> float:
+    """:func:`lpo.numerics.observers.output_error` of dense conversion ``conv`` on its inputs ``x``.
+
+    ``weight`` is the layer's float32 weight; it is quantized as the conversion stores it
+    (per output channel), so the number is what 8-bit activations add to weight-only INT8.
+    """
+    from lpo.numerics.observers import output_error
+    from lpo.numerics.quant import dequantize_int8, quantize_int8
+
+    vc = conv.variables[0]
+    w = dequantize_int8(*quantize_int8(weight, vc.axis, name=vc.key)).astype(np.float64)
+    if vc.axis == 0:  # transpose_b: [units, in]
+        w = w.T
+    return output_error(x, w, lo, hi)
+
+
+def activation_gate_misses(error: dict | None, gate=None) -> list[str]:
+    """The :class:`lpo.options.ActivationGate` limits a layer's ``calib_error`` exceeds (empty: safe)."""
+    from lpo.options import ACTIVATION_GATE
+
+    gate = gate or ACTIVATION_GATE
+    if not error:
+        return []
+    out = []
+    if error.get("clipped", 0.0) > gate.max_clip_rate:
+        out.append(f"{100 * error['clipped']:.3g}% of inputs clipped > {100 * gate.max_clip_rate:.3g}%")
+    rel = error.get("output_rel_rmse")
+    if rel is not None and rel > gate.max_output_rel_rmse:
+        out.append(f"output error {100 * rel:.3g}% > {100 * gate.max_output_rel_rmse:.3g}%")
+    return out
+
+
+def gate_activations(convs, dequantize_at_load: bool, gate=None) -> int:
+    """Move calibrated INT8 layers that ``int8_dense='auto'`` chose and that miss the gate to ``weight_only``.
+
+    Each conversion's ``calib_error`` gets ``gate`` (``pass``, ``fallback`` or ``over`` for a
+    form the user asked for, which is kept with a warning). Returns the number moved.
+    """
+    moved = 0
+    for c in convs:
+        if c.calib_error is None:
+            continue
+        misses = activation_gate_misses(c.calib_error, gate)
+        if not misses:
+            c.calib_error["gate"] = "pass"
+        elif c.targets.get("act_gate"):
+            log.info("  %s: INT8 %s -> weight_only (%s)", c.node, c.mode, "; ".join(misses))
+            c.calib_error["gate"] = "fallback"
+            c.calib_error["fallback_from"] = c.mode
+            c.mode, c.activation_range = "weight_only", None
+            c.targets["dequantize_at_load"] = bool(dequantize_at_load)
+            moved += 1
+        else:
+            c.calib_error["gate"] = "over"
+            log.warning("  %s: INT8 %s was asked for but its 8-bit activations miss the gate (%s); "
+                        "int8_dense='auto' or 'weight_only' keeps single predictions close to FP32", c.node,
+                        c.mode, "; ".join(misses))
+    return moved

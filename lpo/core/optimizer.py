@@ -26,7 +26,6 @@ from lpo.core.savedmodel import (
 log = logging.getLogger(__name__)
 
 ERROR_SAMPLE_BATCHES = 4
-WARN_REL_RMSE = 0.05
 
 
 @dataclass
@@ -254,15 +253,18 @@ def _plan_node(cand, node: opts.NodeChoice, options) -> Conversion:
 
 
 def _calibrate(model_path, tags, convs: list[Conversion], calib_file, *, allow_pickle, batch_size, method,
-               max_batches, compact=None) -> None:
+               max_batches, compact=None, weights=None,
+               dequantize_at_load=opts.OPTIMIZE.dequantize_at_load) -> None:
     """Fill ``activation_range`` of static INT8 dense conversions from calibration data.
 
     ``compact`` = ``(original model path, SavedModel, MetaGraph, tables)``: run the model
     without loading its tables (lpo.core.calibrate.CompactRunner: memory follows the
     calibration data and the largest table); without it, or when the graph does not allow
-    it, the whole model is loaded.
+    it, the whole model is loaded. ``weights(conversion)``: the layer's float32 weight, to
+    measure its output error (``calib_error['output_rel_rmse']``).
     """
     from lpo.data.calibration import load_calibration
+    from lpo.core.calibrate import gate_activations, layer_output_error
     from lpo.numerics.observers import activation_error, make_observer
     from lpo.validation.runner import SignatureRunner
     from lpo.core.signature import load_signature_specs
@@ -302,12 +304,14 @@ def _calibrate(model_path, tags, convs: list[Conversion], calib_file, *, allow_p
         lo, hi = obs.range()
         c.activation_range = [float(lo), float(hi)]
         c.calib_method = method
-        c.calib_error = activation_error(np.concatenate([k.reshape(-1) for k in keep]), lo, hi)
-        level = logging.WARNING if c.calib_error["rel_rmse"] > WARN_REL_RMSE else logging.INFO
-        log.log(level, "  %s: input range [%.4g, %.4g], %.3f%% clipped, relative RMS error %.2f%%%s", c.node, lo, hi,
-                100 * c.calib_error["clipped"], 100 * c.calib_error["rel_rmse"],
-                " (consider keeping this layer FP32/BF16 in opt_config, or int8_dense='weight_only')"
-                if level == logging.WARNING else "")
+        x = np.concatenate([k.reshape(-1) for k in keep])
+        c.calib_error = activation_error(x, lo, hi)
+        if weights is not None:
+            c.calib_error["output_rel_rmse"] = layer_output_error(c, x, weights(c), lo, hi)
+        log.info("  %s: input range [%.4g, %.4g], %.3f%% clipped, relative RMS error %.2f%% (input), %s (output)",
+                 c.node, lo, hi, 100 * c.calib_error["clipped"], 100 * c.calib_error["rel_rmse"],
+                 "%.2f%%" % (100 * c.calib_error["output_rel_rmse"]) if "output_rel_rmse" in c.calib_error else "-")
+    gate_activations(convs, dequantize_at_load)
 
 
 def _forms(convs) -> dict:
@@ -506,7 +510,16 @@ def _calibrate_static(model_path, sm, tags, convs: list[Conversion], calib_file,
         tables = [c for c in found if getattr(c, "lookups", None) and getattr(c, "parts", None)]
         _calibrate(calib_model, tags, static, calib_file, allow_pickle=allow_pickle,
                    batch_size=options.calib_batch_size, method=options.calib_method, max_batches=max_batches,
-                   compact=(model_path, sm, select_meta_graph(sm, tags), tables))
+                   compact=(model_path, sm, select_meta_graph(sm, tags), tables),
+                   weights=_weight_reader(model_path), dequantize_at_load=options.dequantize_at_load)
+
+
+def _weight_reader(model_path):
+    """``read(conversion)``: the float32 weight of a dense conversion, from the model's checkpoint."""
+    from lpo.core.checkpoint import read_slice
+
+    prefix = variables_prefix(model_path)
+    return lambda c: np.asarray(read_slice(prefix, c.variables[0].key, c.variables[0].slice, "float32"))
 
 
 def _write_optimized(model_path, save_path, sm, plan: Plan, tags, *, overwrite, quiet, assets=None) -> None:

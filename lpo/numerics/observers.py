@@ -246,3 +246,19 @@ def activation_error(x: np.ndarray, lo: float, hi: float) -> dict:
     ref = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
     rmse = float(np.sqrt(np.mean(np.square(err, dtype=np.float64))))
     return {"clipped": float(np.mean((x < lo) | (x > hi))), "rel_rmse": rmse / ref if ref > 0 else 0.0}
+
+
+def output_error(x: np.ndarray, w: np.ndarray, lo: float, hi: float) -> float:
+    """Relative RMS change of a layer's output ``x @ w`` when ``x`` is 8-bit fake-quantized over ``[lo, hi]``.
+
+    ``w`` is the (dequantized) weight the layer serves with, so the number isolates what the
+    activations' quantization adds; bias and Relu are left out (Relu only shrinks the change).
+    0 for an all-zero output.
+    """
+    x = np.asarray(x, dtype=np.float32).reshape(-1, w.shape[0])
+    if x.size == 0:
+        return 0.0
+    y = x.astype(np.float64) @ w
+    err = fake_quant(x, lo, hi).astype(np.float64) @ w - y
+    ref = float(np.sqrt(np.mean(y * y)))
+    return float(np.sqrt(np.mean(err * err))) / ref if ref > 0 else 0.0

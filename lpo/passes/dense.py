@@ -197,6 +197,8 @@ def plan(cand: DenseCandidate, dtype: str, options) -> Conversion:
     targets = {"matmul": cand.matmul or cand.name, "weight": w.node, "weight_resource": w.resource,
                "bias": cand.bias.node if cand.bias else None, "bias_add": cand.bias_add, "relu": cand.relu,
                "activation": cand.activation, "dequantize_at_load": dequantize_at_load and mode != "compute"}
+    if dtype == "INT8" and requested == "auto" and mode in opts.CALIBRATED_INT8_MODES:
+        targets["act_gate"] = True  # calibration may fall back to weight_only (options.ACTIVATION_GATE)
     if cand.reshape:
         targets["reshape"] = cand.reshape
         targets["reshape_ok"] = cand.reshape_ok

@@ -3,8 +3,11 @@
 1. Split ``eval_file`` (stratified by label, shuffled by ``seed``) into tuning rows, which
    the search scores every candidate on, and confirmation rows, which it never sees.
 2. Search (:mod:`lpo.tune.search`) for the smallest, then fastest, configuration whose
-   loss against FP32 on the tuning rows is within the budget: ``|ΔAUC| <= max_auc_drop``,
-   or, when ``eval_file`` has no label, p99 ``|Δprediction| <= max_output_diff``.
+   loss against FP32 is within the budget. ``harm='soft_auc'`` (default): the soft-label
+   ``|ΔAUC|`` (FP32 probabilities as labels) on the tuning rows plus the calibration file's
+   and ``unlabeled_file``'s rows, labels vetoing only on evidence; ``harm='auc'``: the
+   labelled ``|ΔAUC| <= max_auc_drop`` on the tuning rows, or, when ``eval_file`` has no
+   label, p99 ``|Δprediction| <= max_output_diff``.
 3. Confirm the chosen configuration, built for real, on the confirmation rows; when it
    misses there, a clearly safer one (half the harm) is confirmed instead, at most
    ``max_confirms`` times (the confirmation rows decide pass or fail only).
@@ -142,6 +145,7 @@ def auto_optimize(model_path, save_path, *, opt_config=None, calib_file=None, ev
     _check_named_label(data, auto, auto_options, eval_file)
     result = AutoResult(budget={}, chosen=None, tune=None, confirm=None, rows={}, options=auto.to_dict())
     tune, confirm = _split(data, auto, eval_file, result)
+    pool = _unlabelled_pool(tune, auto, calib_file, model_path, tags, result) if auto.harm == "soft_auc" else tune
 
     sm, mg = _load_model(model_path, tags)
     prefix = variables_prefix(model_path)
@@ -151,8 +155,9 @@ def auto_optimize(model_path, save_path, *, opt_config=None, calib_file=None, ev
     check_checkpoint(prefix, list(specs.values()))
     read = _reader(prefix)
     spaces = search_space(found, read, base, pins)
-    log.info("AUTO: %d nodes, %d forms in all; budget %s; %d tuning rows, %d confirmation rows", len(spaces),
-             sum(len(s.forms) for s in spaces), _budget_text(result.budget), tune.rows, confirm.rows)
+    log.info("AUTO: %d nodes, %d forms in all; budget %s; %d tuning rows (%d labelled), %d confirmation rows",
+             len(spaces), sum(len(s.forms) for s in spaces), _budget_text(result.budget), pool.rows, tune.rows,
+             confirm.rows)
     result.nodes = [{"node": s.name, "kind": s.kind, "fp32_bytes": s.fp32_bytes, "pinned": s.pinned,
                      "forms": [{"form": f.choice, "bytes": f.nbytes} for f in s.forms],
                      "faster": {k: [g.choice for g in v] for k, v in s.faster.items()}} for s in spaces]
@@ -161,7 +166,7 @@ def auto_optimize(model_path, save_path, *, opt_config=None, calib_file=None, ev
     try:
         with lowered_model_dir(model_path, sm) as run_dir, \
                 SimulatedModel(run_dir, {(v.key, v.slice): v.node for v in specs.values()}, read, tags=tags) as sim:
-            output, metric, fp32_confirm = _references(sim, tune, confirm, auto, result)
+            output, metric, fp32_confirm = _references(sim, pool, confirm, auto, result)
 
             def build(config, tag):
                 dest = os.path.join(work, tag)
@@ -171,7 +176,7 @@ def auto_optimize(model_path, save_path, *, opt_config=None, calib_file=None, ev
                          allow_pickle=allow_pickle, tags=tags, quiet=True, **optimize_kw)
                 return dest
 
-            ev = Evaluator(spaces, sim, tune, output, metric, _fp32_bytes(mg), build,
+            ev = Evaluator(spaces, sim, pool, output, metric, _fp32_bytes(mg), build,
                            EvalBudget(auto.max_evals, auto.time_budget_s), latency_batch=auto.latency_batch,
                            latency_iters=auto.latency_iters)
             search, chosen = _search(ev, spaces, auto, result)
@@ -214,7 +219,13 @@ def _split(data, auto, eval_file, result):
     tune_idx, confirm_idx = split_rows(data.rows, auto.tune_fraction, auto.seed, data.labels)
     result.rows = {"eval_file": eval_file, "total": data.rows, "tune": len(tune_idx), "confirm": len(confirm_idx),
                    "seed": auto.seed}
-    if data.labels is None:
+    if auto.harm == "soft_auc":
+        result.budget = {"metric": "soft_auc", "max_auc_drop": auto.max_auc_drop, "margin_sigmas": auto.margin_sigmas,
+                         "labelled_confirmation": data.labels is not None}
+        if data.labels is None:
+            result.notes.append(f"{os.path.basename(eval_file)} has no {auto.label_key!r} array: the confirmation "
+                                "rows are judged by the soft-label AUC alone")
+    elif data.labels is None:
         note = (f"{os.path.basename(eval_file)} has no {auto.label_key!r} array: AUTO's budget is p99 |prediction - "
                 f"FP32 prediction| <= {auto.max_output_diff:g} (max_output_diff) instead of |dAUC|")
         log.warning("AUTO: %s", note)
@@ -223,6 +234,36 @@ def _split(data, auto, eval_file, result):
     else:
         result.budget = {"metric": "auc", "max_auc_drop": auto.max_auc_drop, "margin_sigmas": auto.margin_sigmas}
     return data.take(tune_idx), data.take(confirm_idx)
+
+
+def _unlabelled_pool(tune, auto, calib_file, model_path, tags, result):
+    """The rows the soft-label search scores on: the tuning rows, then the calibration file's and ``unlabeled_file``'s.
+
+    Labels are only those of the tuning rows (reported, not scored). A calibration file that
+    is not an .npz of the serving inputs is left out (noted).
+    """
+    from lpo.errors import DataError
+    from lpo.tune.evaluate import EvalData, load_eval_data
+
+    parts, sources = [], {"eval_tune": tune.rows}
+    for name, path in (("calib_file", calib_file), ("unlabeled_file", auto.unlabeled_file)):
+        if path is None:
+            continue
+        try:
+            extra = load_eval_data(path, model_path, auto.label_key, tags=tags)
+        except DataError as e:
+            if name == "unlabeled_file":
+                raise
+            result.notes.append(f"the soft-label search left out {name} ({e})")
+            continue
+        parts.append(EvalData(extra.arrays, None, path))
+        sources[name] = extra.rows
+    result.rows["unlabelled"] = sources
+    if not parts:
+        return tune
+    pool = tune.concat(*parts)
+    pool.labels = tune.labels  # the first rows' labels (reported only)
+    return pool
 
 
 def _references(sim, tune, confirm, auto, result):
@@ -239,8 +280,8 @@ def _references(sim, tune, confirm, auto, result):
     budget = result.budget.get("max_auc_drop", result.budget.get("max_output_diff"))
     fp32_tune = prediction_vector(sim.predict(tune.feeds()), output)
     fp32_confirm = prediction_vector(sim.predict(confirm.feeds()), output)  # the reference only, not a score
-    margin = auto.margin_sigmas if tune.labels is not None else 0.0
-    return output, Metric(fp32_tune, tune.labels, budget, margin), fp32_confirm
+    margin = auto.margin_sigmas if tune.labels is not None or auto.harm == "soft_auc" else 0.0
+    return output, Metric(fp32_tune, tune.labels, budget, margin, harm=auto.harm), fp32_confirm
 
 
 def _search(ev, spaces, auto, result):
@@ -285,7 +326,7 @@ def _confirm(ev, search, chosen, confirm, fp32_confirm, output, budget, tags, re
                            f"safer configuration (half the harm) after {len(tried)} missed")
         with quiet_logs(), SignatureRunner(path, tags=tags) as runner:
             pred = np.concatenate([prediction_vector(runner.run(f), output) for f in confirm.feeds()])
-        conf = Metric(fp32_confirm, confirm.labels, budget).measure(pred)
+        conf = _confirmation(fp32_confirm, confirm.labels, budget, pred, auto)
         tried.append({"trial": t.id, "size_ratio": t.size_ratio, "tune_loss": t.loss, "tune_score": t.score,
                       "confirm_loss": conf["loss"], "passed": conf["feasible"]})
         log.info("AUTO: configuration %d (size %.3fx, tuning loss %.3g, score %.3g): confirmation loss %.3g, %s "
@@ -314,6 +355,24 @@ def _confirm(ev, search, chosen, confirm, fp32_confirm, output, budget, tags, re
                      "latency_ratio": t.latency_ratio}
 
 
+def _confirmation(fp32, labels, budget, pred, auto) -> dict:
+    """Judge ``pred`` on the confirmation rows (never seen by the search).
+
+    ``harm='auc'`` (or no labels without soft): ``|ΔAUC| <= budget`` there. ``soft_auc``: the
+    soft ΔAUC there holds the budget (with ``margin_sigmas`` of its small SE), and, with labels,
+    the labelled ΔAUC is not over the budget by more than ``margin_sigmas`` DeLong SEs: labels
+    reject a choice only on evidence, since their noise at 1e-4 is larger than the budget.
+    """
+    from lpo.tune.evaluate import Metric
+
+    if auto.harm != "soft_auc":
+        return Metric(fp32, labels, budget).measure(pred)
+    conf = Metric(fp32, labels, budget, auto.margin_sigmas, harm="soft_auc").measure(pred)
+    if labels is not None:
+        conf["labelled_ok"] = not conf.pop("labelled_veto", False)
+    return conf
+
+
 def _write(model_path, save_path, result, auto, **kw):
     """Write the chosen plan with ``optimize()``: the manifest's ``auto`` summary and the config JSON."""
     from lpo.core.optimizer import optimize
@@ -323,7 +382,8 @@ def _write(model_path, save_path, result, auto, **kw):
     manifest = {"budget": result.budget, "rows": result.rows,
                 "tune": {k: result.tune.get(k) for k in ("loss", "score", "se", "delta_auc", "p99_abs_diff",
                                                           "size_ratio")},
-                "confirm": {k: result.confirm.get(k) for k in ("loss", "delta_auc", "se", "p99_abs_diff")},
+                "confirm": {k: result.confirm.get(k) for k in ("loss", "delta_auc", "se", "p99_abs_diff",
+                                                                "labelled_delta_auc", "labelled_se")},
                 "evaluations": len(result.trials)}
     final = optimize(model_path, save_path, opt_config=result.opt_config,
                      _auto={"manifest": manifest, "assets": {CONFIG_NAME: config_text}}, **kw)
@@ -339,6 +399,9 @@ def _write(model_path, save_path, result, auto, **kw):
 
 
 def _budget_text(budget: dict) -> str:
+    if budget.get("metric") == "soft_auc":
+        m = f" + {budget['margin_sigmas']:g} SE" if budget.get("margin_sigmas") else ""
+        return f"|dsoftAUC|{m} <= {budget['max_auc_drop']:g} (FP32 probabilities as labels)"
     if budget.get("metric") == "auc":
         m = f" + {budget['margin_sigmas']:g} SE" if budget.get("margin_sigmas") else ""
         return f"|dAUC|{m} <= {budget['max_auc_drop']:g}"

@@ -48,6 +48,13 @@ class EvalData:
         return EvalData({k: v[idx] for k, v in self.arrays.items()},
                         None if self.labels is None else self.labels[idx], self.source)
 
+    def concat(self, *others: "EvalData") -> "EvalData":
+        """These rows followed by ``others``' (their labels are dropped unless every part has some)."""
+        parts = (self,) + others
+        arrays = {k: np.concatenate([np.asarray(p.arrays[k]) for p in parts]) for k in self.arrays}
+        labels = None if any(p.labels is None for p in parts) else np.concatenate([p.labels for p in parts])
+        return EvalData(arrays, labels, self.source)
+
     def feeds(self, chunk: int = PREDICT_CHUNK) -> list[dict]:
         """The rows as feed dicts of at most ``chunk`` rows."""
         return [{k: v[s:s + chunk] for k, v in self.arrays.items()} for s in range(0, self.rows, chunk)]
@@ -126,39 +133,63 @@ def prediction_vector(outputs: dict, name: str) -> np.ndarray:
 class Metric:
     """Accuracy of predictions against the FP32 ones on the same rows.
 
-    With labels, the loss is ``|ΔAUC|`` = ``|AUC - AUC(FP32)|`` and the search scores a
-    configuration by ``|ΔAUC| + margin_sigmas * SE`` (SE: the paired DeLong standard error
-    of ΔAUC on these rows), so a configuration is within the budget only when it is with
-    some confidence, not by the luck of the tuning rows. Without labels the loss (and
-    score) is the p99 of ``|prediction - FP32 prediction|``.
+    ``harm='soft_auc'`` (AUTO's default): the loss is ``|ΔsoftAUC|``, the expected AUC change
+    with the FP32 probabilities as soft labels (:func:`lpo.validation.metrics.soft_auc`): it
+    needs no labels and has no label noise, so it is precise on a few thousand rows; its SE is
+    a jackknife over the rows. ``labels`` (of the first rows, when given) can only veto: a
+    configuration whose labelled ``|ΔAUC|`` exceeds the budget by more than ``margin_sigmas``
+    DeLong SEs is not feasible (evidence that it is over, beyond label noise).
+
+    ``harm='auc'`` with labels: the loss is ``|ΔAUC|``; SE is the paired DeLong standard error,
+    dominated by label noise at the 1e-4 level. Without labels (and not soft): the p99 of
+    ``|prediction - FP32 prediction|``. The search scores ``loss + margin_sigmas * SE``.
     """
 
-    def __init__(self, fp32: np.ndarray, labels, budget: float, margin_sigmas: float = 0.0):
+    def __init__(self, fp32: np.ndarray, labels, budget: float, margin_sigmas: float = 0.0, *,
+                 harm: str = "auc"):
         from lpo.validation.metrics import auc
 
         self.fp32, self.labels, self.budget, self.margin_sigmas = fp32, labels, budget, margin_sigmas
-        self.kind = "auc" if labels is not None else "p99_abs_diff"
-        self.auc_fp32 = auc(labels, fp32) if labels is not None else None
+        self.kind = "soft_auc" if harm == "soft_auc" else "auc" if labels is not None else "p99_abs_diff"
+        n = 0 if labels is None else len(labels)
+        self.auc_fp32 = auc(labels, fp32[:n]) if labels is not None else None
 
     def measure(self, pred: np.ndarray) -> dict:
         """``{loss, score, feasible, delta_auc, se, auc, mse, p99_abs_diff, max_abs_diff}`` of ``pred``.
 
         ``mse`` (mean squared prediction change) is the smooth, roughly additive harm the
-        search uses to rank forms; ``score`` is what the budget bounds.
+        search uses to rank forms; ``score`` is what the budget bounds. For ``soft_auc``,
+        ``delta_auc``/``se`` are the soft ones and ``labelled_delta_auc``/``labelled_se`` the
+        labelled rows' (None without labels).
         """
-        from lpo.validation.metrics import auc_delta
+        from lpo.validation.metrics import auc_delta, soft_auc_delta
 
         d = np.abs(pred - self.fp32)
         out = {"p99_abs_diff": float(np.percentile(d, 99)), "max_abs_diff": float(d.max()),
                "mse": float(np.mean(d * d)), "delta_auc": None, "se": None, "auc": None}
+        labelled = None
         if self.labels is not None:
-            delta, se = auc_delta(self.labels, self.fp32, pred)
+            n = len(self.labels)
+            labelled = auc_delta(self.labels, self.fp32[:n], pred[:n])
+        if self.kind == "soft_auc":
+            delta, se = soft_auc_delta(self.fp32, pred)
+            out.update(delta_auc=delta, se=se, loss=abs(delta), score=abs(delta) + self.margin_sigmas * se,
+                       labelled_delta_auc=None if labelled is None else labelled[0],
+                       labelled_se=None if labelled is None else labelled[1])
+            if labelled is not None and abs(labelled[0]) - self.margin_sigmas * labelled[1] > self.budget:
+                out["labelled_veto"] = True
+        elif labelled is not None:
+            delta, se = labelled
             out.update(delta_auc=delta, se=se, auc=self.auc_fp32 + delta, loss=abs(delta))
             out["score"] = out["loss"] + self.margin_sigmas * se
         else:
             out["loss"] = out["score"] = out["p99_abs_diff"]
-        out["feasible"] = bool(math.isfinite(out["score"]) and out["score"] <= self.budget)
+        out["feasible"] = bool(math.isfinite(out["score"]) and out["score"] <= self.budget
+                               and not out.get("labelled_veto"))
         return out
+
+
+_LOSS_NAMES = {"auc": "|dAUC|", "soft_auc": "|dsoftAUC|", "p99_abs_diff": "p99|dp|"}
 
 
 # --------------------------------------------------------------------------- latency
@@ -290,13 +321,15 @@ class Evaluator:
                   score=scores["score"], se=scores["se"], delta_auc=scores["delta_auc"],
                   p99_abs_diff=scores["p99_abs_diff"], max_abs_diff=scores["max_abs_diff"], mse=scores["mse"],
                   latency=latency, change=change,
-                  seconds=time.perf_counter() - t0)
+                  seconds=time.perf_counter() - t0,
+                  extra={k: scores[k] for k in ("labelled_delta_auc", "labelled_se", "labelled_veto")
+                         if scores.get(k) is not None})
         self.trials.append(t)
         self.budget.used += 1
         lat = f", latency {t.latency_ratio:.2f}x" if t.latency_ratio is not None else ""
         se = f" (+{self.metric.margin_sigmas:g} SE {t.se:.1e})" if t.se is not None else ""
         log.info("AUTO %3d %-11s %-9s size %.3fx  %s %.2e%s %s%s  %s", t.id, phase, how, t.size_ratio,
-                 "|dAUC|" if self.metric.kind == "auc" else "p99|dp|", t.loss, se,
+                 _LOSS_NAMES[self.metric.kind], t.loss, se,
                  "ok" if t.feasible else "over", lat, change)
         return t
 

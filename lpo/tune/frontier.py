@@ -40,7 +40,8 @@ def pareto(trials: list[dict]) -> set[int]:
 
 
 def _loss_name(d: dict) -> str:
-    return "|ΔAUC|" if d["budget"].get("metric") == "auc" else "p99 |Δp|"
+    return {"auc": "|ΔAUC|", "soft_auc": "|ΔsoftAUC| (FP32 probabilities as labels)"}.get(
+        d["budget"].get("metric"), "p99 |Δp|")
 
 
 def auto_tables(d: dict) -> list:
@@ -50,7 +51,8 @@ def auto_tables(d: dict) -> list:
     conf, tune = d.get("confirm") or {}, d.get("tune") or {}
     b = d["budget"]
     limit = b.get("max_auc_drop", b.get("max_output_diff"))
-    margin = f" + {b['margin_sigmas']:g} SE (paired DeLong) on the tuning rows" if b.get("margin_sigmas") else ""
+    se = "jackknife, unlabelled rows" if b.get("metric") == "soft_auc" else "paired DeLong"
+    margin = f" + {b['margin_sigmas']:g} SE ({se}) on the tuning rows" if b.get("margin_sigmas") else ""
     summary = [["Result", "chosen" if chosen else "no configuration within the budget"],
                ["Budget", f"{_loss_name(d)}{margin} ≤ {_num(limit)} on output {b.get('output')!r}"],
                ["Eval rows", f"{d['rows'].get('total')} ({d['rows'].get('tune')} tuning, "
@@ -61,6 +63,8 @@ def auto_tables(d: dict) -> list:
                     ["Tuning rows: ΔAUC", _num(tune.get("delta_auc"))],
                     ["Confirmation rows (never seen): loss", _num(conf.get("loss"))],
                     ["Confirmation rows: ΔAUC", _num(conf.get("delta_auc"))],
+                    ["Confirmation rows: labelled ΔAUC ± SE", f"{_num(conf.get('labelled_delta_auc'))} ± "
+                                                             f"{_num(conf.get('labelled_se'))}"],
                     ["Confirmation rows: p99 / max |Δp|", f"{_num(conf.get('p99_abs_diff'))} / "
                                                           f"{_num(conf.get('max_abs_diff'))}"],
                     ["Latency p50 ratio vs FP32", _num(chosen.get("latency_ratio"), 3)]]

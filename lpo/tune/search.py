@@ -1,9 +1,11 @@
 """AUTO's search: the smallest configuration within the budget, then the fastest of that size.
 
-A configuration's *score* is what the budget bounds: ``|ΔAUC| + margin_sigmas * SE`` on the
-tuning rows (or p99 ``|Δp|`` without labels; :class:`lpo.tune.evaluate.Metric`). AUC moves
-in steps and noise at the 1e-4 level, so the search ranks forms by a smooth harm instead:
-the mean squared change of the predictions against FP32 (``mse``).
+A configuration's *score* is what the budget bounds: by default ``|ΔsoftAUC| + margin_sigmas * SE``,
+the expected AUC change with the FP32 probabilities as labels, on every unlabelled row AUTO has
+(labelled tuning rows only veto, on evidence); with ``harm='auc'`` ``|ΔAUC| + margin_sigmas * SE``
+on the labelled tuning rows (or p99 ``|Δp|`` without labels; :class:`lpo.tune.evaluate.Metric`).
+To rank forms the search uses a smooth, roughly additive harm: the mean squared change of the
+predictions against FP32 (``mse``).
 
 1. **Start** with every node at its smallest form; done if it holds the budget.
 2. **Sensitivity**, one node at a time: each form of each node, every other node FP32;

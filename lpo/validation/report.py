@@ -81,7 +81,35 @@ def _tables(d: dict) -> list:
                   [["AUC", _num(acc["auc_original"]), _num(acc["auc_optimized"]),
                     _num(acc["auc_delta"])],
                    ["Logloss", _num(acc["logloss_original"]), _num(acc["logloss_optimized"]),
-                    _num(acc["logloss_delta"])]]))
+                    _num(acc["logloss_delta"])]]
+                  + ([["Mean prediction vs observed CTR " + _num(acc["observed_ctr"]),
+                       _num(acc["mean_pred_original"]), _num(acc["mean_pred_optimized"]),
+                       _num(acc["mean_pred_optimized"] - acc["mean_pred_original"])]]
+                     if acc.get("observed_ctr") is not None else [])))
+        rel = acc.get("reliability") or {}
+        if rel.get("original"):
+            t.append(("Reliability (equal-count bins of each model's predictions: mean prediction vs observed CTR)",
+                      ["Bin", "Rows", "Mean pred orig", "CTR orig", "Mean pred opt", "CTR opt"],
+                      [[str(i + 1), _num(o["rows"]), _num(o["mean_pred"]), _num(o["ctr"]), _num(p["mean_pred"]),
+                        _num(p["ctr"])] for i, (o, p) in enumerate(zip(rel["original"], rel["optimized"]))]))
+    pr = d.get("prediction") or {}
+    if pr.get("abs_diff"):
+        t.append((f"Prediction change |Δ {d.get('prediction_output')}| (no labels needed)", ["Statistic", "Value"],
+                  [[f"|Δp| {k}", _num(v)] for k, v in pr["abs_diff"].items()]
+                  + [["mean prediction original / optimized",
+                      f"{_num(pr.get('mean_original'))} / {_num(pr.get('mean_optimized'))}"],
+                     ["soft-label ΔAUC (original's probabilities as labels)", _num(pr.get("soft_auc_delta"))]]))
+    acts = d.get("activations") or []
+    if acts:
+        t.append(("INT8 activations (calibration rows): clip rate and output error per layer",
+                  ["Layer", "Form", "Method", "Range", "Clipped", "Output error", "Gate"],
+                  [[a.get("node", ""), a.get("mode", "") + (f" (from {a['fallback_from']})" if a.get("fallback_from")
+                                                             else ""),
+                    a.get("calib_method") or "–",
+                    "–" if not a.get("activation_range") else
+                    f"[{_num(a['activation_range'][0], 4)}, {_num(a['activation_range'][1], 4)}]",
+                    _pct(a.get("clipped")), "–" if a.get("output_rel_rmse") is None else
+                    f"{100 * a['output_rel_rmse']:.2f}%", a.get("gate") or "–"] for a in acts]))
     if d.get("outputs"):
         t.append(("Output differences |optimized − original|",
                   ["Output", "dtype (orig → opt)", "max", "mean", "p99"],
@@ -247,6 +275,21 @@ def make_plots(report) -> dict | None:
         ax.legend(frameon=False)
         plots["Model size"] = png(fig)
 
+    rel = (d.get("accuracy") or {}).get("reliability") or {}
+    if rel.get("original"):
+        fig, ax = plt.subplots(figsize=(5.0, 3.4))
+        top = 0.0
+        for key, color in (("original", _ORIG_COLOR), ("optimized", _OPT_COLOR)):
+            xs, ys = [r["mean_pred"] for r in rel[key]], [r["ctr"] for r in rel[key]]
+            ax.plot(xs, ys, marker="o", ms=3, color=color, label=key)
+            top = max(top, max(xs), max(ys))
+        ax.plot([0, top], [0, top], color="#888", lw=1, ls="--", label="y = x")
+        ax.set_xlabel("mean prediction (bin)")
+        ax.set_ylabel("observed CTR (bin)")
+        ax.set_title("Reliability curve")
+        ax.legend(frameon=False, loc="upper left")
+        plots["Reliability curve"] = png(fig)
+
     lat = d.get("latency") or []
     if lat:
         fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.4))
@@ -337,6 +380,7 @@ def render_html(d: dict, plots: dict | None) -> str:
             e(b["message"]) for b in d.get("breaches", [])) + "</div>")
     tables = _tables(d)
     plot_after = {"Size": ["Model size"], "Latency": ["Latency"], "Profile": ["Time per op type"],
+                  "Reliability": ["Reliability curve"],
                   "Output differences": ["Prediction differences",
                                          "Original vs optimized predictions"]}
     for title, header, rows in tables:

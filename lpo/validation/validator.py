@@ -33,6 +33,10 @@ DEFAULT_THRESHOLDS = opts.THRESHOLDS.to_dict()
 PREDICTION_NAMES = ("probabilities", "predictions", "prob")
 _PREDICT_CHUNK = 2048
 _PLOT_POINTS = 20000
+#: Percentiles of |Δ prediction| the report lists (beside the max).
+DIFF_PERCENTILES = (50, 90, 99, 99.9)
+#: Equal-count bins of the reliability curve (mean prediction vs observed CTR).
+RELIABILITY_BINS = 10
 
 
 @dataclass
@@ -63,6 +67,10 @@ class ValidationReport:
     #: FULL_TRACE profile of both models at the largest batch size (lpo.validation.profile): nodes per
     #: run, op time, top op types; {} when ``profile_runs`` is 0
     profile: dict = field(default_factory=dict)
+    #: |Δ prediction| percentiles, mean predictions, soft-label ΔAUC of ``prediction_output`` (no labels needed)
+    prediction: dict = field(default_factory=dict)
+    #: INT8 dense layers calibrated on activations: clip rate, output error and gate (from the manifest)
+    activations: list = field(default_factory=list)
     #: Predictions of ``prediction_output`` (subsampled) for plots; not serialized.
     samples: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -163,7 +171,10 @@ def _manifest_info(optimized) -> tuple[list, dict, str | None]:
         return [], {}, f"{e} (the list of optimized nodes is empty)"
     nodes = [{"kind": c.kind, "node": c.node, "dtype": c.dtype, "scheme": c.scheme} for c in plan.conversions]
     info = {"format": MANIFEST_FORMAT, "lpo_version": plan.lpo_version, "data_type": plan.data_type,
-            "requires": plan.requires, "target": plan.target}
+            "requires": plan.requires, "target": plan.target,
+            "activations": [{"node": c.node, "mode": c.mode, "calib_method": c.calib_method,
+                             "activation_range": c.activation_range, **(c.calib_error or {})}
+                            for c in plan.conversions if c.calib_error]}
     return nodes, info, None
 
 
@@ -453,17 +464,26 @@ def _accuracy(report, preds, common, labels, label_key) -> None:
         report.samples = {"original": pa[pick], "optimized": pb[pick]}
     else:
         report.samples = {"original": pa, "optimized": pb}
+    from lpo.validation.metrics import auc, calibration_table, logloss, soft_auc_delta
+
+    d = np.abs(pb - pa)
+    report.prediction = {
+        "abs_diff": {f"p{q:g}": _percentile(d, q) for q in DIFF_PERCENTILES} | {"max": float(d.max())},
+        "mean_original": float(pa.mean()), "mean_optimized": float(pb.mean()),
+        "soft_auc_delta": soft_auc_delta(pa, pb)[0] if 0.0 <= pa.min() and pa.max() <= 1.0 else None}
     if labels is None:
         report.notes.append(f"no {label_key!r} array in the data: AUC/logloss not computed")
         return
-    from lpo.validation.metrics import auc, logloss
-
     ao, an = auc(labels, pa), auc(labels, pb)
     lo, ln = logloss(labels, pa), logloss(labels, pb)
     report.accuracy = {"label_key": label_key, "auc_original": ao, "auc_optimized": an,
                        "auc_delta": an - ao, "logloss_original": lo,
                        "logloss_optimized": ln, "logloss_delta": ln - lo,
-                       "positives": int((labels > 0.5).sum()), "rows": int(n)}
+                       "positives": int((labels > 0.5).sum()), "rows": int(n),
+                       "observed_ctr": float(np.mean(labels > 0.5)),
+                       "mean_pred_original": float(pa.mean()), "mean_pred_optimized": float(pb.mean()),
+                       "reliability": {"original": calibration_table(labels, pa, RELIABILITY_BINS),
+                                       "optimized": calibration_table(labels, pb, RELIABILITY_BINS)}}
 
 
 def _size_and_manifest(report, original, optimized) -> None:
@@ -472,6 +492,7 @@ def _size_and_manifest(report, original, optimized) -> None:
 
     report.size = _size_info(original, optimized)
     report.optimized_nodes, report.manifest, note = _manifest_info(optimized)
+    report.activations = report.manifest.pop("activations", [])
     if note:
         report.notes.append(note)
     report.runtime = runtime_report(report.manifest.get("requires") or {})
@@ -502,6 +523,14 @@ def _check(report, thresholds, batch_sizes):
             if d is not None and not d <= lim:
                 breach("max_abs_diff", d, lim,
                        f"output {name!r} max |diff| {d:.6g} > {lim:g}")
+    from lpo.core.calibrate import activation_gate_misses
+
+    for a in report.activations:  # options.ACTIVATION_GATE: calibrated INT8 layers only (fallbacks are weight-only)
+        misses = activation_gate_misses(a) if a.get("mode") in opts.CALIBRATED_INT8_MODES else []
+        if misses:
+            breach("activation_gate", a.get("output_rel_rmse"), opts.ACTIVATION_GATE.max_output_rel_rmse,
+                   f"INT8 {a['mode']} layer {a['node']!r}: {'; '.join(misses)} on the calibration rows "
+                   "(int8_dense='auto' or 'weight_only' avoids it)")
     lim = thresholds["max_latency_ratio"]
     if lim is not None:
         if not report.latency:
