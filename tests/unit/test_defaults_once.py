@@ -56,8 +56,8 @@ def test_kfp_components_take_their_defaults_from_options():
     pytest.importorskip("kfp")
     from lpo.components import calibrate, optimize, pipelines, validate
 
-    want_opt = {k: getattr(opts.OPTIMIZE, k) for k in ("data_type", "embedding_scheme", "dense_mode", "int8_dense",
-                                                      "calib_method")}
+    want_opt = {k: getattr(opts.OPTIMIZE, k) for k in ("embedding_scheme", "dense_mode", "int8_dense", "calib_method")}
+    want_opt["data_type"] = opts.PIPELINE_DATA_TYPE  # pipelines and DAGs share one default, not the library's
     for comp in (optimize.optimize, optimize.optimize_cli):
         assert {k: v for k, v in _kfp_defaults(comp).items() if k in want_opt} == want_opt, comp.name
     want_val = {**opts.ORCHESTRATOR_THRESHOLDS, "iters": opts.VALIDATE.iters, "batch_sizes": opts.BATCH_SIZES_TEXT}
@@ -101,6 +101,7 @@ def test_cli_library_and_operators_agree():
 
     op = inspect.signature(LpoOptimizeOperator.__init__).parameters
     assert {k: op[k].default for k in ("data_type", "embedding_scheme")} == {
-        "data_type": opts.OPTIMIZE.data_type, "embedding_scheme": opts.OPTIMIZE.embedding_scheme}
+        "data_type": opts.PIPELINE_DATA_TYPE, "embedding_scheme": opts.OPTIMIZE.embedding_scheme}
+    assert opts.AIRFLOW.data_type == opts.PIPELINE_DATA_TYPE
     val = inspect.signature(LpoValidateOperator.__init__).parameters
     assert {k: val[k].default for k in opts.Thresholds.names()} == opts.ORCHESTRATOR_THRESHOLDS
