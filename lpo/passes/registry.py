@@ -11,6 +11,12 @@ a family's kind; it calls, with one signature for every family:
   (``options`` is the resolved :class:`lpo.options.OptimizeOptions`). Raises
   ``ConfigError`` for a dtype the family cannot take.
 * ``rewrite(surgery, conversion)``: the graph edit of one planned conversion.
+
+A *structural* pass (:func:`register_structural`) is exact: it changes how the float32
+graph computes, never what (e.g. a single-value lookup without the SparseTensor
+plumbing). ``optimize()`` runs each, in registration order, on every MetaGraph before
+``find``: ``fn(surgery) -> list[dict]`` edits the graph and returns one JSON-able entry
+per rewritten site (recorded in the manifest and reported as optimized nodes, by ``node``).
 """
 from __future__ import annotations
 
@@ -45,3 +51,16 @@ def get(name: str) -> PassFamily:
 def names() -> list[str]:
     """Return the registered family names in registration order."""
     return list(_PASSES)
+
+
+_STRUCTURAL: dict[str, Callable] = {}
+
+
+def register_structural(name: str, fn: Callable) -> None:
+    """Register the exact float32 rewrite ``fn(surgery) -> [entry]`` that runs before ``find``."""
+    _STRUCTURAL[name] = fn
+
+
+def structural() -> dict[str, Callable]:
+    """Return the structural passes by name, in registration order."""
+    return dict(_STRUCTURAL)
