@@ -11,10 +11,10 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 
 from lpo.core.checkpoint import convert_values
-from lpo.core.graph import dtype_attr, make_node
+from lpo.core.graph import const_value, dtype_attr, make_node
 from lpo.core.savedmodel import variable_specs
 from lpo.passes import embedding
-from lpo.passes.single_value import ZERO, fuse_single_value_lookups
+from lpo.passes.single_value import ZERO, fuse_hashing, fuse_single_value_lookups
 from lpo.passes.surgery import Surgery
 from lpo import options as opts
 
@@ -286,3 +286,58 @@ def test_the_embedding_pass_quantizes_the_fused_lookup(table, dtype, scheme):
     deq = run(s.finish(), entry["lookup"], feed(1), values)  # the dequantized rows, as the converter wrote them
     np.testing.assert_array_equal(got, np.where((VALUES != b"")[:, None], deq, np.float32(0)))
     np.testing.assert_allclose(got, reference(), atol=0.3 if dtype == "INT4" else 0.03)
+
+
+# --- fused hashing across columns --------------------------------------------------------------
+def two_columns(concat=True):
+    g = HandGraph()
+    small = TABLE[:5]
+    outs = [column(g, "C1"), column(g, "C2", rank=2, table="ref", values=small, buckets=5)]
+    if concat:
+        g.op("ConcatV2", "out", outs + [g.const("axis", np.int32(1))], T=F32, N=2, Tidx=I32)
+        sign(g, ["C1", "C2"], ["out"])
+    else:
+        sign(g, ["C1", "C2"], outs)
+    return g, outs
+
+
+def test_hashes_the_columns_of_one_concat_at_once():
+    g, outs = two_columns()
+    s, found = fuse(g)
+    (entry,) = fuse_hashing(s)
+    idx = s.index
+    assert entry == {"node": "out", "columns": ["C1", "C2"], "buckets": [BUCKETS, 5]}
+    base = "out/lpo_hash"
+    pack = idx.node(f"{base}/values")
+    assert (pack.op, list(pack.input)) == ("Pack", ["C1", "C2_embedding/Reshape_out/lpo_values"])
+    assert idx.node(f"{base}/fingerprint").op == "Fingerprint" and idx.node(f"{base}/uint64").op == "Bitcast"
+    bucket = idx.node(f"{base}/bucket")
+    assert bucket.op == "FloorMod" and list(const_value(idx.input_node(bucket, 1))) == [BUCKETS, 5]
+    for i, (e, out) in enumerate(zip(found, outs)):
+        assert idx.node(e["lookup"]).input[1] == (f"{base}/split:{i}" if i else f"{base}/split")
+        assert idx.node(out).input[0] == (f"{base}/present/split:{i}" if i else f"{base}/present/split")
+    ops = [n.op for n in idx.nodes.values()]
+    assert "StringToHashBucketFast" not in ops and "C1_embedding/ExpandDims" not in idx
+    assert ops.count("NotEqual") == ops.count("ExpandDims") == 1  # the masks: one over the stack
+    feeds = {"C1": VALUES, "C2": VALUES[::-1].reshape(-1, 1)}
+    got = run(s.finish(), ["out", f"{base}/split:0", f"{base}/split:1"], feeds, g.values)
+    np.testing.assert_array_equal(got[0], run(g.mg, "out", feeds, g.values))
+    np.testing.assert_array_equal(got[1], tf.strings.to_hash_bucket_fast(VALUES, BUCKETS).numpy())
+    np.testing.assert_array_equal(got[2], tf.strings.to_hash_bucket_fast(VALUES[::-1], 5).numpy())
+
+
+def test_columns_not_read_together_keep_their_own_hash():
+    g, _ = two_columns(concat=False)
+    s, _found = fuse(g)
+    assert fuse_hashing(s) == []
+
+
+@pytest.mark.parametrize("buckets", [1, 2, 1000, 2**31 - 1, 2**32, 2**32 + 15, 2**62 + 1, 2**63 - 1])
+def test_fingerprint_modulo_is_string_to_hash_bucket_fast(buckets):
+    """What fused hashing relies on: StringToHashBucketFast(v, n) == Fingerprint64(v) % n (uint64)."""
+    rng = np.random.default_rng(buckets % 1000)
+    values = [b"", b"\x00", b"\xff" * 300, "ü".encode()] + [rng.bytes(int(k)) for k in rng.integers(0, 80, 3000)]
+    x = tf.constant(np.array(values, dtype=object))
+    fused = tf.cast(tf.math.floormod(tf.bitcast(tf.fingerprint(x), tf.uint64), tf.constant(buckets, tf.uint64)),
+                    tf.int64)
+    np.testing.assert_array_equal(fused.numpy(), tf.strings.to_hash_bucket_fast(x, buckets).numpy())
