@@ -5,8 +5,9 @@ column is fused (lpo/passes/single_value.py). Fused FP32 must be within 1e-6 of 
 fused INT8 within 1e-6 of unfused INT8, and a refresh of a fused model must equal a
 re-optimization bit for bit.
 """
-import json
+import filecmp
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -21,22 +22,6 @@ NUM_COLUMNS = len(SPARSE_NAMES)
 @pytest.fixture(scope="module")
 def out(tmp_path_factory):
     return tmp_path_factory.mktemp("single_value")
-
-
-@pytest.fixture(scope="module")
-def optimized(out):
-    """optimize() once per (model, options)."""
-    cache = {}
-
-    def get(sample, **kw):
-        key = (sample.model_path, json.dumps(kw, sort_keys=True))
-        if key not in cache:
-            path = out / f"opt-{len(cache)}"
-            lpo.optimize(sample.model_path, str(path), calib_file=sample.calib_path, quiet=True, **kw)
-            cache[key] = str(path)
-        return cache[key]
-
-    return get
 
 
 def fuzzed(sample, rows: int, seed: int = 0) -> dict:
@@ -68,9 +53,9 @@ def _oov(data):
 
 
 @pytest.mark.parametrize("variant", ["resource", "ref", "ref_gather"])
-def test_fp32_fused_equals_the_original(request, optimized, variant):
+def test_fp32_fused_equals_the_original(request, optimized_sample, variant):
     sample = request.getfixturevalue(f"sample_{variant}")
-    path = optimized(sample, opt_config={})
+    path = optimized_sample(sample, opt_config={})
     plan = read_manifest(path)
     assert plan.conversions == [] and len(plan.structural["single_value"]) == NUM_COLUMNS
     assert {e["combiner"] for e in plan.structural["single_value"]} == {"mean"}
@@ -79,8 +64,8 @@ def test_fp32_fused_equals_the_original(request, optimized, variant):
         np.testing.assert_allclose(predict(path, data), predict(sample.model_path, data), rtol=0, atol=1e-6)
 
 
-def test_partitioned_tables_are_left_alone(sample_partitioned, optimized):
-    path = optimized(sample_partitioned, opt_config={})
+def test_partitioned_tables_are_left_alone(sample_partitioned, optimized_sample):
+    path = optimized_sample(sample_partitioned, opt_config={})
     assert read_manifest(path).structural == {}
 
 
@@ -88,8 +73,8 @@ def test_partitioned_tables_are_left_alone(sample_partitioned, optimized):
                                 {"data_type": "INT8", "embedding_scheme": "per_row"},  # calibrated dense layers
                                 {"data_type": "INT4", "int8_dense": "weight_only"},
                                 {"data_type": "BF16"}], ids=["int8", "int8-calibrated", "int4", "bf16"])
-def test_low_precision_fused_equals_unfused(sample_resource, optimized, kw):
-    fused, unfused = optimized(sample_resource, **kw), optimized(sample_resource, fuse=False, **kw)
+def test_low_precision_fused_equals_unfused(sample_resource, optimized_sample, kw):
+    fused, unfused = optimized_sample(sample_resource, **kw), optimized_sample(sample_resource, fuse=False, **kw)
     assert len(read_manifest(fused).structural["single_value"]) == NUM_COLUMNS
     assert read_manifest(unfused).structural == {}
     a, b = read_manifest(fused), read_manifest(unfused)
@@ -98,8 +83,12 @@ def test_low_precision_fused_equals_unfused(sample_resource, optimized, kw):
     for rows in (1, 512):
         data = _oov(fuzzed(sample_resource, rows, seed=rows + 1))
         np.testing.assert_allclose(predict(fused, data), predict(unfused, data), rtol=0, atol=1e-6)
-    # both models hold the same variables
-    assert sorted(os.listdir(os.path.join(fused, "variables"))) == sorted(os.listdir(os.path.join(unfused, "variables")))
+    # a structural pass changes no variable: both checkpoints are byte-identical
+    names = sorted(os.listdir(os.path.join(fused, "variables")))
+    assert names == sorted(os.listdir(os.path.join(unfused, "variables")))
+    _same, diff, errors = filecmp.cmpfiles(os.path.join(fused, "variables"), os.path.join(unfused, "variables"), names,
+                                           shallow=False)
+    assert not diff and not errors
 
 
 def nodes_per_run(model_path, data) -> int:
@@ -117,23 +106,21 @@ def nodes_per_run(model_path, data) -> int:
     return sum(len(d.node_stats) for d in meta.step_stats.dev_stats)
 
 
-def test_fused_graph_runs_far_fewer_nodes(sample_resource, optimized):
+def test_fused_graph_runs_far_fewer_nodes(sample_resource, optimized_sample):
     data = fuzzed(sample_resource, 64)
     before = nodes_per_run(sample_resource.model_path, data)
-    fp32 = nodes_per_run(optimized(sample_resource, opt_config={}), data)
-    int8 = nodes_per_run(optimized(sample_resource, data_type="INT8", int8_dense="weight_only"), data)
+    fp32 = nodes_per_run(optimized_sample(sample_resource, opt_config={}), data)
+    int8 = nodes_per_run(optimized_sample(sample_resource, data_type="INT8", int8_dense="weight_only"), data)
     assert fp32 < before / 3, (fp32, before)
     # + per table its scale's VarHandleOp and read, Cast and Mul (dequantization); + the dense layers'
     assert int8 <= fp32 + 4 * NUM_COLUMNS + 10, (int8, fp32)
 
 
-def test_refresh_of_a_fused_model_equals_reoptimization(sample_resource, optimized, out):
+def test_refresh_of_a_fused_model_equals_reoptimization(sample_resource, optimized_sample, out):
     kw = {"data_type": "INT8", "int8_dense": "weight_only"}
-    first = optimized(sample_resource, **kw)
+    first = optimized_sample(sample_resource, **kw)
     prefix = perturb_checkpoint(sample_resource.model_path, str(out / "retrained" / "ckpt" / "model.ckpt-9"))
     model = out / "retrained" / "fp32"
-    import shutil
-
     shutil.copytree(sample_resource.model_path, model, ignore=shutil.ignore_patterns("variables"))
     (model / "variables").mkdir()
     for f in os.listdir(out / "retrained" / "ckpt"):
@@ -144,7 +131,6 @@ def test_refresh_of_a_fused_model_equals_reoptimization(sample_resource, optimiz
     lpo.refresh(first, prefix, str(refreshed), quiet=True)
     data = fuzzed(sample_resource, 256)
     assert np.array_equal(predict(str(refreshed), data), predict(str(again), data))
-    import filecmp
 
     names = sorted(os.listdir(again / "variables"))
     assert names == sorted(os.listdir(refreshed / "variables"))
