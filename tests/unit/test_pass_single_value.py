@@ -342,3 +342,11 @@ def test_fingerprint_modulo_is_string_to_hash_bucket_fast(buckets):
     fused = tf.cast(tf.math.floormod(tf.bitcast(tf.fingerprint(x), tf.uint64), tf.constant(buckets, tf.uint64)),
                     tf.int64)
     np.testing.assert_array_equal(fused.numpy(), tf.strings.to_hash_bucket_fast(x, buckets).numpy())
+
+
+def test_structural_passes_are_registered_and_reported():
+    from lpo.core.optimizer import STRUCTURAL, NodeReport
+    from lpo.passes import registry
+
+    assert list(registry.structural()) == ["single_value"]  # fuse_hashing is opt-in (measured slower)
+    assert NodeReport("single_value", "C1/Reshape", STRUCTURAL).line() == "Fuse single-value lookup (exact): C1/Reshape"
