@@ -10,7 +10,8 @@ into ``to_sparse_input`` (``NotEqual`` ignore value -> ``Where`` -> ``GatherNd``
 Where the serving signature proves one value per row (a ``Placeholder`` of static shape
 ``[B]`` or ``[B, 1]`` that a signature feeds) and the chain is exactly that, the column becomes::
 
-    ids  = StringToHashBucketFast(x)                 # x, or Squeeze(x, [1]) for [B, 1]
+    ids  = StringToHashBucketFast(x)                 # x, or Squeeze(x, [1]) for [B, 1]; AsString first
+                                                      # for an integer input (hash_bucket(dtype=int64))
     rows = ResourceGather(table, ids)                 # or GatherV2(read(table), ids, 0)
     out  = SelectV2(NotEqual(x2, ignore), rows, 0.0)  # x2: the [B, 1] input, the column's own NotEqual
 
@@ -47,6 +48,9 @@ ZERO = "lpo_single_value/zero"
 #: ops kept however unread: inputs and variables
 _KEEP_OPS = ("Placeholder", "PlaceholderWithDefault", "VarHandleOp", "VariableV2", "Variable")
 
+#: integer inputs of a hashed column (``categorical_column_with_hash_bucket(dtype=int...)``: AsString first)
+_INTEGERS = (types_pb2.DT_INT64, types_pb2.DT_INT32)
+
 _labels = itertools.count()
 
 
@@ -81,14 +85,16 @@ def _dense() -> OpTypePattern:
 def _present() -> OpTypePattern:
     """``Where(NotEqual(x2, ignore))``: the positions of the values kept."""
     return OpTypePattern("Where", _same("indices"), inputs=(
-        OpTypePattern("NotEqual", _same("present"), inputs=(_dense(), _const())),))
+        OpTypePattern("NotEqual", _same("present"), inputs=(_dense(), OpTypePattern("Cast", optional=True, inputs=(
+            _const(),)))),))
 
 
 def _hashed_ids() -> OpTypePattern:
     """The hashed values, through the ``SparseReshape`` 's Identity."""
     gathered = OpTypePattern("GatherNd", _same("values"), inputs=(_dense(), _present()))
+    strings = OpTypePattern("AsString", _same("as_string"), optional=True, inputs=(gathered,))  # integer values
     return OpTypePattern("Identity", _same("reshaped_values"), optional=True, inputs=(
-        OpTypePattern("StringToHashBucketFast", _same("hash"), inputs=(gathered,)),))
+        OpTypePattern("StringToHashBucketFast", _same("hash"), inputs=(strings,)),))
 
 
 def _reshaped(port: int) -> OpTypePattern:
@@ -205,7 +211,8 @@ def _accept(signature_inputs: set[str]):
             return False
         x, table = _one(m, "input"), m["table"]
         dims, shape = shape_of(x), shape_of(table)
-        if x.name not in signature_inputs or x.attr["dtype"].type != types_pb2.DT_STRING or dims is None:
+        want = _INTEGERS if "as_string" in _groups(m) else (types_pb2.DT_STRING,)
+        if x.name not in signature_inputs or x.attr["dtype"].type not in want or dims is None:
             return False  # one value per row: a fed [B] (expanded to [B, 1]) or [B, 1]
         if dims != ([dims[0]] if "expand" in _groups(m) else [dims[0], 1]):
             return False
@@ -259,7 +266,11 @@ def _rewrite(s: Surgery, m: dict, keep: set[str]) -> dict:
     ids_src = x.name
     if "expand" not in _groups(m):  # [B, 1]: the ids of a [B] vector (Squeeze fails on more values)
         ids_src = idx.add(make_node("Squeeze", idx.unique_name(root.name + "/lpo_values"), [x.name], device=device,
-                                    T=dtype_attr(types_pb2.DT_STRING), squeeze_dims=_ints([1]))).name
+                                    T=dtype_attr(x.attr["dtype"].type), squeeze_dims=_ints([1]))).name
+    if "as_string" in _groups(m):  # integer values: formatted as the chain formats them, then hashed
+        fmt = make_node("AsString", idx.unique_name(root.name + "/lpo_as_string"), [ids_src], device=device)
+        fmt.attr.MergeFrom(_one(m, "as_string").attr)
+        ids_src = idx.add(fmt).name
     ids = make_node("StringToHashBucketFast", idx.unique_name(root.name + "/lpo_hash"), [ids_src], device=device)
     ids.attr["num_buckets"].CopyFrom(hash_node.attr["num_buckets"])
     idx.add(ids)

@@ -32,24 +32,32 @@ def _t(**kw):
 
 
 def column(g: HandGraph, name="C1", *, combiner="mean", rank=1, table="resource", reshapes=2, shape=None,
-           values=TABLE, buckets=BUCKETS, default_id=0):
+           values=TABLE, buckets=BUCKETS, default_id=0, integer=False):
     """Append one column's chain; return the name of its last node (``[B, D]``).
 
     ``table``: ``resource`` (ResourceGather after Unique), ``ref`` (GatherV2 after Unique) or
-    ``fast`` (SparseSegment* on the ref table read, TF >= 2.14).
+    ``fast`` (SparseSegment* on the ref table read, TF >= 2.14). ``integer``: an int64 input
+    (ignore value ``Cast(-1)``), formatted by ``AsString`` before the hash.
     """
     p = f"{name}_embedding"
     c = lambda n, v: g.const(f"{p}/{n}", v)  # noqa: E731
-    x = g.placeholder(name, shape or ((-1,) if rank == 1 else (-1, 1)), STR)
+    kind = I64 if integer else STR
+    x = g.placeholder(name, shape or ((-1,) if rank == 1 else (-1, 1)), kind)
     x2 = x
     if rank == 1:
         x2 = g.add(make_node("ExpandDims", f"{p}/ExpandDims", [x, c("ExpandDims/dim", np.int32(-1))],
-                             **_t(T=STR, Tdim=I32)))
-    ne = g.add(make_node("NotEqual", f"{p}/NotEqual", [x2, c("ignore", np.array(b""))], **_t(T=STR),
-                         incompatible_shape_error=True))
+                             **_t(T=kind, Tdim=I32)))
+    ignore = c("ignore", np.array(b""))
+    if integer:
+        ignore = g.add(make_node("Cast", f"{p}/ignore_value", [c("ignore/x", np.int32(-1))], **_t(SrcT=I32, DstT=I64),
+                                 Truncate=False))
+    ne = g.add(make_node("NotEqual", f"{p}/NotEqual", [x2, ignore], **_t(T=kind), incompatible_shape_error=True))
     where = g.add(make_node("Where", f"{p}/indices", [ne], **_t(T=BOOL)))
-    vals = g.add(make_node("GatherNd", f"{p}/values", [x2, where], **_t(Tparams=STR, Tindices=I64)))
-    dense_shape = g.add(make_node("Shape", f"{p}/dense_shape", [x2], **_t(T=STR, out_type=I64)))
+    vals = g.add(make_node("GatherNd", f"{p}/values", [x2, where], **_t(Tparams=kind, Tindices=I64)))
+    dense_shape = g.add(make_node("Shape", f"{p}/dense_shape", [x2], **_t(T=kind, out_type=I64)))
+    if integer:
+        vals = g.add(make_node("AsString", f"{p}/AsString", [vals], **_t(T=I64), fill="", precision=-1,
+                               scientific=False, shortest=False, width=-1))
     hashed = g.add(make_node("StringToHashBucketFast", f"{p}/lookup", [vals], num_buckets=buckets))
     sr = g.add(make_node("SparseReshape", f"{p}/SparseReshape", [where, dense_shape, c("new_shape", np.array(
         [-1, 1], np.int64))]))
@@ -194,6 +202,24 @@ def test_fuses_a_chain_without_input_layers_reshapes(reshapes):
     s, (entry,) = fuse(g)
     assert entry["node"] == ("C1_embedding/weights", "C1_embedding/Reshape_2")[reshapes]
     np.testing.assert_array_equal(run(s.finish(), "out", feed(1), g.values), reference())
+
+
+INTS = np.array([5, -1, 123456789012, 5, -1, 0, -7, -2**63], np.int64)
+
+
+@pytest.mark.parametrize("rank", [1, 2])
+def test_fuses_a_hashed_integer_column(rank):
+    g = graph(integer=True, rank=rank)
+    s, (entry,) = fuse(g)
+    idx, p = s.index, "C1_embedding"
+    h = idx.node(f"{p}/Reshape_out/lpo_hash")
+    fmt = idx.node(h.input[0])
+    assert fmt.op == "AsString" and fmt.attr["T"].type == I64 and idx.node(f"{p}/Reshape_out").op == "SelectV2"
+    feeds = {"C1": INTS if rank == 1 else INTS.reshape(-1, 1)}
+    got = run(s.finish(), "out", feeds, g.values)
+    np.testing.assert_array_equal(got, run(g.mg, "out", feeds, g.values))
+    ids = tf.strings.to_hash_bucket_fast(tf.strings.as_string(INTS), BUCKETS).numpy()
+    np.testing.assert_array_equal(got, np.where((INTS != -1)[:, None], TABLE[ids], np.float32(0)))
 
 
 def test_batch_of_one_and_empty_batch():
