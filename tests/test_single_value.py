@@ -74,7 +74,7 @@ def test_partitioned_tables_are_left_alone(sample_partitioned, optimized_sample)
                                 {"data_type": "INT4", "int8_dense": "weight_only"},
                                 {"data_type": "BF16"}], ids=["int8", "int8-calibrated", "int4", "bf16"])
 def test_low_precision_fused_equals_unfused(sample_resource, optimized_sample, kw):
-    fused, unfused = optimized_sample(sample_resource, **kw), optimized_sample(sample_resource, fuse=False, **kw)
+    fused, unfused = optimized_sample(sample_resource, **kw), optimized_sample(sample_resource, folds=False, **kw)
     assert len(read_manifest(fused).structural["single_value"]) == NUM_COLUMNS
     assert read_manifest(unfused).structural == {}
     a, b = read_manifest(fused), read_manifest(unfused)

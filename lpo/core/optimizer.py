@@ -406,7 +406,7 @@ def optimize(model_path, save_path, opt_config=None, data_type=opts.OPTIMIZE.dat
              calib_max_batches=None, target=opts.OPTIMIZE.target,
              dequantize_at_load=opts.OPTIMIZE.dequantize_at_load, quiet=False, eval_file=None,
              max_auc_drop=opts.AUTO_OPTIONS.max_auc_drop, auto_options=None, report_dir=None,
-             fuse=opts.OPTIMIZE.fuse, _auto=None) -> OptimizeResult:
+             folds=opts.OPTIMIZE.folds, _auto=None) -> OptimizeResult:
     """Write at ``save_path`` a SavedModel whose embeddings and dense layers run in low precision.
 
     Args:
@@ -445,7 +445,7 @@ def optimize(model_path, save_path, opt_config=None, data_type=opts.OPTIMIZE.dat
             budget, default 1e-4; not the validation gate). ``opt_config`` then pins nodes.
             ``auto_options``: :class:`lpo.options.AutoOptions` fields (seed, max_evals, ...);
             ``report_dir``: the frontier report (HTML/Markdown/JSON). See :mod:`lpo.tune`.
-        fuse: first run the exact structural rewrites (:mod:`lpo.passes.single_value`: a
+        folds: first apply the exact structural rewrites (:mod:`lpo.passes.single_value`: a
             feature column fed one value per row looks its row up without the SparseTensor
             plumbing); the manifest's ``structural`` lists what they rewrote. False keeps the
             graph's structure.
@@ -469,12 +469,12 @@ def optimize(model_path, save_path, opt_config=None, data_type=opts.OPTIMIZE.dat
     options = opts.OptimizeOptions(
         data_type=data_type, embedding_scheme=embedding_scheme, dense_mode=dense_mode, int8_dense=int8_dense,
         calib_method=calib_method, calib_batch_size=calib_batch_size,
-        dequantize_at_load=dequantize_at_load, target=target, fuse=bool(fuse)).normalized()
+        dequantize_at_load=dequantize_at_load, target=target, folds=bool(folds)).normalized()
     opt_config = opts.normalize_opt_config(opt_config)
     model_path, save_path = os.path.abspath(os.fspath(model_path)), os.path.abspath(os.fspath(save_path))
     _check_output(save_path, model_path, overwrite)
     sm, mg = _load_model(model_path, tags)
-    structural = _restructure(sm, options.fuse)
+    structural = _restructure(sm, options.folds)
     found, convs = _plan_conversions(model_path, mg, opt_config, options)
     _calibrate_static(model_path, sm, tags, convs, calib_file, options, allow_pickle=allow_pickle,
                       max_batches=calib_max_batches, found=found)
