@@ -212,7 +212,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         calib_file=args.calib, overwrite=args.overwrite, allow_pickle=args.allow_pickle,
         tags=args.tags, embedding_scheme=args.embedding_scheme, dense_mode=args.dense_mode,
         int8_dense=args.int8_dense, calib_method=args.calib_method, target=args.target, quiet=args.quiet,
-        **auto)
+        **({} if auto else {"folds": args.folds}), **auto)
     if getattr(result, "auto", None) and not args.json:
         a = result.auto
         print(json.dumps(a["chosen"]["config"], indent=1, sort_keys=True))
@@ -430,6 +430,10 @@ def _optimize_args(p: argparse.ArgumentParser) -> None:
                 "requirements (default: %(default)s)")
     _add_choice(p, "--calib-method", opts.CALIB_METHODS, opts.OPTIMIZE.calib_method,
                 "activation range method for calibrated INT8 (default: %(default)s)")
+    p.add_argument("--no-folds", dest="folds", action="store_false", default=opts.OPTIMIZE.folds,
+                   help="keep the graph's structure: skip the exact rewrites run before the precision passes "
+                        "(a feature column fed one value per row looks its row up without the SparseTensor "
+                        "plumbing)")
     a = p.add_argument_group("AUTO (--data-type auto)",
                              "Search each node's form (INT4/INT8/16-bit/FP32) for the smallest, then fastest, "
                              "model whose |dAUC| vs FP32 on --eval rows stays within --max-auc-drop. --config pins "

@@ -140,7 +140,8 @@ class OptimizeOptions:
     #: INT4 tables: a scheme one node named in opt_config (``"INT4:per_dim"``); None: :data:`INT4_SCHEME`
     #: where the size rule allows (no error), else the smaller layout
     int4_scheme: Optional[str] = None
-    #: apply the exact structural folds (no variables, every data type; lpo.passes.registry.register_fold)
+    #: apply the exact structural rewrites (``lpo.passes.registry.structural``: single-value lookups, ...)
+    #: before the precision passes, at every data type; False keeps the graph's structure
     folds: bool = True
 
     def to_dict(self) -> dict:

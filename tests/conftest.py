@@ -74,6 +74,27 @@ def sample_dcn():
     return cached_dcn_sample(cache_dir=SAMPLE_CACHE)
 
 
+@pytest.fixture(scope="module")
+def optimized_sample(tmp_path_factory):
+    """``get(sample, **kw)``: the path of ``lpo.optimize(sample, calib_file=its calibration rows, **kw)``,
+    optimized once per (sample, options) in a module."""
+    import json
+
+    import lpo
+
+    work, cache = tmp_path_factory.mktemp("optimized"), {}
+
+    def get(sample, **kw):
+        key = (sample.model_path, json.dumps(kw, sort_keys=True))
+        if key not in cache:
+            out = work / f"opt-{len(cache)}"
+            lpo.optimize(sample.model_path, str(out), calib_file=sample.calib_path, quiet=True, **kw)
+            cache[key] = str(out)
+        return cache[key]
+
+    return get
+
+
 #: Fixtures that load a trained sample model: a test using one (even indirectly) optimizes or
 #: serves a real SavedModel and takes seconds, so it is an integration test, marked slow.
 SAMPLE_FIXTURES = {"sample_resource", "sample_ref", "sample_partitioned", "sample_ref_gather", "sample_keras",

@@ -183,14 +183,14 @@ def test_optimize_wiring(fake_api, tmp_path, capsys):
     rc = cli.main(["optimize", "m", "o", "--data-type", "int8", "--config", str(cfg),
                    "--calib", "c.npz", "--allow-pickle", "--overwrite", "--embedding-scheme",
                    "PER_ROW", "--dense-mode", "weight_only", "--int8-dense", "weight-only",
-                   "--calib-method", "minmax", "--tags", "serve,gpu", "--target", "AVX2", "-q"])
+                   "--calib-method", "minmax", "--tags", "serve,gpu", "--target", "AVX2", "--no-folds", "-q"])
     assert rc == 0
     [(name, args, kwargs)] = fake_api
     assert name == "optimize" and args == ("m", "o")
     assert kwargs == dict(opt_config={"emb/C1": "int8"}, data_type="INT8", calib_file="c.npz",
                           overwrite=True, allow_pickle=True, tags=["serve", "gpu"],
                           embedding_scheme="per_row", dense_mode="weight_only",
-                          int8_dense="weight_only", calib_method="minmax", target="avx2", quiet=True)
+                          int8_dense="weight_only", calib_method="minmax", target="avx2", quiet=True, folds=False)
     out = capsys.readouterr().out
     assert "output: out" in out and "saved_bytes: 10" in out
     assert cli.main(["optimize", "m", "o", "--int8-dense", "static"]) == 0  # the old name of simulate
@@ -204,6 +204,7 @@ def test_optimize_defaults_and_json(fake_api, capsys):
     assert kwargs["data_type"] == "BF16" and kwargs["opt_config"] is None
     assert kwargs["overwrite"] is False and kwargs["allow_pickle"] is False
     assert kwargs["embedding_scheme"] == "per_dim" and kwargs["calib_method"] == opts.OPTIMIZE.calib_method
+    assert kwargs["folds"] is True
     assert json.loads(capsys.readouterr().out) == _Result().to_dict()
 
 

@@ -289,7 +289,8 @@ class OpTypePattern:
     * ``optional``: the node may be absent; its first input pattern then matches in its place;
     * ``sole_consumer``: the node above it in the match is the only reader of its output
       (one data edge, no control edge);
-    * ``where``: a predicate on the NodeDef (attrs).
+    * ``where``: a predicate on the NodeDef (attrs);
+    * ``port``: the output of the node that the node above reads (``None``: any port).
     """
 
     op: str | tuple[str, ...]
@@ -298,6 +299,7 @@ class OpTypePattern:
     optional: bool = False
     sole_consumer: bool = False
     where: Callable | None = None
+    port: int | None = None
 
     def __post_init__(self):
         ops = tuple(self.op.split("|")) if isinstance(self.op, str) else tuple(self.op)
@@ -330,7 +332,7 @@ class GraphMatcher:
         before absent, so the first match is the longest one.
         """
         for pattern in self.patterns:
-            yield from self._match(node, pattern, None, {})
+            yield from self._match(node, pattern, None, {}, None)
 
     def match_all(self, anchor: str, accept: Callable[[Match], bool] | None = None) -> list[Match]:
         """Return, in graph order of the ``anchor`` node, one match per anchor node.
@@ -353,12 +355,13 @@ class GraphMatcher:
                     break
         return sorted(best.values(), key=lambda m: position.get(m[anchor].name, len(position)))
 
-    def _match(self, node, pattern: OpTypePattern, parent, captured: Match) -> Iterator[Match]:
-        if pattern.accepts(node) and (not pattern.sole_consumer or self._sole_consumer(node, parent)):
+    def _match(self, node, pattern: OpTypePattern, parent, captured: Match, port: int | None) -> Iterator[Match]:
+        if pattern.accepts(node) and (pattern.port is None or pattern.port == port) and \
+                (not pattern.sole_consumer or self._sole_consumer(node, parent)):
             yield from self._match_inputs(node, pattern, 0, {**captured, **({pattern.name: node} if pattern.name
                                                                              else {})})
         if pattern.optional:
-            yield from self._match(node, pattern.inputs[0], parent, captured)
+            yield from self._match(node, pattern.inputs[0], parent, captured, port)
 
     def _match_inputs(self, node, pattern: OpTypePattern, i: int, captured: Match) -> Iterator[Match]:
         if i == len(pattern.inputs):
@@ -367,10 +370,10 @@ class GraphMatcher:
         data = [inp for inp in node.input if not inp.startswith("^")]
         if i >= len(data):
             return
-        src = parse_input(data[i])[0]
+        src, port, _ = parse_input(data[i])
         if src not in self.index:
             return
-        for m in self._match(self.index.node(src), pattern.inputs[i], node, captured):
+        for m in self._match(self.index.node(src), pattern.inputs[i], node, captured, port):
             yield from self._match_inputs(node, pattern, i + 1, m)
 
     def _sole_consumer(self, node, parent) -> bool:

@@ -26,6 +26,9 @@ from lpo.core.savedmodel import (
 log = logging.getLogger(__name__)
 
 ERROR_SAMPLE_BATCHES = 4
+#: the ``dtype`` of a NodeReport of an exact structural rewrite
+STRUCTURAL = "structural"
+WARN_REL_RMSE = 0.05
 
 
 @dataclass
@@ -73,6 +76,8 @@ class NodeReport:
         """The seed's report line, e.g. ``Optimize embedding to INT8: emb`` (a fold: ``Fold interaction: node``)."""
         from lpo import passes
 
+        if self.dtype == STRUCTURAL:
+            return f"Fuse {self.kind.replace('_', '-')} lookup (exact): {self.node}"
         if passes.is_fold(self.kind):
             return f"Fold {self.kind}: {self.node}"
         what = {"embedding": "embedding", "ev": "embedding variable"}.get(self.kind, "dense op")
@@ -97,6 +102,8 @@ class OptimizeResult:
     forms: dict = field(default_factory=dict)
     #: data_type='AUTO' only: the search's result (lpo.tune.AutoResult.to_dict())
     auto: dict | None = None
+    #: the nodes the exact structural passes rewrote (e.g. fused single-value lookups), before ``optimized``
+    fused: list[NodeReport] = field(default_factory=list)
 
     @property
     def size_ratio(self) -> float:
@@ -107,6 +114,7 @@ class OptimizeResult:
         """Return a JSON-able dict."""
         d = asdict(self)
         d["optimized"] = [asdict(n) for n in self.optimized]
+        d["fused"] = [asdict(n) for n in self.fused]
         d["size_ratio"] = self.size_ratio
         return d
 
@@ -184,6 +192,30 @@ def _find(mg, prefix=None) -> list:
     for family in passes.names():
         found.extend(passes.get(family).find(surgery, specs))
     return found
+
+
+def _restructure(sm, enabled: bool) -> dict[str, list]:
+    """Run every structural pass on each MetaGraph of ``sm`` (in place); return their entries by pass.
+
+    These rewrites are exact float32 edits (``lpo.passes.registry.structural``), done before
+    ``find`` so that the precision passes see, and convert, the rewritten graph. The entries
+    of a SavedModel with several MetaGraphs are merged (one per rewritten node).
+    """
+    from lpo.passes import registry
+    from lpo.passes.surgery import Surgery
+
+    done: dict[str, dict] = {}
+    if not enabled:
+        return {}
+    for mg in sm.meta_graphs:
+        surgery = Surgery(mg)
+        for name, fn in registry.structural().items():
+            for entry in fn(surgery):
+                done.setdefault(name, {}).setdefault(entry["node"], entry)
+        mg.CopyFrom(surgery.finish())
+    for name, entries in done.items():
+        log.info("%s: %d sites rewritten (exact)", name, len(entries))
+    return {name: list(entries.values()) for name, entries in done.items()}
 
 
 def _as_candidate(c) -> Candidate:
@@ -424,8 +456,11 @@ def optimize(model_path, save_path, opt_config=None, data_type=opts.OPTIMIZE.dat
             budget, default 1e-4; not the validation gate). ``opt_config`` then pins nodes.
             ``auto_options``: :class:`lpo.options.AutoOptions` fields (seed, max_evals, ...);
             ``report_dir``: the frontier report (HTML/Markdown/JSON). See :mod:`lpo.tune`.
-        folds: apply the exact structural folds (e.g. a constant interaction mask into static gather
-            indices, lpo/passes/interaction.py) at every data type; ``data_type='FP32'`` applies only them.
+        folds: apply the exact structural rewrites at every data type (``data_type='FP32'`` applies
+            only them): first the graph-wide ones (:mod:`lpo.passes.single_value`: a feature column fed
+            one value per row looks its row up without the SparseTensor plumbing; the manifest's
+            ``structural`` lists them), then the planned folds (a constant interaction mask into static
+            gather indices, :mod:`lpo.passes.interaction`). False keeps the graph's structure.
 
     Returns:
         OptimizeResult with the optimized nodes and the bytes before and after.
@@ -451,6 +486,7 @@ def optimize(model_path, save_path, opt_config=None, data_type=opts.OPTIMIZE.dat
     model_path, save_path = os.path.abspath(os.fspath(model_path)), os.path.abspath(os.fspath(save_path))
     _check_output(save_path, model_path, overwrite)
     sm, mg = _load_model(model_path, tags)
+    structural = _restructure(sm, options.folds)
     found, convs = _plan_conversions(model_path, mg, opt_config, options)
     _calibrate_static(model_path, sm, tags, convs, calib_file, options, allow_pickle=allow_pickle,
                       max_batches=calib_max_batches, found=found)
@@ -459,7 +495,8 @@ def optimize(model_path, save_path, opt_config=None, data_type=opts.OPTIMIZE.dat
     tgt = get_target(options.target)
     plan = Plan(data_type=opts.AUTO if _auto else options.data_type, conversions=convs, lpo_version=__version__,
                 requires=requirements([(c.dtype, c.mode) for c in convs if c.kind == "dense"], tgt),
-                target=tgt.to_dict(), options={**options.plan_options(), "opt_config": opt_config})
+                target=tgt.to_dict(), options={**options.plan_options(), "opt_config": opt_config},
+                structural=structural)
     if _auto:  # the final write of data_type='AUTO' (lpo.tune): its summary and chosen opt_config
         plan.options["auto"] = _auto["manifest"]
     _log_forms(convs, tgt)
@@ -560,6 +597,7 @@ def _output_bytes(model_path, sm, targets: list[VarSpec]) -> int:
 def _optimize_result(model_path, save_path, found, plan: Plan) -> OptimizeResult:
     """Measure the written model and log the seed's report lines."""
     optimized = [NodeReport(c.kind, c.node, c.dtype) for c in plan.conversions]
+    fused = [NodeReport(name, e["node"], STRUCTURAL) for name, entries in plan.structural.items() for e in entries]
     done = {c.node for c in plan.conversions}
     result = OptimizeResult(
         save_path=save_path, data_type=plan.data_type, optimized=optimized,
@@ -567,9 +605,9 @@ def _optimize_result(model_path, save_path, found, plan: Plan) -> OptimizeResult
         variables_bytes_after=dir_bytes(os.path.join(save_path, "variables")),
         total_bytes_before=dir_bytes(model_path), total_bytes_after=dir_bytes(save_path),
         kept_fp32=[c.name for c in found if c.name not in done], requires=plan.requires, target=plan.target,
-        forms=_forms(plan.conversions))
+        forms=_forms(plan.conversions), fused=fused)
     log.info("Optimization Result:")
-    for n in optimized:
+    for n in fused + optimized:
         log.info("%s", n.line())
     log.info("Variables: %.1f MB -> %.1f MB (%.3fx)", result.variables_bytes_before / 1e6,
              result.variables_bytes_after / 1e6, result.size_ratio)

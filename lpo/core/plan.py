@@ -107,6 +107,8 @@ class Plan:
     lpo_version: str = ""
     #: the serving CPU the forms were chosen for (lpo.target.Target.to_dict())
     target: dict = field(default_factory=dict)
+    #: what each exact structural pass rewrote before the conversions: ``{pass: [entry]}``
+    structural: dict = field(default_factory=dict)
 
     def var_conversions(self) -> dict[tuple[str, str], VarConversion]:
         """Map (checkpoint key, source slice) to its conversion."""
@@ -130,6 +132,7 @@ class Plan:
             "requires": self.requires,
             "target": self.target,
             "conversions": [c.to_dict() for c in self.conversions],
+            **({"structural": self.structural} if self.structural else {}),
         }
 
     @classmethod
@@ -148,6 +151,7 @@ class Plan:
             requires=d.get("requires", {}),
             lpo_version=d.get("lpo_version", ""),
             target=d.get("target", {}),
+            structural=d.get("structural", {}),
         )
 
     def dumps(self) -> str:

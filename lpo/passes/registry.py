@@ -18,6 +18,12 @@ FP32 included, and is not an opt_config node: ``find(surgery) -> list[Conversion
 planned conversions (no checkpoint tensors, so convert_ckpt/refresh have nothing to replay for
 it), ``describe(conversion)`` a line for reports, ``rewrite`` as above. The optimizer plans the
 folds first and rewrites them before the families' conversions.
+
+A *structural* pass (:func:`register_structural`) is exact: it changes how the float32
+graph computes, never what (e.g. a single-value lookup without the SparseTensor
+plumbing). ``optimize()`` runs each, in registration order, on every MetaGraph before
+``find``: ``fn(surgery) -> list[dict]`` edits the graph and returns one JSON-able entry
+per rewritten site (recorded in the manifest and reported as optimized nodes, by ``node``).
 """
 from __future__ import annotations
 
@@ -68,3 +74,16 @@ def fold_names() -> list[str]:
 def is_fold(name: str) -> bool:
     """True for a registered fold."""
     return name in _FOLDS
+
+
+_STRUCTURAL: dict[str, Callable] = {}
+
+
+def register_structural(name: str, fn: Callable) -> None:
+    """Register the exact float32 rewrite ``fn(surgery) -> [entry]`` that runs before ``find``."""
+    _STRUCTURAL[name] = fn
+
+
+def structural() -> dict[str, Callable]:
+    """Return the structural passes by name, in registration order."""
+    return dict(_STRUCTURAL)

@@ -93,3 +93,19 @@ def test_alternative_patterns_in_order_and_graph_order_results():
 def test_optional_needs_a_stand_in():
     with pytest.raises(ValueError, match="stand in"):
         P("Relu", optional=True)
+
+
+def test_port_matches_the_output_an_edge_reads():
+    g = HandGraph()
+    x = g.placeholder("x", (-1,), dtype=3)
+    g.op("Unique", "u", [x], T=3, out_idx=3)
+    g.op("Identity", "values", ["u"], T=3)
+    g.op("Identity", "positions", ["u:1"], T=3)
+    idx = GraphIndex(g.mg.graph_def)
+    second = P("Identity", "id", (P("Unique", "u", port=1),))
+    assert [m["id"].name for m in GraphMatcher(idx, second).match_all("id")] == ["positions"]
+    first = P("Identity", "id", (P("Unique", "u", port=0),))
+    assert [m["id"].name for m in GraphMatcher(idx, first).match_all("id")] == ["values"]
+    # an absent optional node hands its edge's port to its stand-in
+    through = P("Identity", "id", (P("Relu", optional=True, inputs=(P("Unique", "u", port=1),)),))
+    assert [m["id"].name for m in GraphMatcher(idx, through).match_all("id")] == ["positions"]
