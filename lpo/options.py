@@ -23,13 +23,20 @@ DATA_TYPES = ("BF16", "FP16", "INT8", "INT4")
 KEEP = "FP32"
 #: Data types valid as ``opt_config`` values (per node).
 NODE_DTYPES = DATA_TYPES + (KEEP,)
-#: Embedding table scales (INT8 and INT4): one scale (and INT4 offset) per column or per row.
+#: Embedding table scales (INT8 and INT4): one scale (and INT4 offset) per column or per row
+#: (INT4 also ``per_row_sym``: one scale a row, no offset; see lpo.formats).
 EMBEDDING_SCHEMES = ("per_dim", "per_row")
 #: The INT4 scheme lpo prefers (FBGEMM's row-wise 4-bit form). Unless a node names one
 #: (``"INT4:per_dim"``), an INT4 table takes it where the size rule allows
-#: (lpo.numerics.quant.int4_layout: never more bytes than INT8 per_dim), else per_dim INT4
-#: or INT8 per_dim. ``embedding_scheme`` is INT8 tables' scheme only.
+#: (lpo.formats.int4.select: at most INT4_MAX_SIZE_RATIO of the table's INT8 per_dim bytes),
+#: else per_dim INT4 or INT8 per_dim. ``embedding_scheme`` is INT8 tables' scheme only.
 INT4_SCHEME = "per_row"
+#: ``data_type='INT4'`` keeps an INT4 scheme for a table only where it takes at most this fraction
+#: of the table's INT8 per_dim bytes (lpo.formats.int4.PREFERENCE): row-wise (4 bytes of float16
+#: scale and offset a row) from D = 20, row-wise symmetric with a one-byte scale from D = 7,
+#: per_dim INT4 below (8 bytes a column), INT8 per_dim where none fits (D = 1).
+#: A scheme one node names only has to be no larger than INT8.
+INT4_MAX_SIZE_RATIO = 0.7
 #: What ``data_type`` gives the nodes of a pass family that cannot take it: with
 #: ``data_type='INT4'`` dense layers get INT8 (``int8_dense`` decides their form)
 #: and DeepRec EmbeddingVariables DeepRec's INT8.
@@ -129,7 +136,7 @@ class OptimizeOptions:
             int8_dense=normalize_int8_dense(self.int8_dense),
             calib_method=choice(self.calib_method, CALIB_METHODS, "calib_method"),
             target=normalize_target(self.target),
-            int4_scheme=None if self.int4_scheme is None else choice(self.int4_scheme, EMBEDDING_SCHEMES,
+            int4_scheme=None if self.int4_scheme is None else choice(self.int4_scheme, _form_schemes("INT4"),
                                                                      "int4_scheme"))
 
     def plan_options(self) -> dict:
@@ -332,6 +339,13 @@ def node_dtypes() -> tuple[str, ...]:
 
     return NODE_DTYPES + tuple(d for d in formats.dtypes() if d not in NODE_DTYPES)
 
+
+def _form_schemes(dtype: str) -> tuple[str, ...]:
+    """The schemes of ``dtype``'s storage forms (``INT8``: per_dim, per_row; ``INT4``: also per_row_sym)."""
+    from lpo import formats
+
+    return formats.schemes(dtype)
+
 @dataclass(frozen=True)
 class NodeChoice:
     """One ``opt_config`` value: a data type and, optionally, the variant of it for this node.
@@ -357,11 +371,9 @@ def node_variants(dtype: str) -> tuple[str, ...]:
     if dtype == KEEP:
         return ()
     if dtype not in NODE_DTYPES:  # another registered storage form's data type: its schemes
-        from lpo import formats
-
-        return formats.schemes(dtype)
+        return _form_schemes(dtype)
     if dtype.startswith("INT"):
-        return EMBEDDING_SCHEMES + (INT8_DENSE_MODES if dtype == "INT8" else ())
+        return _form_schemes(dtype) + (INT8_DENSE_MODES if dtype == "INT8" else ())
     return DENSE_MODES
 
 
@@ -606,7 +618,8 @@ def normalize_opt_config(value: Any) -> Optional[dict]:
 
 
 __all__ = [
-    "DATA_TYPES", "KEEP", "NODE_DTYPES", "node_dtypes", "EMBEDDING_SCHEMES", "INT4_SCHEME", "FAMILY_DTYPE",
+    "DATA_TYPES", "KEEP", "NODE_DTYPES", "node_dtypes", "EMBEDDING_SCHEMES", "INT4_SCHEME", "INT4_MAX_SIZE_RATIO",
+    "FAMILY_DTYPE",
     "dtype_for", "DENSE_MODES", "INT8_DENSE_MODES", "INT8_DENSE_ALIASES", "CALIBRATED_INT8_MODES", "TARGETS",
     "TARGET_NAMES", "INT8_COMPUTE_MIN_WEIGHTS", "BF16_COMPUTE_MIN_WEIGHTS", "normalize_int8_dense",
     "normalize_target", "CALIB_METHODS",

@@ -87,7 +87,7 @@ def read_slice(prefix: str, key: str, spec: str, dtype) -> np.ndarray:
 
 
 def convert_values(vc: VarConversion, x: np.ndarray, name: str) -> list[tuple[str, str, np.ndarray]]:
-    """Convert one FP32 tensor by its plan entry (its storage form, :mod:`lpo.formats`); return (key, slice, array) outputs."""
+    """Convert one FP32 tensor by its plan entry's storage form (:mod:`lpo.formats`); return (key, slice, array)s."""
     chunk_check(quant.check_finite, x, name)
     try:
         form = formats.for_var(vc)

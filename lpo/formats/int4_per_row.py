@@ -16,7 +16,7 @@ SCHEME = "per_row"
 
 def matches(vc) -> bool:
     """INT4 with one scale and offset per row (axis 0)."""
-    return vc.axis == 0
+    return vc.axis == 0 and bool(vc.offset_key)
 
 
 def quantize(x, *, name="tensor", chunk_rows=None):

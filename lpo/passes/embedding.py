@@ -20,7 +20,8 @@ dequantize them, before any segment reduction (only looked-up rows are dequantiz
 * INT8 per_dim: ``gather(table8) -> Cast -> Mul(scale[D])``
 * INT8 per_row: ``gather(table8) -> Cast -> Mul(Cast(gather(scale16[N,1])) * base)``
 * INT4: ``gather(packed uint8 [N, ceil(D/2)]) -> ConcatV2(BitwiseAnd(., 15), RightShift(., 4))
-  [-> StridedSlice(..., :D) for odd D] -> Cast -> Mul(scale) -> AddV2(offset)``
+  [-> StridedSlice(..., :D) for odd D] -> Cast -> Mul(scale) -> AddV2(offset)`` (the symmetric
+  row-wise forms: ``AddV2(-8) -> Mul(scale)``, per_row_sym8's scale rebuilt from the row's last byte)
 
 Which form a table asked to be a data type takes is the registry's choice
 (:func:`lpo.formats.select`; INT4's size rule: :func:`lpo.formats._int4.select`).
