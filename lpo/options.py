@@ -17,7 +17,8 @@ from lpo.errors import ConfigError, closest
 
 # --------------------------------------------------------------------------- choices
 #: Data types a whole model can be optimized to (``data_type``). ``INT4`` means INT4
-#: embedding tables with INT8 dense layers (see :data:`FAMILY_DTYPE`).
+#: embedding tables with INT8 dense layers (each pass family declares its ``fallbacks``:
+#: lpo.passes.registry).
 DATA_TYPES = ("BF16", "FP16", "INT8", "INT4")
 #: The opt_config value that keeps a node in float32.
 KEEP = "FP32"
@@ -37,10 +38,6 @@ INT4_SCHEME = "per_row"
 #: per_dim INT4 below (8 bytes a column), INT8 per_dim where none fits (D = 1).
 #: A scheme one node names only has to be no larger than INT8.
 INT4_MAX_SIZE_RATIO = 0.7
-#: What ``data_type`` gives the nodes of a pass family that cannot take it: with
-#: ``data_type='INT4'`` dense layers get INT8 (``int8_dense`` decides their form)
-#: and DeepRec EmbeddingVariables DeepRec's INT8.
-FAMILY_DTYPE = {"dense": {"INT4": "INT8"}, "ev": {"INT4": "INT8"}}
 #: BF16/FP16 dense layers: the fastest form for the target (``auto``), 16-bit weights with a
 #: float32 MatMul, or 16-bit arithmetic.
 DENSE_MODES = ("auto", "weight_only", "compute")
@@ -184,14 +181,10 @@ class ValidateOptions:
 #: ``data_type`` value that searches per-node forms under an accuracy budget (lpo/tune).
 AUTO = "AUTO"
 
-#: AUTO's per-node forms, least accurate (smallest) first; a form whose dtype this lpo does
-#: not have, that its node's pass refuses, or that is not strictly smaller than the next
-#: form kept for that node (e.g. INT8 per_row on a D=1 table) is left out. FP16 is tried
-#: before BF16 at the same size (more mantissa); BF16 is used where FP16 overflows.
-AUTO_LADDERS = {
-    "embedding": ("INT4:per_dim", "INT4:per_row", "INT8:per_dim", "INT8:per_row", "BF16", "FP16", "FP32"),
-    "dense": ("INT8:weight_only", "BF16:weight_only", "FP16:weight_only", "FP32"),
-}
+#: AUTO's per-node forms are each pass family's ``auto_ladder`` (lpo.passes.registry), least
+#: accurate (smallest) first; a form whose dtype this lpo does not have, that its node's pass
+#: refuses, or that is not strictly smaller than the next form kept for that node (e.g. INT8
+#: per_row on a D=1 table) is left out.
 #: Same-size forms that may run faster, tried on real builds after the size search (speed
 #: phase) and kept only when they hold the budget and measure faster than the form they
 #: replace. Offered only where the target CPU runs them natively (lpo.target: int8 kernels
@@ -420,11 +413,6 @@ def node_options(base: "OptimizeOptions", node: NodeChoice) -> "OptimizeOptions"
     return replace(base, dense_mode=v)
 
 
-def dtype_for(data_type: str, kind: str) -> str:
-    """Return the dtype ``data_type`` gives a node of pass family ``kind`` (see :data:`FAMILY_DTYPE`)."""
-    return FAMILY_DTYPE.get(kind, {}).get(data_type, data_type)
-
-
 def normalize_auto_options(value: Any = None, **overrides) -> AutoOptions:
     """Return :class:`AutoOptions` from ``None``, a dict or an AutoOptions, plus keyword overrides.
 
@@ -619,15 +607,14 @@ def normalize_opt_config(value: Any) -> Optional[dict]:
 
 __all__ = [
     "DATA_TYPES", "KEEP", "NODE_DTYPES", "node_dtypes", "EMBEDDING_SCHEMES", "INT4_SCHEME", "INT4_MAX_SIZE_RATIO",
-    "FAMILY_DTYPE",
-    "dtype_for", "DENSE_MODES", "INT8_DENSE_MODES", "INT8_DENSE_ALIASES", "CALIBRATED_INT8_MODES", "TARGETS",
+    "DENSE_MODES", "INT8_DENSE_MODES", "INT8_DENSE_ALIASES", "CALIBRATED_INT8_MODES", "TARGETS",
     "TARGET_NAMES", "INT8_COMPUTE_MIN_WEIGHTS", "BF16_COMPUTE_MIN_WEIGHTS", "normalize_int8_dense",
     "normalize_target", "CALIB_METHODS",
     "DATA_FORMATS", "PUBLISH_LAYOUTS", "AirflowOptions", "AIRFLOW", "DAG_PATHS", "airflow_root",
     "dag_path_default", "DEFAULT_TAGS", "DEFAULT_SIGNATURE", "OptimizeOptions", "CalibrateOptions", "Thresholds",
     "ValidateOptions", "OPTIMIZE", "CALIBRATE", "THRESHOLDS", "VALIDATE", "OFF", "ORCHESTRATOR_THRESHOLDS", "NUM_SHARDS",
     "BATCH_SIZES_TEXT", "choice", "normalize_dtype",
-    "AUTO", "AUTO_LADDERS", "AUTO_FASTER", "AutoOptions", "AUTO_OPTIONS", "normalize_auto_options",
+    "AUTO", "AUTO_FASTER", "AutoOptions", "AUTO_OPTIONS", "normalize_auto_options",
     "NodeChoice", "VARIANT_SEP", "node_variants", "normalize_node_choice", "node_options",
     "normalize_tags", "normalize_batch_sizes", "optional_threshold", "load_opt_config", "normalize_opt_config",
 ]

@@ -72,8 +72,9 @@ class NodeReport:
 
     def line(self) -> str:
         """The seed's report line, e.g. ``Optimize embedding to INT8: emb``."""
-        what = {"embedding": "embedding", "ev": "embedding variable"}.get(self.kind, "dense op")
-        return f"Optimize {what} to {self.dtype}: {self.node}"
+        from lpo import passes
+
+        return f"Optimize {passes.get(self.kind).label} to {self.dtype}: {self.node}"
 
 
 @dataclass
@@ -215,7 +216,9 @@ def _optimized_info(model_path) -> dict:
 def _assign(found, opt_config, data_type) -> dict[str, opts.NodeChoice]:
     """Return each node to optimize with its dtype (and scheme, from ``opt_config``)."""
     if opt_config is None:
-        return {c.name: opts.NodeChoice(opts.dtype_for(data_type, c.kind)) for c in found}
+        from lpo import passes
+
+        return {c.name: opts.NodeChoice(passes.get(c.kind).dtype_for(data_type)) for c in found}
     if not isinstance(opt_config, dict):
         raise ConfigError(
             f"opt_config must be a dict mapping node names to {'/'.join(opts.DATA_TYPES)}, "
@@ -304,12 +307,18 @@ def _calibrate(model_path, tags, convs: list[Conversion], calib_file, *, allow_p
                 if level == logging.WARNING else "")
 
 
+def _requirements(convs) -> list[tuple[str, str]]:
+    """The ``(dtype, mode)`` each conversion's family says it needs of the serving CPU."""
+    from lpo import passes
+
+    return [r for r in (passes.get(c.kind).requirement(c) for c in convs) if r is not None]
+
+
 def _forms(convs) -> dict:
     out: dict = {}
-    for c in convs:
-        if c.kind == "dense":
-            key = f"{c.dtype} {c.mode}"
-            out[key] = out.get(key, 0) + 1
+    for dtype, mode in _requirements(convs):
+        key = f"{dtype} {mode}"
+        out[key] = out.get(key, 0) + 1
     return dict(sorted(out.items()))
 
 
@@ -446,7 +455,7 @@ def optimize(model_path, save_path, opt_config=None, data_type=opts.OPTIMIZE.dat
 
     tgt = get_target(options.target)
     plan = Plan(data_type=opts.AUTO if _auto else options.data_type, conversions=convs, lpo_version=__version__,
-                requires=requirements([(c.dtype, c.mode) for c in convs if c.kind == "dense"], tgt),
+                requires=requirements(_requirements(convs), tgt),
                 target=tgt.to_dict(), options={**options.plan_options(), "opt_config": opt_config})
     if _auto:  # the final write of data_type='AUTO' (lpo.tune): its summary and chosen opt_config
         plan.options["auto"] = _auto["manifest"]
@@ -471,7 +480,9 @@ def _plan_conversions(model_path, mg, opt_config, options: opts.OptimizeOptions)
 def _calibrate_static(model_path, sm, tags, convs: list[Conversion], calib_file, options: opts.OptimizeOptions, *,
                       allow_pickle, max_batches, found=()) -> None:
     """Calibrate the INT8 dense conversions of ``convs`` that quantize activations (no-op when none do)."""
-    static = [c for c in convs if c.kind == "dense" and c.dtype == "INT8" and c.mode in opts.CALIBRATED_INT8_MODES]
+    from lpo import passes
+
+    static = [c for c in convs if passes.get(c.kind).calibrates(c)]
     if not static:
         return
     from lpo.core.deeprec import check_runnable

@@ -298,4 +298,6 @@ def _rewrite_unique_lookup(s: Surgery, name: str, conv: Conversion, pv: SideVars
     return True  # the Unique, now read by nobody, is never run (and is kept for a control input's sake)
 
 
-register("embedding", find=find, describe=describe, plan=plan, rewrite=rewrite)
+register("embedding", find=find, describe=describe, plan=plan, rewrite=rewrite, label="embedding",
+         # FP16 before BF16 at the same size (more mantissa); BF16 stands in where FP16 overflows
+         auto_ladder=("INT4:per_dim", "INT4:per_row", "INT8:per_dim", "INT8:per_row", "BF16", "FP16", "FP32"))
