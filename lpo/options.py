@@ -19,22 +19,25 @@ from lpo.errors import ConfigError, closest
 #: The opt_config value that keeps a node in float32.
 KEEP = "FP32"
 #: Data types a whole model can be optimized to (``data_type``). ``INT4`` means INT4
-#: embedding tables with INT8 dense layers (see :data:`FAMILY_DTYPE`). ``FP32`` keeps every
+#: embedding tables with INT8 dense layers (each pass family declares its ``fallbacks``). ``FP32`` keeps every
 #: table and layer float32 and applies only the exact structural folds (lpo.passes.registry).
 DATA_TYPES = ("BF16", "FP16", "INT8", "INT4", KEEP)
 #: Data types valid as ``opt_config`` values (per node).
 NODE_DTYPES = DATA_TYPES
-#: Embedding table scales (INT8 and INT4): one scale (and INT4 offset) per column or per row.
+#: Embedding table scales (INT8 and INT4): one scale (and INT4 offset) per column or per row
+#: (INT4 also ``per_row_sym``: one scale a row, no offset; see lpo.formats).
 EMBEDDING_SCHEMES = ("per_dim", "per_row")
 #: The INT4 scheme lpo prefers (FBGEMM's row-wise 4-bit form). Unless a node names one
 #: (``"INT4:per_dim"``), an INT4 table takes it where the size rule allows
-#: (lpo.numerics.quant.int4_layout: never more bytes than INT8 per_dim), else per_dim INT4
-#: or INT8 per_dim. ``embedding_scheme`` is INT8 tables' scheme only.
+#: (lpo.formats.int4.select: at most INT4_MAX_SIZE_RATIO of the table's INT8 per_dim bytes),
+#: else per_dim INT4 or INT8 per_dim. ``embedding_scheme`` is INT8 tables' scheme only.
 INT4_SCHEME = "per_row"
-#: What ``data_type`` gives the nodes of a pass family that cannot take it: with
-#: ``data_type='INT4'`` dense layers get INT8 (``int8_dense`` decides their form)
-#: and DeepRec EmbeddingVariables DeepRec's INT8.
-FAMILY_DTYPE = {"dense": {"INT4": "INT8"}, "ev": {"INT4": "INT8"}}
+#: ``data_type='INT4'`` keeps an INT4 scheme for a table only where it takes at most this fraction
+#: of the table's INT8 per_dim bytes (lpo.formats.int4.PREFERENCE): row-wise (4 bytes of float16
+#: scale and offset a row) from D = 20, row-wise symmetric with a one-byte scale from D = 7,
+#: per_dim INT4 below (8 bytes a column), INT8 per_dim where none fits (D = 1).
+#: A scheme one node names only has to be no larger than INT8.
+INT4_MAX_SIZE_RATIO = 0.7
 #: BF16/FP16 dense layers: the fastest form for the target (``auto``), 16-bit weights with a
 #: float32 MatMul, or 16-bit arithmetic.
 DENSE_MODES = ("auto", "weight_only", "compute")
@@ -157,7 +160,7 @@ class OptimizeOptions:
             int8_dense=normalize_int8_dense(self.int8_dense),
             calib_method=choice(self.calib_method, CALIB_METHODS, "calib_method"),
             target=normalize_target(self.target),
-            int4_scheme=None if self.int4_scheme is None else choice(self.int4_scheme, EMBEDDING_SCHEMES,
+            int4_scheme=None if self.int4_scheme is None else choice(self.int4_scheme, _form_schemes("INT4"),
                                                                      "int4_scheme"))
 
     def plan_options(self) -> dict:
@@ -224,14 +227,10 @@ AUTO = "AUTO"
 #: AUTO's accuracy measures (:attr:`AutoOptions.harm`).
 AUTO_HARMS = ("soft_auc", "auc")
 
-#: AUTO's per-node forms, least accurate (smallest) first; a form whose dtype this lpo does
-#: not have, that its node's pass refuses, or that is not strictly smaller than the next
-#: form kept for that node (e.g. INT8 per_row on a D=1 table) is left out. FP16 is tried
-#: before BF16 at the same size (more mantissa); BF16 is used where FP16 overflows.
-AUTO_LADDERS = {
-    "embedding": ("INT4:per_dim", "INT4:per_row", "INT8:per_dim", "INT8:per_row", "BF16", "FP16", "FP32"),
-    "dense": ("INT8:weight_only", "BF16:weight_only", "FP16:weight_only", "FP32"),
-}
+#: AUTO's per-node forms are each pass family's ``auto_ladder`` (lpo.passes.registry), least
+#: accurate (smallest) first; a form whose dtype this lpo does not have, that its node's pass
+#: refuses, or that is not strictly smaller than the next form kept for that node (e.g. INT8
+#: per_row on a D=1 table) is left out.
 #: Same-size forms that may run faster, tried on real builds after the size search (speed
 #: phase) and kept only when they hold the budget and measure faster than the form they
 #: replace. Offered only where the target CPU runs them natively (lpo.target: int8 kernels
@@ -383,9 +382,24 @@ def choice(value: Any, valid: tuple, what: str, *, upper: bool = False) -> str:
 
 
 def normalize_dtype(value: Any, what: str = "data_type", *, allow_keep: bool = False) -> str:
-    """Return a data type (``BF16``/``FP16``/``INT8``/``INT4``/``FP32``; ``allow_keep`` is kept for callers)."""
-    return choice(value, NODE_DTYPES if allow_keep else DATA_TYPES, what, upper=True)
+    """Return a data type (``BF16``/``FP16``/``INT8``/``INT4``; with ``allow_keep`` also ``FP32`` and
+    the data types of other registered storage forms, see :func:`node_dtypes`)."""
+    return choice(value, node_dtypes() if allow_keep else DATA_TYPES, what, upper=True)
 
+
+# --------------------------------------------------------------------------- storage forms (lpo.formats)
+def node_dtypes() -> tuple[str, ...]:
+    """:data:`NODE_DTYPES` and the data types of storage forms registered beyond them (opt_config values)."""
+    from lpo import formats
+
+    return NODE_DTYPES + tuple(d for d in formats.dtypes() if d not in NODE_DTYPES)
+
+
+def _form_schemes(dtype: str) -> tuple[str, ...]:
+    """The schemes of ``dtype``'s storage forms (``INT8``: per_dim, per_row; ``INT4``: also per_row_sym)."""
+    from lpo import formats
+
+    return formats.schemes(dtype)
 
 @dataclass(frozen=True)
 class NodeChoice:
@@ -411,8 +425,10 @@ def node_variants(dtype: str) -> tuple[str, ...]:
     """The variants an opt_config value of ``dtype`` may name (none for FP32)."""
     if dtype == KEEP:
         return ()
+    if dtype not in NODE_DTYPES:  # another registered storage form's data type: its schemes
+        return _form_schemes(dtype)
     if dtype.startswith("INT"):
-        return EMBEDDING_SCHEMES + (INT8_DENSE_MODES if dtype == "INT8" else ())
+        return _form_schemes(dtype) + (INT8_DENSE_MODES if dtype == "INT8" else ())
     return DENSE_MODES
 
 
@@ -457,11 +473,6 @@ def node_options(base: "OptimizeOptions", node: NodeChoice) -> "OptimizeOptions"
     if node.dtype == "INT8" and v in INT8_DENSE_MODES:
         return replace(base, int8_dense=v)
     return replace(base, dense_mode=v)
-
-
-def dtype_for(data_type: str, kind: str) -> str:
-    """Return the dtype ``data_type`` gives a node of pass family ``kind`` (see :data:`FAMILY_DTYPE`)."""
-    return FAMILY_DTYPE.get(kind, {}).get(data_type, data_type)
 
 
 def normalize_auto_options(value: Any = None, **overrides) -> AutoOptions:
@@ -660,8 +671,8 @@ def normalize_opt_config(value: Any) -> Optional[dict]:
 
 
 __all__ = [
-    "DATA_TYPES", "KEEP", "NODE_DTYPES", "EMBEDDING_SCHEMES", "INT4_SCHEME", "FAMILY_DTYPE",
-    "dtype_for", "AUTO_HARMS", "DENSE_MODES", "INT8_DENSE_MODES", "INT8_DENSE_ALIASES", "CALIBRATED_INT8_MODES", "TARGETS",
+    "DATA_TYPES", "KEEP", "NODE_DTYPES", "node_dtypes", "EMBEDDING_SCHEMES", "INT4_SCHEME", "INT4_MAX_SIZE_RATIO",
+    "AUTO_HARMS", "DENSE_MODES", "INT8_DENSE_MODES", "INT8_DENSE_ALIASES", "CALIBRATED_INT8_MODES", "TARGETS",
     "TARGET_NAMES", "INT8_COMPUTE_MIN_WEIGHTS", "BF16_COMPUTE_MIN_WEIGHTS", "ActivationGate", "ACTIVATION_GATE",
     "normalize_int8_dense",
     "normalize_target", "CALIB_METHODS",
@@ -670,7 +681,7 @@ __all__ = [
     "ValidateOptions", "ProfileOptions", "PROFILE", "OPTIMIZE", "CALIBRATE", "THRESHOLDS", "VALIDATE", "OFF",
     "ORCHESTRATOR_THRESHOLDS", "NUM_SHARDS", "PIPELINE_DATA_TYPE",
     "BATCH_SIZES_TEXT", "choice", "normalize_dtype",
-    "AUTO", "AUTO_LADDERS", "AUTO_FASTER", "AutoOptions", "AUTO_OPTIONS", "normalize_auto_options",
+    "AUTO", "AUTO_FASTER", "AutoOptions", "AUTO_OPTIONS", "normalize_auto_options",
     "NodeChoice", "VARIANT_SEP", "node_variants", "normalize_node_choice", "node_options",
     "normalize_tags", "normalize_batch_sizes", "optional_threshold", "load_opt_config", "normalize_opt_config",
 ]

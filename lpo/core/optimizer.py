@@ -80,8 +80,7 @@ class NodeReport:
             return f"Fuse {self.kind.replace('_', '-')} lookup (exact): {self.node}"
         if passes.is_fold(self.kind):
             return f"Fold {self.kind}: {self.node}"
-        what = {"embedding": "embedding", "ev": "embedding variable"}.get(self.kind, "dense op")
-        return f"Optimize {what} to {self.dtype}: {self.node}"
+        return f"Optimize {passes.get(self.kind).label} to {self.dtype}: {self.node}"
 
 
 @dataclass
@@ -252,7 +251,9 @@ def _assign(found, opt_config, data_type) -> dict[str, opts.NodeChoice]:
     if opt_config is None:
         if data_type == opts.KEEP:  # FP32: every node kept, only the exact folds apply
             return {}
-        return {c.name: opts.NodeChoice(opts.dtype_for(data_type, c.kind)) for c in found}
+        from lpo import passes
+
+        return {c.name: opts.NodeChoice(passes.get(c.kind).dtype_for(data_type)) for c in found}
     if not isinstance(opt_config, dict):
         raise ConfigError(
             f"opt_config must be a dict mapping node names to {'/'.join(opts.DATA_TYPES)}, "
@@ -346,12 +347,18 @@ def _calibrate(model_path, tags, convs: list[Conversion], calib_file, *, allow_p
     gate_activations(convs, dequantize_at_load)
 
 
+def _requirements(convs) -> list[tuple[str, str]]:
+    """The ``(dtype, mode)`` each conversion's family says it needs of the serving CPU."""
+    from lpo import passes
+
+    return [r for r in (passes.get(c.kind).requirement(c) for c in convs) if r is not None]
+
+
 def _forms(convs) -> dict:
     out: dict = {}
-    for c in convs:
-        if c.kind == "dense":
-            key = f"{c.dtype} {c.mode}"
-            out[key] = out.get(key, 0) + 1
+    for dtype, mode in _requirements(convs):
+        key = f"{dtype} {mode}"
+        out[key] = out.get(key, 0) + 1
     return dict(sorted(out.items()))
 
 
@@ -494,7 +501,7 @@ def optimize(model_path, save_path, opt_config=None, data_type=opts.OPTIMIZE.dat
 
     tgt = get_target(options.target)
     plan = Plan(data_type=opts.AUTO if _auto else options.data_type, conversions=convs, lpo_version=__version__,
-                requires=requirements([(c.dtype, c.mode) for c in convs if c.kind == "dense"], tgt),
+                requires=requirements(_requirements(convs), tgt),
                 target=tgt.to_dict(), options={**options.plan_options(), "opt_config": opt_config},
                 structural=structural)
     if _auto:  # the final write of data_type='AUTO' (lpo.tune): its summary and chosen opt_config
@@ -529,7 +536,9 @@ def _plan_folds(mg) -> list[Conversion]:
 def _calibrate_static(model_path, sm, tags, convs: list[Conversion], calib_file, options: opts.OptimizeOptions, *,
                       allow_pickle, max_batches, found=()) -> None:
     """Calibrate the INT8 dense conversions of ``convs`` that quantize activations (no-op when none do)."""
-    static = [c for c in convs if c.kind == "dense" and c.dtype == "INT8" and c.mode in opts.CALIBRATED_INT8_MODES]
+    from lpo import passes
+
+    static = [c for c in convs if passes.get(c.kind).calibrates(c)]
     if not static:
         return
     from lpo.core.deeprec import check_runnable

@@ -500,19 +500,154 @@ def _float32_round_up(x: np.ndarray) -> np.ndarray:
     return np.where(f.astype(np.float64) < x, np.nextafter(f, np.float32(np.inf)), f).astype(np.float32)
 
 
-def quantize_int4(x: np.ndarray, scheme: str, *, chunk_rows: int | None = None, name: str = "tensor"):
+#: INT4 range search (FBGEMM's greedy search of its row-wise n-bit quantization): the range
+#: [min, max] is cut into this many steps, and each step moves the low or the high end one step
+#: inward, whichever loses less; the range of least squared error on the path is kept.
+INT4_SEARCH_BINS = 200
+#: The most of a row's range the search may cut (FBGEMM: 0.16).
+INT4_SEARCH_RATIO_ROW = 0.16
+#: The most of a column's range the search may cut: a column has many rows, so heavy tails are
+#: common and clipping more pays (its losses come from a histogram, so the search is cheap).
+INT4_SEARCH_RATIO_DIM = 0.6
+#: Histogram bins per column for the per_dim search (counts are exact: chunking changes nothing).
+INT4_HIST_BINS = 2048
+#: Rows summed at a time when per_dim losses are compared exactly (fixed: the sums, and so the
+#: choice, do not depend on ``chunk_rows``).
+_LOSS_BLOCK_ROWS = 8192
+
+
+def _row_params(lo, hi, base):
+    """float16 ``(scale16, offset16)`` of row ranges ``[lo, hi]`` (float64 ``[r, 1]``) in units of ``base``."""
+    b = np.float64(base)
+    offset16 = fp16_round_down(lo / b)
+    scale16 = fp16_round_up(np.maximum(hi / b - offset16.astype(np.float64), 0.0) / INT4_MAX)
+    return scale16, offset16
+
+
+def _dim_params(lo, hi):
+    """float32 ``(scale, offset)`` of column ranges ``[lo, hi]`` (float64 ``[D]``)."""
+    offset = lo.astype(np.float32)
+    return _float32_round_up((hi - offset.astype(np.float64)) / INT4_MAX), offset
+
+
+def _sq_error(x, offset, scale, axis):
+    """Squared error of the float32 ``codes * scale + offset`` the graph computes, summed over ``axis``."""
+    r = _int4_codes(x, offset, scale).astype(np.float32) * np.asarray(scale, np.float32) \
+        + np.asarray(offset, np.float32)
+    dlt = r.astype(np.float64) - np.asarray(x, np.float64)
+    return np.sum(dlt * dlt, axis=axis)
+
+
+def _greedy(loss, lo, hi, ratio):
+    """FBGEMM's greedy range search, vectorized over independent ranges ``[lo, hi]`` (float64 arrays).
+
+    ``loss(lo, hi)`` gives the error of each range. Each of ``ratio * INT4_SEARCH_BINS`` steps
+    moves, per range, the low end up or the high end down one step (whichever loses less);
+    returns the ``(lo, hi)`` of least loss on the path (the min/max range on ties).
+    """
+    step = (hi - lo) / INT4_SEARCH_BINS
+    best = loss(lo, hi)
+    best_lo, best_hi = lo.copy(), hi.copy()
+    i = np.zeros(lo.shape)
+    j = np.zeros(lo.shape)
+    for _ in range(int(INT4_SEARCH_BINS * ratio)):
+        up = loss(lo + (i + 1) * step, hi - j * step)
+        down = loss(lo + i * step, hi - (j + 1) * step)
+        left = up < down
+        i, j = i + left, j + ~left
+        cur = np.where(left, up, down)
+        better = cur < best
+        best = np.where(better, cur, best)
+        best_lo = np.where(better, lo + i * step, best_lo)
+        best_hi = np.where(better, hi - j * step, best_hi)
+    return best_lo, best_hi
+
+
+def _search_rows(x, lo, hi, base):
+    """Per-row ranges of least squared error (``x`` one chunk ``[r, D]``, ``lo``/``hi`` ``[r, 1]``).
+
+    The search scores ranges in float32 in units of ``base`` (fast); a row keeps the range it found
+    only where its exact error (float64, the codes the converter writes) is below min/max's.
+    """
+    def params(a, b):
+        s16, o16 = _row_params(a, b, base)
+        return effective_scale(o16, base), effective_scale(s16, base)
+
+    xs = (x / np.float32(base)).astype(np.float32)  # in units of base: |xs| < 2**15, squares stay finite
+
+    def loss(a, b):
+        s16, o16 = _row_params(a, b, base)
+        o, sc = o16.astype(np.float32), s16.astype(np.float32)
+        with np.errstate(divide="ignore", invalid="ignore", under="ignore"):
+            q = np.clip(np.rint((xs - o) / np.where(sc > 0, sc, np.float32(1))), 0, INT4_MAX)
+            dlt = q * sc + o - xs
+            return np.sum(dlt * dlt, axis=1, keepdims=True, dtype=np.float32)
+
+    lo64, hi64 = lo.astype(np.float64), hi.astype(np.float64)
+    s_lo, s_hi = _greedy(loss, lo64, hi64, INT4_SEARCH_RATIO_ROW)
+    changed = ((s_lo != lo64) | (s_hi != hi64))[:, 0]
+    if changed.any():
+        keep = np.zeros(changed.shape, bool)
+        xc = x[changed]
+        keep[changed] = _sq_error(xc, *params(s_lo[changed], s_hi[changed]), 1) \
+            < _sq_error(xc, *params(lo64[changed], hi64[changed]), 1)
+        s_lo, s_hi = np.where(keep[:, None], s_lo, lo64), np.where(keep[:, None], s_hi, hi64)
+    return s_lo, s_hi
+
+
+def _search_dims(x, lo, hi, rows):
+    """Per-column ranges of least squared error: a greedy search on exact per-column histograms, kept
+    only where the exact error is no larger than min/max's (compared in fixed row blocks)."""
+    n, d = x.shape
+    lo64, hi64 = lo.astype(np.float64), hi.astype(np.float64)
+    width = (hi64 - lo64) / INT4_HIST_BINS
+    safe = np.where(width > 0, width, 1.0)
+    counts = np.zeros(d * INT4_HIST_BINS, np.int64)
+    cols = np.arange(d) * INT4_HIST_BINS
+    for a in range(0, n, rows):
+        k = np.clip(np.floor((x[a:a + rows].astype(np.float64) - lo64) / safe), 0, INT4_HIST_BINS - 1)
+        counts += np.bincount((k.astype(np.int64) + cols).ravel(), minlength=d * INT4_HIST_BINS)
+    counts = counts.reshape(d, INT4_HIST_BINS).T.astype(np.float64)  # [bins, D]
+    centers = lo64 + (np.arange(INT4_HIST_BINS)[:, None] + 0.5) * width
+
+    def loss(a, b):
+        scale, offset = _dim_params(a, b)
+        r = _int4_codes(centers, offset, scale).astype(np.float64) * scale + offset
+        return np.sum(counts * (r - centers) ** 2, axis=0)
+
+    s_lo, s_hi = _greedy(loss, lo64, hi64, INT4_SEARCH_RATIO_DIM)
+    changed = (s_lo != lo64) | (s_hi != hi64)
+    if not changed.any():
+        return lo64, hi64
+    (ms, mo), (ss, so) = _dim_params(lo64, hi64), _dim_params(s_lo, s_hi)
+    err_minmax, err_search = np.zeros(d), np.zeros(d)
+    for a in range(0, n, _LOSS_BLOCK_ROWS):
+        xc = x[a:a + _LOSS_BLOCK_ROWS]
+        err_minmax += _sq_error(xc, mo, ms, 0)
+        err_search += _sq_error(xc, so, ss, 0)
+    keep = changed & (err_search < err_minmax)
+    return np.where(keep, s_lo, lo64), np.where(keep, s_hi, hi64)
+
+
+def quantize_int4(x: np.ndarray, scheme: str, *, chunk_rows: int | None = None, name: str = "tensor",
+                  search: bool = True):
     """Asymmetric 4-bit quantization of an embedding table ``x`` [N, D]: ``x ~ q * scale + offset``.
 
     ``per_row`` (FBGEMM's row-wise form): returns ``(packed uint8 [N, ceil(D/2)], scale16
     float16 [N, 1], offset16 float16 [N, 1], base float32)``; the effective per-row scale and
     offset are ``Cast(scale16) * base`` and ``Cast(offset16) * base`` (exact products).
-    The offset is the row minimum rounded DOWN and the scale ``(max - offset) / 15``
-    rounded UP to float16, so no value clips.
+    A row's range ``[lo, hi]`` gives the offset ``lo`` rounded DOWN and the scale
+    ``(hi - offset) / 15`` rounded UP to float16.
 
     ``per_dim``: one float32 scale and offset per column: returns ``(packed, scale float32
-    [D], offset float32 [D], None)``.
+    [D], offset float32 [D], None)``; offset ``lo``, scale ``(hi - lo) / 15`` rounded up.
 
-    The error per element is at most half the effective scale (plus float32 rounding).
+    The range is ``[min, max]`` with ``search=False`` (nothing clips: the error per element is
+    at most half the effective scale, plus float32 rounding); by default it is the range of
+    least squared reconstruction error found by FBGEMM's greedy search (:func:`_greedy`;
+    per_dim on exact column histograms), so values beyond it clip, and the error of every
+    row (per_row) or column (per_dim) is at most min/max's.
+
     Row chunks of ``chunk_rows`` bound the temporaries; the result does not depend on them.
     Raises ConfigError naming ``name`` on NaN/Inf or a scheme it does not know.
     """
@@ -540,8 +675,9 @@ def quantize_int4(x: np.ndarray, scheme: str, *, chunk_rows: int | None = None, 
         if n == 0:
             lo = hi = np.zeros(d, np.float32)
         _check_int4_range(float(max(np.abs(lo).max(initial=0), np.abs(hi).max(initial=0))), name)
-        offset = lo.astype(np.float32)
-        scale = _float32_round_up((hi.astype(np.float64) - offset.astype(np.float64)) / INT4_MAX)
+        lo64, hi64 = (_search_dims(x, lo, hi, rows) if search and n and d
+                      else (lo.astype(np.float64), hi.astype(np.float64)))
+        scale, offset = _dim_params(lo64, hi64)
         for a in range(0, n, rows):
             packed[a:a + rows] = pack_int4(_int4_codes(x[a:a + rows], offset, scale))
         return packed, scale, offset, None
@@ -556,13 +692,192 @@ def quantize_int4(x: np.ndarray, scheme: str, *, chunk_rows: int | None = None, 
     peak = float(max(np.abs(lo).max(), np.abs(hi).max())) if n else 0.0
     _check_int4_range(peak, name)
     base = pow2_base(peak)
-    b = np.float64(base)
-    offset16 = fp16_round_down(lo.astype(np.float64) / b)
-    scale16 = fp16_round_up(np.maximum(hi.astype(np.float64) / b - offset16.astype(np.float64), 0.0) / INT4_MAX)
-    s_eff, o_eff = effective_scale(scale16, base), effective_scale(offset16, base)
+    scale16 = np.empty((n, 1), np.float16)
+    offset16 = np.empty((n, 1), np.float16)
     for a in range(0, n, rows):
-        packed[a:a + rows] = pack_int4(_int4_codes(x[a:a + rows], o_eff[a:a + rows], s_eff[a:a + rows]))
+        xc = x[a:a + rows]
+        rlo, rhi = (_search_rows(xc, lo[a:a + rows], hi[a:a + rows], base) if search and d
+                    else (lo[a:a + rows].astype(np.float64), hi[a:a + rows].astype(np.float64)))
+        s16, o16 = _row_params(rlo, rhi, base)
+        scale16[a:a + rows], offset16[a:a + rows] = s16, o16
+        packed[a:a + rows] = pack_int4(_int4_codes(xc, effective_scale(o16, base), effective_scale(s16, base)))
     return packed, scale16, offset16, base
+
+
+#: Symmetric INT4 rows: codes ``q + 8`` for ``q`` in [-7, 7]; the search scans clips down to this
+#: fraction of a row's max|x| cut off.
+INT4_SYM_MAX = 7
+INT4_SEARCH_RATIO_SYM = 0.3
+
+
+def quantize_int4_sym(x: np.ndarray, *, chunk_rows: int | None = None, name: str = "tensor", search: bool = True):
+    """Symmetric 4-bit rows with one float16 scale each: ``x ~ (codes - 8) * scale``.
+
+    Returns ``(packed uint8 [N, ceil(D/2)], scale16 float16 [N, 1], base float32)``: a row's clip
+    ``c`` (max|x|, or with ``search`` the clip of least squared error among ``max|x| * (1 - i /
+    INT4_SEARCH_BINS)``, never more error than max|x|'s) gives the scale ``c / 7`` rounded UP to a
+    float16 multiple of the table's power-of-two ``base`` and codes ``clip(rint(x / scale), -7, 7) + 8``
+    (1..15). 2 bytes of row header where :func:`quantize_int4` per_row takes 4.
+    The result does not depend on ``chunk_rows``. ConfigError naming ``name`` on NaN/Inf.
+    """
+    x, rows, m = _row_maxabs(x, "quantize_int4_sym", name, chunk_rows)
+    n, d = x.shape
+    peak = float(m.max()) if n else 0.0
+    base = pow2_base(peak / INT4_SYM_MAX)
+    packed = np.zeros((n, int4_packed_cols(d)), np.uint8)
+    scale16 = np.zeros((n, 1), np.float16)
+    for a in range(0, n, rows):
+        xc, mc = x[a:a + rows], m[a:a + rows].astype(np.float64)
+        s16 = _sym_scale(mc, base)
+        if search and d:
+            s16 = _search_sym(xc, mc, base, s16)
+        scale16[a:a + rows] = s16
+        packed[a:a + rows] = pack_int4(_sym_codes(xc, effective_scale(s16, base)))
+    return packed, scale16, base
+
+
+def _row_maxabs(x, what: str, name: str, chunk_rows):
+    """``(x float32 [N, D], rows a chunk, max|row| float32 [N, 1])``; ConfigError on a bad shape, NaN/Inf
+    or values beyond INT4's range."""
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        x = x.astype(np.float32)
+    if x.ndim != 2:
+        raise ConfigError(f"{what}: {name!r} must be 2-D [rows, dim], got shape {x.shape}")
+    n, d = x.shape
+    rows = max(1, int(chunk_rows) if chunk_rows else _default_chunk_rows(x))
+    m = np.zeros((n, 1), np.float32)
+    for a in range(0, n, rows):
+        xc = x[a:a + rows]
+        if not np.all(np.isfinite(xc)):
+            check_finite(x, name)
+        if d:
+            m[a:a + rows] = np.max(np.abs(xc), axis=1, keepdims=True)
+    _check_int4_range(float(m.max()) if n else 0.0, name)
+    return x, rows, m
+
+
+def _sym_scale(clip, base):
+    """float16 row scales ``clip / 7`` rounded up in units of ``base``."""
+    return fp16_round_up(clip / INT4_SYM_MAX / np.float64(base))
+
+
+def _sym_codes(x, scale):
+    """``clip(rint(x / scale), -7, 7) + 8`` as uint8 (8 where the scale is 0)."""
+    s = np.asarray(scale, np.float64)
+    r = np.rint(np.asarray(x, np.float64) / np.where(s > 0, s, 1.0))
+    return (np.clip(np.where(s > 0, r, 0.0), -INT4_SYM_MAX, INT4_SYM_MAX) + 8).astype(np.uint8)
+
+
+def _search_sym(x, m, base, s16):
+    """Row scales of least squared error over clips ``m * (1 - i / INT4_SEARCH_BINS)`` (scored in float32 in
+    units of ``base``; a row keeps its find only where the exact float64 error is below max|x|'s)."""
+    xs = (x / np.float32(base)).astype(np.float32)
+
+    def loss(sc16):
+        sc = sc16.astype(np.float32)
+        with np.errstate(divide="ignore", invalid="ignore", under="ignore"):
+            q = np.clip(np.rint(xs / np.where(sc > 0, sc, np.float32(1))), -INT4_SYM_MAX, INT4_SYM_MAX)
+            dlt = q * sc - xs
+            return np.sum(dlt * dlt, axis=1, keepdims=True, dtype=np.float32)
+
+    best, best16 = loss(s16), s16
+    for i in range(1, int(INT4_SEARCH_BINS * INT4_SEARCH_RATIO_SYM) + 1):
+        cand = _sym_scale(m * (1.0 - i / INT4_SEARCH_BINS), base)
+        cur = loss(cand)
+        better = cur < best
+        best, best16 = np.where(better, cur, best), np.where(better, cand, best16)
+    changed = (best16 != s16)[:, 0]
+    if changed.any():
+        keep = np.zeros(changed.shape, bool)
+        xc = x[changed]
+        keep[changed] = _sym_error(xc, best16[changed], base) < _sym_error(xc, s16[changed], base)
+        best16 = np.where(keep[:, None], best16, s16)
+    return best16
+
+
+def _sym_error(x, s16, base):
+    """Exact squared error per row of the float32 ``(codes - 8) * scale`` the graph computes."""
+    deq = dequantize_int4_sym(pack_int4(_sym_codes(x, effective_scale(s16, base))), x.shape[1], s16, base)
+    dlt = deq.astype(np.float64) - x
+    return np.sum(dlt * dlt, axis=1)
+
+
+def dequantize_int4_sym(packed: np.ndarray, d: int, scale16: np.ndarray, base) -> np.ndarray:
+    """Return float32 ``(Cast(codes) + -8) * (Cast(scale16) * base)`` as the rewritten graph computes it."""
+    codes = unpack_int4(packed, d).astype(np.float32)
+    return (codes + np.float32(-8)) * effective_scale(scale16, base)
+
+
+#: ``INT4:per_row_sym8``: a row's scale is one byte ``k = e * 16 + m`` (4-bit exponent, 4-bit mantissa):
+#: ``scale = (1 + m/16) * 2**(e - 15) * base`` (steps of at most 6.25%, 15 octaves below the largest),
+#: built in the graph from float32 bits (exact).
+_E4M4_BITS = ((np.arange(256, dtype=np.uint32) >> 4) + 112) << 23 | (np.arange(256, dtype=np.uint32) & 15) << 19
+E4M4_SCALES = _E4M4_BITS.view(np.float32)
+
+
+def quantize_int4_sym8(x: np.ndarray, *, chunk_rows: int | None = None, name: str = "tensor", search: bool = True):
+    """Symmetric 4-bit rows with a one-byte scale code each: ``x ~ (codes - 8) * E4M4_SCALES[k] * base``.
+
+    Returns ``(packed uint8 [N, ceil(D/2) + 1], base float32)``: a row's codes packed as
+    :func:`pack_int4` does, then its scale code ``k``. ``base`` is the power of two with the
+    largest row scale in ``[base/2, base)``; ``k`` is the smallest code whose scale covers the
+    row's clip / 7 (max|x|, or with ``search`` the clip of least squared error as in
+    :func:`quantize_int4_sym`). 1 byte of row header. Independent of ``chunk_rows``.
+    """
+    x, rows, m = _row_maxabs(x, "quantize_int4_sym8", name, chunk_rows)
+    n, d = x.shape
+    peak = float(m.max()) / INT4_SYM_MAX if n else 0.0
+    base = np.float32(np.ldexp(1.0, int(np.frexp(peak)[1]))) if peak > 0 else np.float32(1.0)
+    scales = E4M4_SCALES.astype(np.float64) * float(base)
+    p = int4_packed_cols(d)
+    packed = np.zeros((n, p + 1), np.uint8)
+    for a in range(0, n, rows):
+        xc, mc = x[a:a + rows], m[a:a + rows].astype(np.float64)
+
+        def code(clip):
+            return np.minimum(np.searchsorted(scales, clip[:, 0] / INT4_SYM_MAX), 255).astype(np.uint8)[:, None]
+
+        k = code(mc)
+        if search and d:
+            xs = (xc / base).astype(np.float32)
+
+            def loss(kk):
+                sc = E4M4_SCALES[kk]
+                with np.errstate(under="ignore"):
+                    dlt = np.clip(np.rint(xs / sc), -INT4_SYM_MAX, INT4_SYM_MAX) * sc - xs
+                    return np.sum(dlt * dlt, axis=1, keepdims=True, dtype=np.float32)
+
+            best, best_k = loss(k), k
+            for i in range(1, int(INT4_SEARCH_BINS * INT4_SEARCH_RATIO_SYM) + 1):
+                cand = code(mc * (1.0 - i / INT4_SEARCH_BINS))
+                cur = loss(cand)
+                better = cur < best
+                best, best_k = np.where(better, cur, best), np.where(better, cand, best_k)
+            changed = (best_k != k)[:, 0]
+            if changed.any():
+                err = [np.sum((_sym8_rows(xc[changed], kk[changed], base).astype(np.float64) - xc[changed]) ** 2,
+                              axis=1) for kk in (best_k, k)]
+                keep = np.zeros(changed.shape, bool)
+                keep[changed] = err[0] < err[1]
+                k = np.where(keep[:, None], best_k, k)
+        sc = E4M4_SCALES[k[:, 0]][:, None] * base
+        packed[a:a + rows, :p] = pack_int4(_sym_codes(xc, sc))
+        packed[a:a + rows, p:] = k
+    return packed, base
+
+
+def _sym8_rows(x, k, base):
+    """Rows ``x`` through scale codes ``k``, dequantized (float32, as the graph computes them)."""
+    sc = E4M4_SCALES[k[:, 0]][:, None] * np.float32(base)
+    return (_sym_codes(x, sc).astype(np.float32) + np.float32(-8)) * sc
+
+
+def dequantize_int4_sym8(packed: np.ndarray, d: int, base) -> np.ndarray:
+    """Return float32 ``(Cast(codes) + -8) * (bitcast(scale code) * base)`` as the rewritten graph computes it."""
+    packed = np.asarray(packed, np.uint8)
+    sc = E4M4_SCALES[packed[..., -1:].astype(np.intp)] * np.float32(base)
+    return (unpack_int4(packed[..., :-1], d).astype(np.float32) + np.float32(-8)) * sc
 
 
 def dequantize_int4(packed: np.ndarray, d: int, scale: np.ndarray, offset: np.ndarray, base=None) -> np.ndarray:
@@ -590,36 +905,20 @@ def int4_error_bound(scale: np.ndarray, base=None) -> np.ndarray:
 def table_bytes(n: int, d: int, dtype: str, scheme: str | None = None) -> int:
     """Bytes one [n, d] embedding table takes in the checkpoint at ``dtype``/``scheme`` (data only).
 
-    FP32 4nd; BF16/FP16 2nd; INT8 per_dim nd + 4d, per_row nd + 2n + 4 (float16 row scale,
-    float32 base); INT4 per_row n*ceil(d/2) + 4n + 4 (float16 scale and offset), per_dim
-    n*ceil(d/2) + 8d (float32 scale and offset per column).
+    The storage form's ``nbytes`` (:func:`lpo.formats.table_bytes`).
     """
-    n, d = int(n), int(d)
-    if dtype == "FP32":
-        return 4 * n * d
-    if dtype in ("BF16", "FP16"):
-        return 2 * n * d
-    if dtype == "INT8":
-        return n * d + (2 * n + 4 if scheme == "per_row" else 4 * d)
-    if dtype == "INT4":
-        p = int4_packed_cols(d)
-        return n * p + (4 * n + 4 if scheme == "per_row" else 8 * d)
-    raise ConfigError(f"table_bytes: unknown dtype {dtype!r}")
+    from lpo import formats  # noqa: PLC0415 - the registry builds on this module
+
+    return formats.table_bytes(n, d, dtype, scheme)
 
 
-def int4_layout(n: int, d: int, requested: str = "per_row") -> tuple[str, str]:
+def int4_layout(n: int, d: int, requested: str = "per_row", max_ratio: float | None = None) -> tuple[str, str]:
     """Return the ``(dtype, scheme)`` an [n, d] table asked to be INT4 ``requested`` is stored as.
 
-    The size rule: an INT4 table never takes more bytes than the same table at INT8
-    per_dim. Row-wise costs 4 bytes a row for its scale and offset, so it is taken only
-    where it fits (D >= 8 for any real table); else per_dim INT4 where that fits (D >= 2 and
-    enough rows); else INT8 per_dim, which then takes no more bytes than INT4 would and
-    has 16 times finer steps (a D=1 "linear" table: 5 bytes a row row-wise, 1 + 8/n per_dim
-    INT4, 1 + 4/n INT8 per_dim, 4 at FP32).
+    INT4's size rule (:func:`lpo.formats.int4.layout`): at most ``max_ratio`` (default
+    :data:`lpo.options.INT4_MAX_SIZE_RATIO`) of INT8 per_dim's bytes.
     """
-    limit = table_bytes(n, d, "INT8", "per_dim")
-    other = "per_dim" if requested == "per_row" else "per_row"
-    for scheme in (requested, other):
-        if table_bytes(n, d, "INT4", scheme) <= limit:
-            return "INT4", scheme
-    return "INT8", "per_dim"
+    from lpo.formats import int4  # noqa: PLC0415 - the registry builds on this module
+
+    dtype, scheme = int4.layout(n, d, requested, max_ratio).split(":")
+    return dtype, scheme

@@ -422,4 +422,17 @@ def rewrite(s: Surgery, conv: Conversion) -> None:
         idx.set_input(mm.name, 0, fq.name)
 
 
-register("dense", find=find, describe=describe, plan=plan, rewrite=rewrite)
+def calibrates(conv: Conversion) -> bool:
+    """An INT8 layer whose activations are quantized needs calibration data."""
+    return conv.dtype == "INT8" and conv.mode in opts.CALIBRATED_INT8_MODES
+
+
+def requirement(conv: Conversion) -> tuple[str, str]:
+    """What the layer's form needs of the serving CPU (lpo.target.requirements)."""
+    return conv.dtype, conv.mode
+
+
+register("dense", find=find, describe=describe, plan=plan, rewrite=rewrite, label="dense op",
+         fallbacks={"INT4": "INT8"},  # INT4 is for tables: int8_dense decides the layers' form
+         auto_ladder=("INT8:weight_only", "BF16:weight_only", "FP16:weight_only", "FP32"),
+         calibrates=calibrates, requirement=requirement)

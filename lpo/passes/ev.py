@@ -387,4 +387,5 @@ def rewrite(s: Surgery, conv: Conversion) -> None:
         _prune(s, [value_root], part + "/", new)
 
 
-register(KIND, find=find, describe=describe, plan=plan, rewrite=rewrite)
+register(KIND, find=find, describe=describe, plan=plan, rewrite=rewrite, label="embedding variable",
+         fallbacks={"INT4": "INT8"})  # DeepRec has no INT4 EV: its INT8

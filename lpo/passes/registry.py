@@ -12,6 +12,16 @@ a family's kind; it calls, with one signature for every family:
   ``ConfigError`` for a dtype the family cannot take.
 * ``rewrite(surgery, conversion)``: the graph edit of one planned conversion.
 
+and declares its properties, so the optimizer and AUTO loop over families without asking
+which one they hold:
+
+* ``label``: what the report calls a node (``Optimize <label> to INT8: <node>``);
+* ``fallbacks``: the dtype a model-wide ``data_type`` gives its nodes where they cannot take it
+  (dense layers and DeepRec EVs: ``{"INT4": "INT8"}``);
+* ``auto_ladder``: AUTO's forms for its nodes, least accurate (smallest) first (FP32 is added);
+* ``calibrates(conversion) -> bool``: whether the conversion needs calibration data;
+* ``requirement(conversion) -> (dtype, mode) | None``: what it adds to the manifest's ``requires``.
+
 A *fold* is an exact structural rewrite with no variables (e.g. a constant interaction mask
 folded into static gather indices, lpo/passes/interaction.py). It applies at every data type,
 FP32 included, and is not an opt_config node: ``find(surgery) -> list[Conversion]`` returns its
@@ -27,28 +37,44 @@ per rewritten site (recorded in the manifest and reported as optimized nodes, by
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
+
+
+def _never(conversion) -> None:
+    return None
 
 
 @dataclass(frozen=True)
 class PassFamily:
-    """One op family's find, describe, plan and rewrite."""
+    """One op family's find, describe, plan and rewrite, and its declared properties."""
 
     name: str
     find: Callable
     describe: Callable
     plan: Callable
     rewrite: Callable
+    label: str = ""
+    fallbacks: dict = field(default_factory=dict)
+    auto_ladder: tuple = ()
+    calibrates: Callable = _never
+    requirement: Callable = _never
+
+    def dtype_for(self, data_type: str) -> str:
+        """The dtype a model-wide ``data_type`` gives this family's nodes (its fallback, else itself)."""
+        return self.fallbacks.get(data_type, data_type)
 
 
 _PASSES: dict[str, PassFamily] = {}
 _FOLDS: dict[str, PassFamily] = {}
 
 
-def register(name: str, *, find: Callable, describe: Callable, plan: Callable, rewrite: Callable) -> None:
-    """Register the pass family ``name`` (one module per op family)."""
-    _PASSES[name] = PassFamily(name, find, describe, plan, rewrite)
+def register(name: str, *, find: Callable, describe: Callable, plan: Callable, rewrite: Callable, label: str = "",
+             fallbacks: dict | None = None, auto_ladder: tuple = (), calibrates: Callable = _never,
+             requirement: Callable = _never) -> None:
+    """Register the pass family ``name`` (one module per op family) with its properties (module docstring)."""
+    _PASSES[name] = PassFamily(name, find, describe, plan, rewrite, label or name, dict(fallbacks or {}),
+                               tuple(auto_ladder), calibrates, requirement)
 
 
 def register_fold(name: str, *, find: Callable, describe: Callable, rewrite: Callable) -> None:

@@ -1,9 +1,9 @@
 """AUTO's search space: for each optimizable node, the forms it may take, smallest first.
 
 A form is an opt_config value (``"INT8:per_row"``, ``"FP32"``). Each node's ladder comes
-from :data:`lpo.options.AUTO_LADDERS` for its kind, keeping only forms that
+from its pass family's ``auto_ladder`` (lpo.passes.registry), keeping only forms that
 
-* this lpo has (a dtype missing from :data:`lpo.options.NODE_DTYPES` is skipped),
+* this lpo has (a dtype with no registered storage form, :func:`lpo.options.node_dtypes`, is skipped),
 * the node's pass plans and whose checkpoint conversion succeeds on the node's own
   values (e.g. FP16 where a weight exceeds 65504 is dropped, BF16 then takes its place),
 * are strictly smaller than the next form kept above them (a D=1 table skips INT8
@@ -70,7 +70,7 @@ class NodeSpace:
 
 def _known(choice: str) -> bool:
     dtype = choice.split(opts.VARIANT_SEP, 1)[0]
-    return dtype in opts.NODE_DTYPES
+    return dtype in opts.node_dtypes()
 
 
 def _form(cand, choice: str, options, read) -> Form:
@@ -130,7 +130,7 @@ def node_space(cand, read, options, *, pinned: str | None = None, ladder=None, f
     """Build the ladder of candidate ``cand``; ``read(key, slice)`` returns an FP32 checkpoint value.
 
     ``pinned`` (an opt_config value) fixes the node to one form. ``ladder``/``faster``
-    override :data:`~lpo.options.AUTO_LADDERS`/:data:`~lpo.options.AUTO_FASTER`. Each form's
+    override the family's ``auto_ladder``/:data:`~lpo.options.AUTO_FASTER`. Each form's
     ``nbytes`` counts every variable any of the node's forms converts (at FP32 where this
     form leaves it), so forms of one node compare directly.
     """
@@ -138,7 +138,9 @@ def node_space(cand, read, options, *, pinned: str | None = None, ladder=None, f
         choice = str(opts.normalize_node_choice(pinned, f"opt_config[{cand.name!r}]"))
         kept, alts = [_form(cand, choice, options, read)], {}
     else:
-        ladder = list(ladder or opts.AUTO_LADDERS.get(cand.kind, (opts.KEEP,)))
+        from lpo import passes
+
+        ladder = list(ladder or passes.get(cand.kind).auto_ladder or (opts.KEEP,))
         if opts.KEEP not in ladder:
             ladder.append(opts.KEEP)
         from lpo.tune.simulate import simulable
