@@ -11,7 +11,7 @@ from lpo.errors import ConfigError
 from lpo.formats.base import by_key, scaled_var, side_outputs, slice_spec
 from lpo.numerics import quant
 
-log = logging.getLogger("lpo.passes.embedding")
+log = logging.getLogger(__name__)
 
 DTYPE = "INT4"
 #: Bytes a row of INT4 row-wise scale and offset take (two float16).
