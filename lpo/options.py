@@ -341,9 +341,17 @@ def choice(value: Any, valid: tuple, what: str, *, upper: bool = False) -> str:
 
 
 def normalize_dtype(value: Any, what: str = "data_type", *, allow_keep: bool = False) -> str:
-    """Return a data type (``BF16``/``FP16``/``INT8``/``INT4``/``FP32``; ``allow_keep`` is kept for callers)."""
-    return choice(value, NODE_DTYPES if allow_keep else DATA_TYPES, what, upper=True)
+    """Return a data type (``BF16``/``FP16``/``INT8``/``INT4``/``FP32``; with ``allow_keep`` also the
+    data types of other registered storage forms, see :func:`node_dtypes`)."""
+    return choice(value, node_dtypes() if allow_keep else DATA_TYPES, what, upper=True)
 
+
+# --------------------------------------------------------------------------- storage forms (lpo.formats)
+def node_dtypes() -> tuple[str, ...]:
+    """:data:`NODE_DTYPES` and the data types of storage forms registered beyond them (opt_config values)."""
+    from lpo import formats
+
+    return NODE_DTYPES + tuple(d for d in formats.dtypes() if d not in NODE_DTYPES)
 
 @dataclass(frozen=True)
 class NodeChoice:
@@ -369,6 +377,10 @@ def node_variants(dtype: str) -> tuple[str, ...]:
     """The variants an opt_config value of ``dtype`` may name (none for FP32)."""
     if dtype == KEEP:
         return ()
+    if dtype not in NODE_DTYPES:  # another registered storage form's data type: its schemes
+        from lpo import formats
+
+        return formats.schemes(dtype)
     if dtype.startswith("INT"):
         return EMBEDDING_SCHEMES + (INT8_DENSE_MODES if dtype == "INT8" else ())
     return DENSE_MODES
@@ -615,7 +627,7 @@ def normalize_opt_config(value: Any) -> Optional[dict]:
 
 
 __all__ = [
-    "DATA_TYPES", "KEEP", "NODE_DTYPES", "EMBEDDING_SCHEMES", "INT4_SCHEME", "FAMILY_DTYPE",
+    "DATA_TYPES", "KEEP", "NODE_DTYPES", "node_dtypes", "EMBEDDING_SCHEMES", "INT4_SCHEME", "FAMILY_DTYPE",
     "dtype_for", "DENSE_MODES", "INT8_DENSE_MODES", "INT8_DENSE_ALIASES", "CALIBRATED_INT8_MODES", "TARGETS",
     "TARGET_NAMES", "INT8_COMPUTE_MIN_WEIGHTS", "BF16_COMPUTE_MIN_WEIGHTS", "normalize_int8_dense",
     "normalize_target", "CALIB_METHODS",

@@ -1,7 +1,7 @@
 """Streaming checkpoint conversion: one tensor (or one slice) at a time.
 
 Reads with ``RestoreV2`` (a slice at a time for partitioned variables), converts
-with the numpy numerics of :mod:`lpo.numerics.quant`, writes shards with ``SaveV2`` and
+with each variable's storage form (:mod:`lpo.formats`), writes shards with ``SaveV2`` and
 merges them with ``MergeV2Checkpoints``. Peak memory is about one variable (its
 FP32 source plus its converted form) plus a bounded write buffer: tensors are
 read and handed to ``SaveV2`` without copies (``np.asarray`` of the restored
@@ -17,9 +17,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from lpo import formats
 from lpo.numerics import quant
 from lpo.core.deeprec import EV_SUFFIXES
-from lpo.errors import CheckpointError
+from lpo.errors import CheckpointError, ConfigError
+from lpo.formats import deeprec_ev
+from lpo.formats.base import chunk_check, chunk_rows
 from lpo.log import progress
 from lpo.core.plan import Plan, VarConversion
 from lpo.core.savedmodel import VarSpec
@@ -27,7 +30,6 @@ from lpo.core.savedmodel import VarSpec
 log = logging.getLogger(__name__)
 
 WRITE_BUFFER_BYTES = 256 << 20
-_CHUNK_BYTES = 4 << 20  # rows converted at a time: cache-sized, no full-size temporaries
 _ZERO_COPY_BYTES = 1 << 20  # arrays this large go to TF through DLPack instead of a copy
 
 
@@ -84,80 +86,23 @@ def read_slice(prefix: str, key: str, spec: str, dtype) -> np.ndarray:
     return np.asarray(read_tensor(prefix, key, spec, dtype))
 
 
-def _chunks(x: np.ndarray):
-    """Yield row ranges of ``x`` of about ``_CHUNK_BYTES`` each (one range for 0-d/empty)."""
-    if x.ndim == 0 or x.shape[0] == 0:
-        yield slice(None)
-        return
-    rows = max(1, _CHUNK_BYTES // max(1, x[:1].nbytes))
-    for a in range(0, x.shape[0], rows):
-        yield slice(a, a + rows)
-
-
-def _check_chunked(check, x: np.ndarray, name: str) -> None:
-    """Run a quant check chunk by chunk; on a failure rerun it on all of ``x`` for the message."""
-    try:
-        for c in _chunks(x):
-            check(x[c], name)
-    except Exception:  # noqa: BLE001 - re-raised with whole-tensor counts below
-        check(x, name)
-        raise
-
-
-def _map_chunked(fn, x: np.ndarray, dtype) -> np.ndarray:
-    """Apply the elementwise ``fn`` row chunk by row chunk into one output array."""
-    if x.ndim == 0:
-        return fn(x)
-    out = np.empty(x.shape, dtype)
-    for c in _chunks(x):
-        out[c] = fn(x[c])
-    return out
-
-
 def convert_values(vc: VarConversion, x: np.ndarray, name: str) -> list[tuple[str, str, np.ndarray]]:
-    """Convert one FP32 tensor by its plan entry; return (key, slice, array) outputs."""
-    _check_chunked(quant.check_finite, x, name)
-    if vc.dtype == "BF16":
-        return [(vc.key, vc.slice, _map_chunked(quant.to_bf16, x, quant._bf16_dtype()))]
-    if vc.dtype == "FP16":
-        _check_chunked(quant.check_fp16_range, x, name)
-        return [(vc.key, vc.slice, _map_chunked(quant.to_fp16, x, np.float16))]
-    rows = max(1, _CHUNK_BYTES // max(1, x[:1].nbytes)) if x.ndim else None
-    if vc.dtype == "INT8" and vc.scale_dtype == "FP16":  # row scales: float16 times a float32 base
-        q, scale, base = quant.quantize_int8_rows(x, name=name, chunk_rows=rows)
-        return [(vc.key, vc.slice, q), (vc.scale_key, "", scale.reshape(vc.scale_shape)),
-                (vc.base_key, "", np.asarray(base, np.float32))]
-    if vc.dtype == "INT8":
-        q, scale = quant.quantize_int8(x, vc.axis, name=name, chunk_rows=rows)
-        return [(vc.key, vc.slice, q), (vc.scale_key, "", scale.reshape(vc.scale_shape))]
-    if vc.dtype == "INT4":
-        scheme = "per_row" if vc.axis == 0 else "per_dim"
-        packed, scale, offset, base = quant.quantize_int4(x, scheme, name=name, chunk_rows=rows)
-        out = [(vc.key, vc.target_slice, packed), (vc.scale_key, "", scale.reshape(vc.scale_shape)),
-               (vc.offset_key, "", offset.reshape(vc.scale_shape))]
-        if vc.base_key:
-            out.append((vc.base_key, "", np.asarray(base, np.float32)))
-        return out
-    raise CheckpointError(f"unknown target dtype {vc.dtype!r} for {name} in the lpo manifest")
+    """Convert one FP32 tensor by its plan entry (its storage form, :mod:`lpo.formats`); return (key, slice, array) outputs."""
+    chunk_check(quant.check_finite, x, name)
+    try:
+        form = formats.for_var(vc)
+    except ConfigError as e:
+        raise CheckpointError(f"unknown target dtype {vc.dtype!r} for {name} in the lpo manifest ({e})") from e
+    return form.encode(vc, x, name, chunk_rows(x))
 
 
 def convert_ev_values(vc: VarConversion, x: np.ndarray, name: str) -> list[tuple[str, str, np.ndarray]]:
-    """Convert the ``-values`` of a DeepRec EV by DeepRec's own formulas (lpo.numerics.quant ``ev_*``).
+    """Convert the ``-values`` of a DeepRec EV by DeepRec's own formulas (:mod:`lpo.formats.deeprec_ev`).
 
     Returns ``(<dst>-values, "", array)`` and, for INT8, ``(scale_key, "", scale[dim])``.
     """
-    _check_chunked(quant.check_finite, x, name)
-    dst = vc.dst_key + "-values"
-    if vc.dtype == "BF16":
-        return [(dst, "", _map_chunked(quant.ev_to_bf16, x, quant._bf16_dtype()))]
-    if vc.dtype == "FP16":
-        _check_chunked(quant.check_fp16_range, x, name)
-        return [(dst, "", _map_chunked(quant.to_fp16, x, np.float16))]
-    if vc.dtype == "INT8":
-        rows = max(1, _CHUNK_BYTES // max(1, x[:1].nbytes)) if x.ndim else None
-        q, scale = quant.ev_quantize_int8(x, name=name, chunk_rows=rows)
-        return [(dst, "", q), (vc.scale_key, "", scale.reshape(vc.scale_shape))]
-    raise CheckpointError(f"unknown target dtype {vc.dtype!r} for {name} in the lpo manifest")
+    chunk_check(quant.check_finite, x, name)
+    return deeprec_ev.encode(vc, x, name, chunk_rows(x))
 
 
 def _as_tensor(a):

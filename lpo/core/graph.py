@@ -9,16 +9,32 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
-from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2, tensor_shape_pb2, types_pb2
+from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2, tensor_shape_pb2
 
-DT = {
-    "FP32": types_pb2.DT_FLOAT,
-    "BF16": types_pb2.DT_BFLOAT16,
-    "FP16": types_pb2.DT_HALF,
-    "INT8": types_pb2.DT_INT8,
-    "INT4": types_pb2.DT_UINT8,  # stored packed, two 4-bit values a byte
-}
-DT_NAMES = {v: k for k, v in DT.items()}
+class _StorageTypes(Mapping):
+    """``DT[dtype]``: the TensorFlow DataType a data type's tables and weights are stored as.
+
+    Asks the storage-form registry (:func:`lpo.formats.storage`); ``FP32`` is float.
+    """
+
+    def __getitem__(self, dtype: str) -> int:
+        from lpo import formats
+
+        if dtype != "FP32" and dtype not in formats.dtypes():
+            raise KeyError(dtype)
+        return formats.storage(dtype)
+
+    def __iter__(self) -> Iterator[str]:
+        from lpo import formats
+
+        return iter(("FP32",) + formats.dtypes())
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+DT = _StorageTypes()
+
 
 VARIABLE_OPS = ("VarHandleOp", "VariableV2", "Variable")
 READ_OPS = ("ReadVariableOp", "Identity")

@@ -590,36 +590,19 @@ def int4_error_bound(scale: np.ndarray, base=None) -> np.ndarray:
 def table_bytes(n: int, d: int, dtype: str, scheme: str | None = None) -> int:
     """Bytes one [n, d] embedding table takes in the checkpoint at ``dtype``/``scheme`` (data only).
 
-    FP32 4nd; BF16/FP16 2nd; INT8 per_dim nd + 4d, per_row nd + 2n + 4 (float16 row scale,
-    float32 base); INT4 per_row n*ceil(d/2) + 4n + 4 (float16 scale and offset), per_dim
-    n*ceil(d/2) + 8d (float32 scale and offset per column).
+    The storage form's ``nbytes`` (:func:`lpo.formats.table_bytes`).
     """
-    n, d = int(n), int(d)
-    if dtype == "FP32":
-        return 4 * n * d
-    if dtype in ("BF16", "FP16"):
-        return 2 * n * d
-    if dtype == "INT8":
-        return n * d + (2 * n + 4 if scheme == "per_row" else 4 * d)
-    if dtype == "INT4":
-        p = int4_packed_cols(d)
-        return n * p + (4 * n + 4 if scheme == "per_row" else 8 * d)
-    raise ConfigError(f"table_bytes: unknown dtype {dtype!r}")
+    from lpo import formats  # noqa: PLC0415 - the registry builds on this module
+
+    return formats.table_bytes(n, d, dtype, scheme)
 
 
 def int4_layout(n: int, d: int, requested: str = "per_row") -> tuple[str, str]:
     """Return the ``(dtype, scheme)`` an [n, d] table asked to be INT4 ``requested`` is stored as.
 
-    The size rule: an INT4 table never takes more bytes than the same table at INT8
-    per_dim. Row-wise costs 4 bytes a row for its scale and offset, so it is taken only
-    where it fits (D >= 8 for any real table); else per_dim INT4 where that fits (D >= 2 and
-    enough rows); else INT8 per_dim, which then takes no more bytes than INT4 would and
-    has 16 times finer steps (a D=1 "linear" table: 5 bytes a row row-wise, 1 + 8/n per_dim
-    INT4, 1 + 4/n INT8 per_dim, 4 at FP32).
+    INT4's size rule (:func:`lpo.formats.int4.layout`): never more bytes than INT8 per_dim.
     """
-    limit = table_bytes(n, d, "INT8", "per_dim")
-    other = "per_dim" if requested == "per_row" else "per_row"
-    for scheme in (requested, other):
-        if table_bytes(n, d, "INT4", scheme) <= limit:
-            return "INT4", scheme
-    return "INT8", "per_dim"
+    from lpo.formats import int4  # noqa: PLC0415 - the registry builds on this module
+
+    dtype, scheme = int4.layout(n, d, requested).split(":")
+    return dtype, scheme

@@ -12,20 +12,18 @@ Patterns (each on one table variable, or on each part of a partitioned table):
 
 A table is a candidate only when every reader is such a lookup. The rewrite
 keeps each lookup's node name for its float32 result, so consumers
-(``ParallelDynamicStitch``, segment reductions, ...) are untouched:
+(``ParallelDynamicStitch``, segment reductions, ...) are untouched: the lookup gathers
+the stored rows and the table's storage form (:mod:`lpo.formats`) adds the nodes that
+dequantize them, before any segment reduction (only looked-up rows are dequantized):
 
 * BF16/FP16: ``gather(table16) -> Cast(float32)``
 * INT8 per_dim: ``gather(table8) -> Cast -> Mul(scale[D])``
 * INT8 per_row: ``gather(table8) -> Cast -> Mul(Cast(gather(scale16[N,1])) * base)``
 * INT4: ``gather(packed uint8 [N, ceil(D/2)]) -> ConcatV2(BitwiseAnd(., 15), RightShift(., 4))
-  [-> StridedSlice(..., :D) for odd D] -> Cast -> Mul(scale) -> AddV2(offset)``, with per_row
-  scale/offset gathered like INT8 per_row's (float16 times the float32 ``base``), per_dim
-  ones float32 ``[D]``. Only looked-up rows are unpacked, and all arithmetic is float32,
-  before any segment reduction. Byte layout: :func:`lpo.numerics.quant.pack_int4`.
+  [-> StridedSlice(..., :D) for odd D] -> Cast -> Mul(scale) -> AddV2(offset)``
 
-A table asked to be INT4 is stored by :func:`lpo.numerics.quant.int4_layout`: row-wise
-unless that would take more bytes than INT8 per_dim (D < 8), then per_dim INT4, or INT8
-per_dim where even that is larger (D = 1).
+Which form a table asked to be a data type takes is the registry's choice
+(:func:`lpo.formats.select`; INT4's size rule: :func:`lpo.formats._int4.select`).
 """
 from __future__ import annotations
 
@@ -36,13 +34,13 @@ import logging
 import numpy as np
 from tensorflow.core.framework import types_pb2
 
-from lpo import options as opts
+from lpo import formats
 from lpo.core.graph import (
-    ANY, DT, READ_OPS, VARIABLE_OPS, GraphMatcher, OpTypePattern, const_value, dtype_attr, make_const, make_node,
+    ANY, READ_OPS, VARIABLE_OPS, GraphMatcher, OpTypePattern, const_value, dtype_attr, make_const, make_node,
     parse_input,
 )
 from lpo.errors import ConfigError
-from lpo.numerics import quant
+from lpo.formats.base import Dequant, SideVars, add_side_variables
 from lpo.passes.surgery import Surgery
 from lpo.passes.registry import register
 from lpo.core.plan import Conversion, VarConversion
@@ -52,10 +50,6 @@ GATHER_OPS = ("GatherV2", "Gather")
 SEGMENT_OPS = ("SparseSegmentSum", "SparseSegmentMean", "SparseSegmentSqrtN",
                "SparseSegmentSumWithNumSegments", "SparseSegmentMeanWithNumSegments",
                "SparseSegmentSqrtNWithNumSegments")
-#: How each stored form keeps its scales: (table dtype, scheme) -> scale dtype.
-SCALE_DTYPE = {("INT8", "per_dim"): "FP32", ("INT8", "per_row"): "FP16",
-               ("INT4", "per_dim"): "FP32", ("INT4", "per_row"): "FP16"}
-_DT_NAME = {"FP32": types_pb2.DT_FLOAT, "FP16": types_pb2.DT_HALF}
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +122,6 @@ def describe(cand: EmbeddingCandidate) -> str:
     return f"{len(cand.parts)} parts" if len(cand.parts) > 1 else ""
 
 
-def _slice_spec(full: list[int], offset: list[int], shape: list[int]) -> str:
-    """A checkpoint slice spec, as TF's SaveSliceInfo writes it: ``"N D o0,n0:o1,n1"``."""
-    return " ".join(str(d) for d in full) + " " + ":".join(f"{o},{n}" for o, n in zip(offset, shape))
-
-
 def _row_split(p: VarSpec) -> tuple[int, int] | None:
     """(row offset, rows) of part ``p`` when it holds whole rows; None when split by column."""
     if not p.slice:
@@ -146,125 +135,35 @@ def _row_split(p: VarSpec) -> tuple[int, int] | None:
 def plan(cand: EmbeddingCandidate, dtype: str, options) -> Conversion:
     """Return the Conversion of table ``cand`` to ``dtype``.
 
-    INT8 scales follow ``options.embedding_scheme``. INT4 takes :data:`lpo.options.INT4_SCHEME`
-    where the size rule of :func:`lpo.numerics.quant.int4_layout` allows (else the smaller
-    INT4 per_dim or INT8 per_dim form, logged); a scheme one node named
-    (``options.int4_scheme``, from ``"INT4:per_dim"``) is a ConfigError where that rule rejects it.
+    The storage form is the registry's (:func:`lpo.formats.select`): INT8 scales follow
+    ``options.embedding_scheme``; INT4 takes :data:`lpo.options.INT4_SCHEME` where its size
+    rule allows (else the smaller INT4 per_dim or INT8 per_dim form, logged), and a scheme one
+    node named (``options.int4_scheme``, from ``"INT4:per_dim"``) is a ConfigError where that
+    rule rejects it. Each part's checkpoint names come from its form's ``plan_var``.
     """
     n, d = cand.shape
-    scheme = "cast"
-    if dtype == "INT8":
-        scheme = options.embedding_scheme
-    elif dtype == "INT4":
-        if any(_row_split(p) is None for p in cand.parts):
-            raise ConfigError(f"table {cand.name!r} is partitioned by column; INT4 packs whole rows. "
-                              "Use INT8 or a 16-bit type for it in opt_config")
-        named = getattr(options, "int4_scheme", None)
-        requested = named or opts.INT4_SCHEME
-        dtype, scheme = quant.int4_layout(n, d, requested)
-        if (dtype, scheme) != ("INT4", requested):
-            if named:
-                raise ConfigError(
-                    f"table {cand.name!r} [{n}, {d}]: INT4 {named} would take "
-                    f"{quant.table_bytes(n, d, 'INT4', named)} bytes, more than INT8 per_dim "
-                    f"({quant.table_bytes(n, d, 'INT8', 'per_dim')}); lpo never stores an INT4 table larger. "
-                    f"Write 'INT4' (lpo then stores it as {dtype} {scheme}) or '{dtype}:{scheme}'")
-            log.info("table %s [%d, %d]: INT4 %s would take more bytes than INT8 per_dim; stored as %s %s",
-                     cand.name, n, d, requested, dtype, scheme)
+    if any(getattr(f, "WHOLE_ROWS", False) for f in formats.of_dtype(dtype)) \
+            and any(_row_split(p) is None for p in cand.parts):
+        raise ConfigError(f"table {cand.name!r} is partitioned by column; {dtype} packs whole rows. "
+                          "Use INT8 or a 16-bit type for it in opt_config")
+    form = formats.select(dtype, n, d, options, cand.name)
     variables = []
     for p in cand.parts:
-        v = VarConversion(key=p.key, slice=p.slice, shape=list(p.shape), role="table", dtype=dtype)
-        if dtype in ("INT8", "INT4"):
-            v.scale_key = f"{p.node}/lpo_scale"
-            v.axis = 1 if scheme == "per_dim" else 0
-            v.scale_shape = [p.shape[1]] if scheme == "per_dim" else [p.shape[0], 1]
-            v.scale_dtype = SCALE_DTYPE[(dtype, scheme)]
-            if v.scale_dtype == "FP16":
-                v.base_key = f"{p.node}/lpo_scale_base"
-        if dtype == "INT4":
-            v.offset_key = f"{p.node}/lpo_offset"
-            cols = quant.int4_packed_cols(d)
-            v.out_shape = [p.shape[0], cols]
-            v.out_slice = _slice_spec([n, cols], [_row_split(p)[0], 0], v.out_shape) if p.slice else ""
+        v = VarConversion(key=p.key, slice=p.slice, shape=list(p.shape), role="table", dtype=form.DTYPE)
+        split = _row_split(p)
+        form.plan_var(v, p.node, [n, d], split[0] if split else 0)
         variables.append(v)
-    return Conversion(kind="embedding", node=cand.name, dtype=dtype, scheme=scheme,
+    return Conversion(kind="embedding", node=cand.name, dtype=form.DTYPE, scheme=form.SCHEME,
                       variables=variables,
                       targets={"parts": [p.node for p in cand.parts], "lookups": cand.lookups,
                                "resource": [p.resource for p in cand.parts], "dim": d})
 
 
-@dataclass
-class _PartVars:
-    """The graph tensors that dequantize one part: scale, offset and base reads (and variables)."""
-
-    scale_var: str | None = None
-    scale_read: str | None = None
-    scale_dtype: int = types_pb2.DT_FLOAT
-    offset_var: str | None = None
-    offset_read: str | None = None
-    base_read: str | None = None
-
-
-def _float(s: Surgery, op: str, name: str, inputs: list[str], device: str) -> str:
-    s.index.add(make_node(op, name, inputs, device=device, T=dtype_attr(types_pb2.DT_FLOAT)))
-    return name
-
-
-def _row_param(s: Surgery, name: str, var: str, read: str, pv: _PartVars, ids: str, ids_t: int,
-               device: str) -> str:
-    """Gather the per-row values of ``var`` for ``ids`` and return them as float32 (times base)."""
-    rows = _gather(s, s.index.unique_name(name), var, read, ids, ids_t, pv.scale_dtype, device)
-    if pv.scale_dtype == types_pb2.DT_FLOAT:
-        return rows
-    cast = s.cast_node(s.index.unique_name(name + "/cast"), rows, pv.scale_dtype, types_pb2.DT_FLOAT, device)
-    return _float(s, "Mul", s.index.unique_name(name + "/base"), [cast, pv.base_read], device) \
-        if pv.base_read else cast
-
-
-def _unpack_int4(s: Surgery, name: str, rows: str, d: int, device: str) -> str:
-    """Add ``concat([rows & 15, rows >> 4], -1)[..., :d]`` as float32 and return its name."""
-    idx = s.index
-    u8 = dtype_attr(types_pb2.DT_UINT8)
-    mask = idx.add(make_const(idx.unique_name(name + "/mask"), np.array(15, np.uint8), device))
-    four = idx.add(make_const(idx.unique_name(name + "/four"), np.array(4, np.uint8), device))
-    lo = idx.add(make_node("BitwiseAnd", idx.unique_name(name + "/low"), [rows, mask.name], device=device, T=u8))
-    hi = idx.add(make_node("RightShift", idx.unique_name(name + "/high"), [rows, four.name], device=device, T=u8))
-    axis = idx.add(make_const(idx.unique_name(name + "/axis"), np.array(-1, np.int32), device))
-    codes = idx.add(make_node("ConcatV2", idx.unique_name(name + "/codes"), [lo.name, hi.name, axis.name],
-                              device=device, N=2, T=u8, Tidx=dtype_attr(types_pb2.DT_INT32))).name
-    if d % 2:  # drop the pad nibble: [..., :d] on any rank (the ellipsis covers the lookup dims)
-        begin = idx.add(make_const(idx.unique_name(name + "/begin"), np.array([0, 0], np.int32), device))
-        end = idx.add(make_const(idx.unique_name(name + "/end"), np.array([0, d], np.int32), device))
-        step = idx.add(make_const(idx.unique_name(name + "/strides"), np.array([1, 1], np.int32), device))
-        codes = idx.add(make_node("StridedSlice", idx.unique_name(name + "/trim"),
-                                  [codes, begin.name, end.name, step.name], device=device, T=u8,
-                                  Index=dtype_attr(types_pb2.DT_INT32), begin_mask=0, end_mask=0,
-                                  ellipsis_mask=1, new_axis_mask=0, shrink_axis_mask=0)).name
-    return s.cast_node(idx.unique_name(name + "/float"), codes, types_pb2.DT_UINT8, types_pb2.DT_FLOAT, device)
-
-
-def _dequant(s: Surgery, name: str, rows: str, conv: Conversion, pv: _PartVars, ids: str, ids_t: int,
+def _dequant(s: Surgery, name: str, rows: str, conv: Conversion, pv: SideVars, ids: str, ids_t: int,
              device: str) -> None:
-    """Add nodes turning low-precision ``rows`` into float32 under node name ``name``."""
-    idx = s.index
-    if conv.dtype in ("BF16", "FP16"):
-        s.cast_node(name, rows, DT[conv.dtype], types_pb2.DT_FLOAT, device)
-        return
-    if conv.dtype == "INT4":
-        values = _unpack_int4(s, name + "/lpo_int4", rows, conv.targets["dim"], device)
-    else:
-        values = s.cast_node(idx.unique_name(name + "/lpo_cast"), rows, DT[conv.dtype], types_pb2.DT_FLOAT, device)
-    scale, offset = pv.scale_read, pv.offset_read
-    if conv.scheme == "per_row":
-        scale = _row_param(s, name + "/lpo_scale_rows", pv.scale_var, pv.scale_read, pv, ids, ids_t, device)
-        if pv.offset_var:
-            offset = _row_param(s, name + "/lpo_offset_rows", pv.offset_var, pv.offset_read, pv, ids, ids_t,
-                                device)
-    if offset is None:
-        _float(s, "Mul", name, [values, scale], device)
-        return
-    scaled = _float(s, "Mul", idx.unique_name(name + "/lpo_scaled"), [values, scale], device)
-    _float(s, "AddV2", name, [scaled, offset], device)
+    """Add the nodes of ``conv``'s storage form turning low-precision ``rows`` into float32 under ``name``."""
+    form = formats.of(conv.dtype, conv.scheme)
+    form.build_dequant(Dequant(s, name, rows, ids, ids_t, device, pv, conv.targets["dim"], form.STORAGE, _gather))
 
 
 def _gather(s: Surgery, name: str, var: str, read: str, ids: str, ids_t: int, dtype: int, device: str) -> str:
@@ -279,28 +178,10 @@ def _gather(s: Surgery, name: str, var: str, read: str, ids: str, ids_t: int, dt
     return name
 
 
-def _part_vars(s: Surgery, conv: Conversion, part: str, resource: bool, device: str) -> _PartVars:
-    """Add the scale (offset, base) variables of one part and return their reads."""
-    pv = _PartVars()
-    vc = next((v for v in conv.variables if v.scale_key == f"{part}/lpo_scale"), None)
-    if vc is None:
-        return pv
-    pv.scale_dtype = _DT_NAME[vc.scale_dtype or "FP32"]
-    pv.scale_var = vc.scale_key
-    pv.scale_read = s.add_variable(vc.scale_key, pv.scale_dtype, vc.scale_shape, resource=resource, device=device)
-    if vc.offset_key:
-        pv.offset_var = vc.offset_key
-        pv.offset_read = s.add_variable(vc.offset_key, pv.scale_dtype, vc.scale_shape, resource=resource,
-                                        device=device)
-    if vc.base_key:
-        pv.base_read = s.add_variable(vc.base_key, types_pb2.DT_FLOAT, [], resource=resource, device=device)
-    return pv
-
-
 def rewrite(s: Surgery, conv: Conversion) -> None:
     """Rewrite every lookup of the table of ``conv`` to read its low-precision form."""
     idx = s.index
-    dt = DT[conv.dtype]
+    dt = formats.storage(conv.dtype)
     by_part = {v.scale_key.rsplit("/lpo_scale", 1)[0]: v for v in conv.variables if v.scale_key}
     for part, resource in zip(conv.targets["parts"], conv.targets["resource"]):
         device = idx.node(part).device
@@ -310,7 +191,7 @@ def rewrite(s: Surgery, conv: Conversion) -> None:
             s.retype_variable(part, dt, shape=vc.out_shape, full_shape=full)
         else:
             s.retype_variable(part, dt)
-        pv = _part_vars(s, conv, part, resource, device)
+        pv = add_side_variables(s, vc, resource, device)
         for name in conv.targets["lookups"][part]:
             if _rewrite_unique_lookup(s, name, conv, pv, dt):
                 continue
@@ -389,7 +270,7 @@ def _unique_lookup(s: Surgery, name: str):
     return uniq, segs
 
 
-def _rewrite_unique_lookup(s: Surgery, name: str, conv: Conversion, pv: "_PartVars", dt: int) -> bool:
+def _rewrite_unique_lookup(s: Surgery, name: str, conv: Conversion, pv: SideVars, dt: int) -> bool:
     """Rewrite ``embedding_lookup_sparse``'s ``Unique -> gather -> SparseSegment*`` on a low-precision table.
 
     On float32 tables TensorFlow's grappler drops the Unique and the gather (its arithmetic

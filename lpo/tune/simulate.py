@@ -31,51 +31,25 @@ class NotSimulable(Exception):
     """A form whose effect is not just new float32 variable values."""
 
 
-def _by_key(outs) -> dict:
-    return {k: a for k, _s, a in outs}
-
-
-def _int8(vc, outs):
-    from lpo.numerics import quant
-
-    got = _by_key(outs)
-    q, scale = outs[0][2], got[vc.scale_key]
-    if vc.base_key:  # float16 row scales times a float32 base
-        return quant.dequantize_int8_rows(q, scale, got[vc.base_key])
-    return quant.dequantize_int8(q, scale)
-
-
-def _int4(vc, outs):
-    from lpo.numerics import quant
-
-    got = _by_key(outs)
-    base = got.get(vc.base_key) if vc.base_key else None
-    return quant.dequantize_int4(outs[0][2], vc.shape[-1], got[vc.scale_key], got[vc.offset_key], base)
-
-
-def _cast(vc, outs):
-    return np.asarray(outs[0][2]).astype(np.float32)
-
-
-#: dtype -> function(VarConversion, converter outputs) -> the float32 values the rewritten
-#: graph computes (lpo.numerics.quant's dequantize_* mirror the passes' dequant ops).
-DECODERS = {"BF16": _cast, "FP16": _cast, "INT8": _int8, "INT4": _int4}
-
-
 def decode(conversion, converted: dict) -> dict:
     """Return ``{(key, slice): float32 array}``: what the rewritten graph reads for each variable.
 
-    ``converted`` maps (key, slice) to :func:`lpo.core.checkpoint.convert_values` outputs.
+    ``converted`` maps (key, slice) to :func:`lpo.core.checkpoint.convert_values` outputs; each
+    variable's storage form (:mod:`lpo.formats`) says what its graph computes from them.
     Raises NotSimulable for a mode or dtype with no float32 equivalent.
     """
     if conversion.mode not in SIMULABLE_MODES:
         raise NotSimulable(f"{conversion.node}: mode {conversion.mode!r}")
+    from lpo import formats
+    from lpo.errors import ConfigError
+
     out = {}
     for vc in conversion.variables:
-        fn = DECODERS.get(vc.dtype)
-        if fn is None:
-            raise NotSimulable(f"{conversion.node}: dtype {vc.dtype}")
-        out[(vc.key, vc.slice)] = fn(vc, converted[(vc.key, vc.slice)])
+        try:
+            form = formats.for_var(vc)
+        except ConfigError as e:
+            raise NotSimulable(f"{conversion.node}: dtype {vc.dtype}") from e
+        out[(vc.key, vc.slice)] = form.simulate(vc, converted[(vc.key, vc.slice)])
     return out
 
 

@@ -3,7 +3,7 @@
 A form is an opt_config value (``"INT8:per_row"``, ``"FP32"``). Each node's ladder comes
 from :data:`lpo.options.AUTO_LADDERS` for its kind, keeping only forms that
 
-* this lpo has (a dtype missing from :data:`lpo.options.NODE_DTYPES` is skipped),
+* this lpo has (a dtype with no registered storage form, :func:`lpo.options.node_dtypes`, is skipped),
 * the node's pass plans and whose checkpoint conversion succeeds on the node's own
   values (e.g. FP16 where a weight exceeds 65504 is dropped, BF16 then takes its place),
 * are strictly smaller than the next form kept above them (a D=1 table skips INT8
@@ -70,7 +70,7 @@ class NodeSpace:
 
 def _known(choice: str) -> bool:
     dtype = choice.split(opts.VARIANT_SEP, 1)[0]
-    return dtype in opts.NODE_DTYPES
+    return dtype in opts.node_dtypes()
 
 
 def _form(cand, choice: str, options, read) -> Form:
