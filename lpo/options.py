@@ -118,6 +118,9 @@ class OptimizeOptions:
     int4_scheme: Optional[str] = None
     #: apply the exact structural folds (no variables, every data type; lpo.passes.registry.register_fold)
     folds: bool = True
+    #: concatenate single-value-lookup tables of one dim and storage form into one variable: one gather
+    #: and one dequantization per group (lpo.passes.grouping)
+    group_tables: bool = True
 
     def to_dict(self) -> dict:
         """Return a JSON-able dict."""
