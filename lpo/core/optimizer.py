@@ -69,6 +69,8 @@ class NodeReport:
     kind: str
     node: str
     dtype: str
+    #: a grouped table: its group (lpo/passes/grouping.py)
+    group: str = ""
 
     def line(self) -> str:
         """The seed's report line, e.g. ``Optimize embedding to INT8: emb`` (a fold: ``Fold interaction: node``)."""
@@ -79,7 +81,7 @@ class NodeReport:
         if self.kind == "group":
             return f"Group embeddings as {self.dtype}: {self.node}"
         what = {"embedding": "embedding", "ev": "embedding variable"}.get(self.kind, "dense op")
-        return f"Optimize {what} to {self.dtype}: {self.node}"
+        return f"Optimize {what} to {self.dtype}: {self.node}" + (f" (in {self.group})" if self.group else "")
 
 
 @dataclass
@@ -558,11 +560,17 @@ def _output_bytes(model_path, sm, targets: list[VarSpec]) -> int:
     return variables + sm.ByteSize() + max(0, others - (os.path.getsize(pb) if os.path.isfile(pb) else 0))
 
 
+def _reports(conv: Conversion) -> list[NodeReport]:
+    """A conversion's report lines: a low-precision group's one per member table, an FP32 group's one."""
+    if conv.kind == "group" and conv.dtype != opts.KEEP:
+        return [NodeReport("embedding", t, conv.dtype, group=conv.node) for t in conv.targets["tables"]]
+    return [NodeReport(conv.kind, conv.node, conv.dtype)]
+
+
 def _optimize_result(model_path, save_path, found, plan: Plan) -> OptimizeResult:
     """Measure the written model and log the seed's report lines."""
-    optimized = [NodeReport(c.kind, c.node, c.dtype) for c in plan.conversions]
-    done = {c.node for c in plan.conversions} | {
-        t for c in plan.conversions if c.kind == "group" and c.dtype != opts.KEEP for t in c.targets["tables"]}
+    optimized = [n for c in plan.conversions for n in _reports(c)]
+    done = {n.node for n in optimized}
     result = OptimizeResult(
         save_path=save_path, data_type=plan.data_type, optimized=optimized,
         variables_bytes_before=dir_bytes(os.path.join(model_path, "variables")),
