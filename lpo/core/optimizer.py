@@ -488,7 +488,7 @@ def _plan_conversions(model_path, mg, opt_config, options: opts.OptimizeOptions)
         from lpo.passes.grouping import plan_groups
         from lpo.passes.surgery import Surgery
 
-        convs = plan_groups(Surgery(mg), found, convs)
+        convs = plan_groups(Surgery(mg), found, convs, fp32=options.data_type == opts.KEEP)
     return found, (_plan_folds(mg) if options.folds else []) + convs
 
 

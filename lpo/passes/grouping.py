@@ -113,11 +113,12 @@ def single_value(s: Surgery, lookup: str, inputs: dict) -> dict | None:
 
 
 # --------------------------------------------------------------------------- plan
-def plan_groups(s: Surgery, found: list, convs: list[Conversion]) -> list[Conversion]:
+def plan_groups(s: Surgery, found: list, convs: list[Conversion], *, fp32: bool = False) -> list[Conversion]:
     """Replace the conversions of groupable tables in ``convs`` by one group conversion per group.
 
-    ``found`` are the graph's candidates; embedding tables without a conversion stay float32 and
-    group as FP32 (an exact rewrite). Returns the new conversion list (groups where the first member was).
+    ``found`` are the graph's candidates. With ``fp32`` (``data_type='FP32'``: the exact rewrites
+    only) the tables without a conversion group as FP32; otherwise a table kept FP32 (by opt_config)
+    is left as it is. Returns the new conversion list (groups where the first member was).
     """
     planned = {c.node: c for c in convs if c.kind == "embedding"}
     inputs = signature_inputs(s)
@@ -131,6 +132,8 @@ def plan_groups(s: Surgery, found: list, convs: list[Conversion]) -> list[Conver
             log.debug("table %s: a lookup is not single-value; not grouped", cand.name)
             continue
         conv = planned.get(cand.name)
+        if conv is None and not fp32:
+            continue
         own = conv.variables[0] if conv is not None else VarConversion(
             key=part.key, slice="", shape=list(part.shape), role="table", dtype=layout.FP32)
         form = (own.dtype, conv.scheme if conv else "", own.scale_dtype, own.axis)

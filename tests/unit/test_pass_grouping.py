@@ -81,7 +81,7 @@ def _plan(g, dtype, scheme, group=True):
     found = embedding.find(s, variable_specs(g.mg, s.index))
     options = opts.OptimizeOptions(data_type=dtype, embedding_scheme=scheme).normalized()
     convs = [] if dtype == "FP32" else [embedding.plan(c, dtype, options) for c in found]
-    return grouping.plan_groups(Surgery(g.mg), found, convs) if group else convs
+    return grouping.plan_groups(Surgery(g.mg), found, convs, fp32=dtype == "FP32") if group else convs
 
 
 def _values(g, convs):
@@ -126,6 +126,16 @@ def test_groups_tables_of_one_dim_and_form_with_single_value_lookups():
     assert [v.group for v in vcs] == [[0, 3], [1, 3], [2, 3]] and {v.dst_key for v in vcs} == {groups[0].node}
     assert vcs[1].out_slice == "15 4 5,7:0,4" and vcs[0].scale_shape == [3, 4]
     assert "a@0" in grouping.describe(groups[0]) and "c@12" in grouping.describe(groups[0])
+
+
+def test_tables_kept_fp32_by_opt_config_are_left_alone():
+    g, _outs = _graph()
+    s = Surgery(g.mg)
+    found = embedding.find(s, variable_specs(g.mg, s.index))
+    options = opts.OptimizeOptions(data_type="INT8").normalized()
+    convs = [embedding.plan(c, "INT8", options) for c in found if c.name in ("a", "b")]
+    (group,) = [c for c in grouping.plan_groups(Surgery(g.mg), found, convs) if c.kind == "group"]
+    assert group.targets["tables"] == ["a", "b"]  # c stays a float32 table of its own
 
 
 def test_a_lookup_not_from_a_one_per_row_input_is_not_grouped():
