@@ -2,7 +2,6 @@
 batch 1, a big batch, the tables' boundary ids), FP32 grouped equals the original, the manifest and
 ``lpo inspect`` show the groups, and refresh / sharded convert_ckpt + merge_ckpt replay the grouped
 checkpoint bit for bit."""
-import json
 import os
 import subprocess
 import sys
@@ -15,25 +14,7 @@ from lpo.core.plan import read_manifest
 from lpo.samples.keras_models import VOCAB, serve
 from lpo.samples.tf1 import retrained_model
 
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory):
-    return tmp_path_factory.mktemp("grouping")
-
-
-@pytest.fixture(scope="module")
-def optimized(work):
-    cache = {}
-
-    def get(sample, **kw):
-        key = (sample.model_path, json.dumps(kw, sort_keys=True))
-        if key not in cache:
-            out = work / f"opt-{len(cache)}"
-            lpo.optimize(sample.model_path, str(out), calib_file=sample.calib_path, quiet=True, **kw)
-            cache[key] = str(out)
-        return cache[key]
-
-    return get
+from test_shards import optimized, tensors, work  # noqa: F401 - the fixtures (optimize once per options) and reader
 
 
 def fuzzed(sample, seed=0):
@@ -101,15 +82,6 @@ def test_cli_no_group_tables(sample_keras, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert not [c for c in read_manifest(str(out)).conversions if c.kind == "group"]
     assert read_manifest(str(out)).options["group_tables"] is False
-
-
-def tensors(prefix):
-    import tensorflow as tf
-
-    r = tf.train.load_checkpoint(prefix)
-    dtypes = r.get_variable_to_dtype_map()
-    return {k: (dtypes[k].name, tuple(s), np.ascontiguousarray(r.get_tensor(k)).tobytes())
-            for k, s in r.get_variable_to_shape_map().items()}
 
 
 @pytest.mark.parametrize("opts", [{"data_type": "INT8", "int8_dense": "weight_only", "embedding_scheme": "per_row"},

@@ -30,8 +30,9 @@ import numpy as np
 from tensorflow.core.framework import types_pb2, variable_pb2
 
 from lpo import formats
-from lpo.core.graph import const_value, dtype_attr, make_const, make_node, parse_input
+from lpo.core.graph import dtype_attr, make_const, make_node, parse_input
 from lpo.core.plan import Conversion, VarConversion
+from lpo.errors import ConfigError
 from lpo.formats import grouped as layout
 from lpo.formats.base import Dequant, SideVars
 from lpo.passes.embedding import GATHER_OPS, _gather, _is_zero
@@ -54,6 +55,8 @@ INIT_VALUE_OPS = ("Const", "Fill", "Cast", "Identity", "RandomUniform", "Truncat
                   "Mul", "Add", "AddV2", "Sub", "Shape", "StatelessRandomUniformV2", "StatelessTruncatedNormalV2",
                   "StatelessRandomNormalV2")
 _NP_IDS = {types_pb2.DT_INT32: np.int32, types_pb2.DT_INT64: np.int64}
+#: the rows a group may have: its ids (+ offsets) stay in the ids' dtype
+_MAX_ROWS = {t: int(np.iinfo(d).max) for t, d in _NP_IDS.items()}
 
 
 # --------------------------------------------------------------------------- proof
@@ -144,7 +147,7 @@ def plan_groups(s: Surgery, found: list, convs: list[Conversion], *, fp32: bool 
         buckets.setdefault(key, []).append((cand, conv, own, [v["ids"] for v in slots]))
     groups = {}
     for key, members in buckets.items():
-        if len(members) > 1:
+        if len(members) > 1 and sum(int(m[0].shape[0]) for m in members) <= _MAX_ROWS.get(key[6], 0):
             name = s.index.unique_name(f"lpo_group_{len(groups)}")
             groups[members[0][0].name] = _group_conversion(name, key, members)
     grouped = {m for g in groups.values() for m in g.targets["tables"]}
@@ -187,8 +190,6 @@ def _no_candidates(_s, _specs) -> list:
 
 
 def _plan(cand, dtype, options):
-    from lpo.errors import ConfigError
-
     raise ConfigError("embedding groups are planned from their tables (lpo.passes.grouping.plan_groups)")
 
 

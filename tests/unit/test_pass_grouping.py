@@ -2,13 +2,11 @@
 graph run against the ungrouped one (bit for bit) and against a numpy reference of the grouped layout."""
 import numpy as np
 import pytest
-from tensorflow.core.framework import types_pb2
 
 from lpo import formats
 from lpo import options as opts
 from lpo import passes
 from lpo.core.checkpoint import convert_values
-from lpo.core.graph import parse_input
 from lpo.core.savedmodel import variable_specs
 from lpo.formats import grouped
 from lpo.passes import embedding, grouping
@@ -256,4 +254,4 @@ def test_single_value_proof_follows_elementwise_ops_to_a_signature_input():
     inputs = grouping.signature_inputs(s)
     assert grouping.single_value(s, "lookup_a", inputs) == {"ids": "ids_a/identity", "ids_t": I64, "rank": 2}
     assert grouping.single_value(s, "lookup_multi", inputs) is None
-    assert parse_input("ids_a:0")[0] in inputs and types_pb2.DT_INT64 == I64
+    assert inputs["ids_a"] == [-1, 1] and inputs["seg_multi"] == [-1]
