@@ -6,9 +6,11 @@ through one kind of variable (resource or ref) with ids of one dtype and rank, w
 lookup is a *single-value* lookup: ``ResourceGather``/``GatherV2(axis 0)`` whose ids are
 ``[batch]`` or ``[batch, 1]``, proved by static shapes back to a signature input of that shape
 (through elementwise ops: casts, Keras's negative-id ``SelectV2``, hashing, vocabulary lookups).
-All signature inputs share the batch dimension, so the ids of every slot stack. A table with
-any other lookup (multi-valued: segment reductions, ``embedding_lookup_sparse``'s ``Unique``)
-is not grouped in this version: it keeps its own path.
+The slots of a group come from inputs of one static batch dim (or all unknown), and serving
+feeds every input of a signature the same batch, so their ids stack (a signature whose inputs
+have different unknown first dims, e.g. a candidate list beside the user's row, would need
+``group_tables=False``). A table with any other lookup (multi-valued: segment reductions,
+``embedding_lookup_sparse``'s ``Unique``) is not grouped in this version: it keeps its own path.
 
 The rewrite, for slots ``s`` (one per lookup) of member tables at row offsets ``o``::
 
@@ -97,7 +99,8 @@ def _one_per_row(shape) -> bool:
 
 
 def single_value(s: Surgery, lookup: str, inputs: dict) -> dict | None:
-    """``{"ids", "ids_t", "rank"}`` when ``lookup`` gathers one row per batch row, else None."""
+    """``{"ids", "ids_t", "rank", "batch"}`` when ``lookup`` gathers one row per batch row, else None
+    (``batch``: the static batch dim of the signature input, -1 when unknown)."""
     node = s.index.node(lookup)
     if node.op == "ResourceGather":
         if node.attr["batch_dims"].i:
@@ -112,7 +115,7 @@ def single_value(s: Surgery, lookup: str, inputs: dict) -> dict | None:
     src = _sources(s, ids, inputs) if _one_per_row(shape) else None
     if not src or len(src) != 1 or not _one_per_row(inputs[next(iter(src))]):
         return None
-    return {"ids": ids, "ids_t": node.attr["Tindices"].type, "rank": len(shape)}
+    return {"ids": ids, "ids_t": node.attr["Tindices"].type, "rank": len(shape), "batch": inputs[next(iter(src))][0]}
 
 
 # --------------------------------------------------------------------------- plan
@@ -141,8 +144,8 @@ def plan_groups(s: Surgery, found: list, convs: list[Conversion], *, fp32: bool 
             key=part.key, slice="", shape=list(part.shape), role="table", dtype=layout.FP32)
         form = (own.dtype, conv.scheme if conv else "", own.scale_dtype, own.axis)
         key = form + (int(cand.shape[1]), part.resource, slots[0]["ids_t"], slots[0]["rank"],
-                      s.index.node(part.node).device)
-        if any((v["ids_t"], v["rank"]) != key[6:8] for v in slots):
+                      s.index.node(part.node).device, slots[0]["batch"])
+        if any((v["ids_t"], v["rank"], v["batch"]) != (key[6], key[7], key[9]) for v in slots):
             continue
         buckets.setdefault(key, []).append((cand, conv, own, [v["ids"] for v in slots]))
     groups = {}
@@ -161,7 +164,7 @@ def plan_groups(s: Surgery, found: list, convs: list[Conversion], *, fp32: bool 
 
 
 def _group_conversion(name: str, key: tuple, members: list) -> Conversion:
-    dtype, scheme, _sd, _axis, dim, resource, ids_t, rank, _dev = key
+    dtype, scheme, _sd, _axis, dim, resource, ids_t, rank, _dev, _batch = key
     rows = sum(int(cand.shape[0]) for cand, *_ in members)
     cols = layout.width(members[0][2])
     variables, tables, offset = [], [], 0

@@ -252,6 +252,7 @@ def test_single_value_proof_follows_elementwise_ops_to_a_signature_input():
     g, _outs = _graph(rank=2)
     s = Surgery(g.mg)
     inputs = grouping.signature_inputs(s)
-    assert grouping.single_value(s, "lookup_a", inputs) == {"ids": "ids_a/identity", "ids_t": I64, "rank": 2}
+    assert grouping.single_value(s, "lookup_a", inputs) == {"ids": "ids_a/identity", "ids_t": I64, "rank": 2,
+                                                                "batch": -1}
     assert grouping.single_value(s, "lookup_multi", inputs) is None
     assert inputs["ids_a"] == [-1, 1] and inputs["seg_multi"] == [-1]
