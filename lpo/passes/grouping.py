@@ -42,7 +42,7 @@ from lpo.passes.interaction import static_shape
 from lpo.passes.registry import register
 from lpo.passes.surgery import Surgery
 
-log = logging.getLogger("lpo")
+log = logging.getLogger(__name__)
 
 KIND = "group"
 #: ops whose output has the shape of their non-scalar data inputs (a single-value id stays one per row)
