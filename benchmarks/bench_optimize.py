@@ -37,6 +37,7 @@ REPO = os.path.dirname(HERE)
 CONFIGS = [
     ("FP32 folds", {"data_type": "FP32"}, False),
     ("INT8 auto", {"data_type": "INT8"}, False),
+    ("INT8 auto ungrouped", {"data_type": "INT8", "group_tables": False}, False),  # each table its own gather
     ("INT8 compute", {"data_type": "INT8", "int8_dense": "compute"}, True),
     ("INT8 simulate", {"data_type": "INT8", "int8_dense": "simulate"}, False),
     ("INT8 weight-only", {"data_type": "INT8", "int8_dense": "weight_only"}, False),

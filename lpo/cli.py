@@ -185,6 +185,8 @@ def _print_optimized(info: dict) -> None:
         print(f"requires: oneDNN {onednn}; CPU features {', '.join(req.get('cpu_features') or []) or 'none'}")
     else:
         print("requires: nothing special (runs on any CPU and TensorFlow build)")
+    for name, line in (info.get("groups") or {}).items():
+        print(f"group {name}: {line}")
     for p in here.get("problems") or []:
         print(f"here: {p}")
 
@@ -212,7 +214,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         calib_file=args.calib, overwrite=args.overwrite, allow_pickle=args.allow_pickle,
         tags=args.tags, embedding_scheme=args.embedding_scheme, dense_mode=args.dense_mode,
         int8_dense=args.int8_dense, calib_method=args.calib_method, target=args.target, quiet=args.quiet,
-        **({} if auto else {"folds": args.folds}), **auto)
+        **({} if auto else {"folds": args.folds}), group_tables=not args.no_group_tables, **auto)
     if getattr(result, "auto", None) and not args.json:
         a = result.auto
         print(json.dumps(a["chosen"]["config"], indent=1, sort_keys=True))
@@ -434,6 +436,9 @@ def _optimize_args(p: argparse.ArgumentParser) -> None:
                    help="keep the graph's structure: skip the exact rewrites run before the precision passes "
                         "(a feature column fed one value per row looks its row up without the SparseTensor "
                         "plumbing)")
+    p.add_argument("--no-group-tables", action="store_true", default=not opts.OPTIMIZE.group_tables,
+                   help="keep each table its own variable (default: tables of one dim and form read by "
+                        "single-value lookups are concatenated into one, read by one gather)")
     a = p.add_argument_group("AUTO (--data-type auto)",
                              "Search each node's form (INT4/INT8/16-bit/FP32) for the smallest, then fastest, "
                              "model whose |dAUC| vs FP32 on --eval rows stays within --max-auc-drop. --config pins "

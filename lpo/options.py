@@ -146,6 +146,9 @@ class OptimizeOptions:
     #: apply the exact structural rewrites (``lpo.passes.registry.structural``: single-value lookups, ...)
     #: before the precision passes, at every data type; False keeps the graph's structure
     folds: bool = True
+    #: concatenate single-value-lookup tables of one dim and storage form into one variable: one gather
+    #: and one dequantization per group (lpo.passes.grouping)
+    group_tables: bool = True
 
     def to_dict(self) -> dict:
         """Return a JSON-able dict."""
@@ -382,8 +385,8 @@ def choice(value: Any, valid: tuple, what: str, *, upper: bool = False) -> str:
 
 
 def normalize_dtype(value: Any, what: str = "data_type", *, allow_keep: bool = False) -> str:
-    """Return a data type (``BF16``/``FP16``/``INT8``/``INT4``; with ``allow_keep`` also ``FP32`` and
-    the data types of other registered storage forms, see :func:`node_dtypes`)."""
+    """Return a data type (``BF16``/``FP16``/``INT8``/``INT4``/``FP32``; with ``allow_keep`` also the
+    data types of other registered storage forms, see :func:`node_dtypes`)."""
     return choice(value, node_dtypes() if allow_keep else DATA_TYPES, what, upper=True)
 
 

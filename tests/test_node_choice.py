@@ -60,7 +60,7 @@ def test_per_node_variants_reach_the_manifest_and_checkpoint(sample_keras, tmp_p
            dense[0]: "INT8:weight_only", dense[1]: "INT8:static", dense[2]: "BF16:compute"}
     out = tmp_path / "m"
     lpo.optimize(sample_keras.model_path, str(out), opt_config=cfg, calib_file=sample_keras.calib_path,
-                 embedding_scheme="per_dim", int8_dense="static", quiet=True)
+                 embedding_scheme="per_dim", int8_dense="static", quiet=True, group_tables=False)
     manifest = json.load(open(out / "assets.extra" / "lpo_manifest.json"))
     got = {c["node"]: (c["dtype"], c["scheme"], c["mode"]) for c in manifest["conversions"]}
     assert got == {embs[0]: ("INT8", "per_row", ""), embs[1]: ("INT8", "per_dim", ""),
@@ -69,6 +69,14 @@ def test_per_node_variants_reach_the_manifest_and_checkpoint(sample_keras, tmp_p
     shapes = tf.train.load_checkpoint(os.path.join(out, "variables", "variables")).get_variable_to_shape_map()
     scales = {k: v for k, v in shapes.items() if k.endswith("/lpo_scale")}
     assert sorted(v for k, v in scales.items() if any(k.startswith(e) for e in embs)) == [[16], [1000, 1], [1000, 1]]
+    # grouped (the default): the two per_row tables form one group, the per_dim one stays alone
+    grouped = tmp_path / "g"
+    lpo.optimize(sample_keras.model_path, str(grouped), opt_config=cfg, calib_file=sample_keras.calib_path,
+                 embedding_scheme="per_dim", int8_dense="static", quiet=True)
+    convs = json.load(open(grouped / "assets.extra" / "lpo_manifest.json"))["conversions"]
+    assert [(c["dtype"], c["scheme"], sorted(c["targets"]["tables"])) for c in convs if c["kind"] == "group"] == [
+        ("INT8", "per_row", sorted([embs[0], embs[2]]))]
+    assert [c["node"] for c in convs if c["kind"] == "embedding"] == [embs[1]]
 
 
 @pytest.mark.parametrize("which, value", [("embedding", "INT8:weight_only"), ("embedding", "BF16:compute"),

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import lpo
+from lpo.core.plan import read_manifest
 from lpo.validation.metrics import auc
 from lpo.samples.keras_models import (DEEPFM_BUILD, DEEPFM_SPARSE, DENSE_NAME, NUM_DENSE, VOCAB, deepfm_inputs,
                                       generate_data, serve)
@@ -47,7 +48,14 @@ def _check_optimized(model_path, calib_path, held, label, tmp_path, dtypes, n_op
             assert np.abs(p - base).max() <= 0.25  # sanity: quantized, not broken
         else:
             assert np.abs(p - base).max() <= BOUNDS[dtype]
-        assert sum(d == WANT_DTYPE[dtype] for d in _stored_dtypes(out)) == n_optimized
+        groups = [c for c in read_manifest(out).conversions if c.kind == "group"]  # grouped tables: one variable
+        assert groups, "the single-value tables of one dim are grouped"
+        stored = n_optimized - sum(len(g.targets["tables"]) for g in groups) + len(groups)
+        assert sum(d == WANT_DTYPE[dtype] for d in _stored_dtypes(out)) == stored
+        if dtype == "INT8":  # grouped equals ungrouped
+            plain = str(tmp_path / f"opt_{dtype}_ungrouped")
+            lpo.optimize(model_path, plain, data_type=dtype, calib_file=calib_path, quiet=True, group_tables=False)
+            assert np.abs(serve(plain, held) - p).max() <= 1e-6
 
 
 KRS_SPARSE = ("C1", "C2", "C3", "C4")

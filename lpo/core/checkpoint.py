@@ -22,6 +22,7 @@ from lpo.numerics import quant
 from lpo.core.deeprec import EV_SUFFIXES
 from lpo.errors import CheckpointError, ConfigError
 from lpo.formats import deeprec_ev
+from lpo.formats import grouped as grouped_form
 from lpo.formats.base import chunk_check, chunk_rows
 from lpo.log import progress
 from lpo.core.plan import Plan, VarConversion
@@ -228,11 +229,14 @@ def tensor_groups(prefix: str, plan: Plan, targets: list[VarSpec]) -> list[list[
     shapes = open_reader(prefix).get_variable_to_shape_map()
     ev_src = _ev_sources(plan)
     side_keys = plan.side_keys()
+    grouped = plan.groups()
     groups, seen = [], set()
     for t in targets:
         if t.kind == "ev":
             vc = ev_src.get(t.key)
             groups.append(ev_group(shapes, vc.key if vc else t.key))
+        elif t.key in grouped:  # a grouped table: its member tables
+            groups.append([v.key for v in grouped[t.key]])
         elif t.key not in side_keys and t.key not in seen:
             seen.add(t.key)
             groups.append([t.key])
@@ -246,6 +250,7 @@ def _check_source(reader, src_prefix: str, targets: list[VarSpec], plan: Plan) -
     convs = plan.by_target()
     side_keys = plan.side_keys()
     ev_src = _ev_sources(plan)
+    grouped = plan.groups()
     problems = []
     for t in targets:
         if t.kind == "ev":
@@ -255,18 +260,11 @@ def _check_source(reader, src_prefix: str, targets: list[VarSpec], plan: Plan) -
             continue
         if t.key in side_keys:
             continue
-        if t.key not in shapes:
-            problems.append(f"{t.key!r} is missing")
-            continue
-        vc = convs.get((t.key, t.slice))
-        full = vc.source_full_shape() if vc else list(t.full_shape)  # INT4 tables are packed: [N, D] -> [N, D/2]
-        if list(shapes[t.key]) != full:
-            problems.append(f"{t.key!r} has shape {list(shapes[t.key])}, the model needs {full}")
-            continue
-        want = "float32" if vc else t.dtype
-        got = dtypes[t.key].name
-        if got != want:
-            problems.append(f"{t.key!r} is {got}, the model needs {want}")
+        sources = [(v.key, v, v.source_full_shape()) for v in grouped[t.key]] if t.key in grouped else [
+            (t.key, convs.get((t.key, t.slice)), None)]  # a grouped table: each member table
+        for key, vc, full in sources:
+            problems.extend(_source_problems(shapes, dtypes, key, vc, full or (
+                vc.source_full_shape() if vc else list(t.full_shape)), t.dtype))
     if problems:
         more = f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""
         raise CheckpointError(
@@ -274,6 +272,16 @@ def _check_source(reader, src_prefix: str, targets: list[VarSpec], plan: Plan) -
             ". Pass a checkpoint trained with the same graph as the original FP32 model"
         )
     return dtypes
+
+
+def _source_problems(shapes, dtypes, key: str, vc, full: list[int], dtype: str) -> list[str]:
+    """What is wrong with source tensor ``key`` (shape ``full``; float32 when ``vc`` converts it, else ``dtype``)."""
+    if key not in shapes:
+        return [f"{key!r} is missing"]
+    if list(shapes[key]) != full:  # INT4 tables are packed: [N, D] -> [N, D/2]; the source is [N, D]
+        return [f"{key!r} has shape {list(shapes[key])}, the model needs {full}"]
+    want, got = "float32" if vc else dtype, dtypes[key].name
+    return [f"{key!r} is {got}, the model needs {want}"] if got != want else []
 
 
 def check_checkpoint(prefix: str, targets: list[VarSpec], plan: Plan | None = None) -> None:
@@ -295,6 +303,7 @@ def convert_checkpoint(src_prefix: str, dst_prefix: str, plan: Plan, targets: li
     dtypes = _check_source(reader, src_prefix, targets, plan)
     convs = plan.by_target()
     side_keys = plan.side_keys()
+    grouped = plan.groups()
     order = sorted((t for t in targets if t.key not in side_keys and t.kind != "ev"
                     and (select is None or (t.key, t.slice) in select)), key=lambda t: (t.key, t.slice))
     ev_src = _ev_sources(plan)
@@ -308,6 +317,8 @@ def convert_checkpoint(src_prefix: str, dst_prefix: str, plan: Plan, targets: li
     writer = _Writer(work_dir)
 
     def source_bytes(t: VarSpec) -> int:
+        if t.key in grouped:
+            return sum(int(np.prod(v.shape)) * dtypes[v.key].size for v in grouped[t.key])
         vc = convs.get((t.key, t.slice))
         return int(np.prod(vc.shape if vc else t.shape)) * dtypes[t.key].size
 
@@ -315,6 +326,13 @@ def convert_checkpoint(src_prefix: str, dst_prefix: str, plan: Plan, targets: li
     bar = progress(len(order) + len(evs), desc="convert", total_bytes=total, quiet=quiet)
     try:
         for t in order:
+            if t.key in grouped:  # each member table into its rows, one at a time
+                half = grouped_form.Float16Slices()
+                for vc in grouped[t.key]:
+                    _convert_member(src_prefix, vc, dtypes, writer, stats, half)
+                writer.add(half.finish())
+                bar.update(1, nbytes=source_bytes(t))
+                continue
             vc = convs.get((t.key, t.slice))
             src_slice, src_shape = (vc.slice, list(vc.shape)) if vc else (t.slice, list(t.shape))
             name = t.key + (f" [{src_slice}]" if src_slice else "")
@@ -342,6 +360,24 @@ def convert_checkpoint(src_prefix: str, dst_prefix: str, plan: Plan, targets: li
         bar.close()
     stats.bytes_written = writer.written
     return stats
+
+
+def _convert_member(src_prefix: str, vc: VarConversion, dtypes, writer: _Writer, stats: ConvertStats,
+                    half) -> None:
+    """Write grouped table member ``vc`` into its slices of the group's tensors (:mod:`lpo.formats.grouped`;
+    float16 slices go to ``half``, written whole after the group's last member)."""
+    writer.make_room(int(np.prod(vc.shape)) * dtypes[vc.key].size)
+    x = read_tensor(src_prefix, vc.key, "", dtypes[vc.key])
+    if list(x.shape) != list(vc.shape):
+        raise CheckpointError(f"{vc.key} read with shape {list(x.shape)}, expected {vc.shape}")
+    stats.bytes_read += _nbytes(x)
+    x = np.asarray(x)
+    chunk_check(quant.check_finite, x, vc.key)
+    writer.add(half.take(grouped_form.encode(vc, x, vc.key, chunk_rows(x))))
+    del x
+    stats.tensors_converted += 1
+    stats.keys.append(vc.key)
+    writer.flush_if_full()
 
 
 def _convert_ev(src_prefix: str, t: VarSpec, vc: VarConversion | None, shapes, dtypes, ev_bytes, writer: _Writer,

@@ -71,6 +71,8 @@ class NodeReport:
     kind: str
     node: str
     dtype: str
+    #: a grouped table: its group (lpo/passes/grouping.py)
+    group: str = ""
 
     def line(self) -> str:
         """The seed's report line, e.g. ``Optimize embedding to INT8: emb`` (a fold: ``Fold interaction: node``)."""
@@ -80,7 +82,10 @@ class NodeReport:
             return f"Fuse {self.kind.replace('_', '-')} lookup (exact): {self.node}"
         if passes.is_fold(self.kind):
             return f"Fold {self.kind}: {self.node}"
-        return f"Optimize {passes.get(self.kind).label} to {self.dtype}: {self.node}"
+        if self.kind == "group":
+            return f"Group embeddings as {self.dtype}: {self.node}"
+        return f"Optimize {passes.get(self.kind).label} to {self.dtype}: {self.node}" + (
+            f" (in {self.group})" if self.group else "")
 
 
 @dataclass
@@ -242,8 +247,11 @@ def _optimized_info(model_path) -> dict:
         return {}
     from lpo.target import runtime_report
 
+    from lpo.passes.grouping import describe as describe_group
+
     return {"data_type": plan.data_type, "target": plan.target, "requires": plan.requires,
-            "forms": _forms(plan.conversions), "here": runtime_report(plan.requires)}
+            "forms": _forms(plan.conversions), "here": runtime_report(plan.requires),
+            "groups": {c.node: describe_group(c) for c in plan.conversions if c.kind == "group"}}
 
 
 def _assign(found, opt_config, data_type) -> dict[str, opts.NodeChoice]:
@@ -424,7 +432,7 @@ def optimize(model_path, save_path, opt_config=None, data_type=opts.OPTIMIZE.dat
              calib_max_batches=None, target=opts.OPTIMIZE.target,
              dequantize_at_load=opts.OPTIMIZE.dequantize_at_load, quiet=False, eval_file=None,
              max_auc_drop=opts.AUTO_OPTIONS.max_auc_drop, auto_options=None, report_dir=None,
-             folds=opts.OPTIMIZE.folds, _auto=None) -> OptimizeResult:
+             folds=opts.OPTIMIZE.folds, group_tables=opts.OPTIMIZE.group_tables, _auto=None) -> OptimizeResult:
     """Write at ``save_path`` a SavedModel whose embeddings and dense layers run in low precision.
 
     Args:
@@ -468,6 +476,9 @@ def optimize(model_path, save_path, opt_config=None, data_type=opts.OPTIMIZE.dat
             one value per row looks its row up without the SparseTensor plumbing; the manifest's
             ``structural`` lists them), then the planned folds (a constant interaction mask into static
             gather indices, :mod:`lpo.passes.interaction`). False keeps the graph's structure.
+        group_tables: concatenate the tables of one dim and storage form whose every lookup is a
+            single-value lookup into one variable, read by one gather and one dequantization
+            (lpo/passes/grouping.py; FP32 tables too, exactly). The manifest maps each table to its group.
 
     Returns:
         OptimizeResult with the optimized nodes and the bytes before and after.
@@ -488,7 +499,8 @@ def optimize(model_path, save_path, opt_config=None, data_type=opts.OPTIMIZE.dat
     options = opts.OptimizeOptions(
         data_type=data_type, embedding_scheme=embedding_scheme, dense_mode=dense_mode, int8_dense=int8_dense,
         calib_method=calib_method, calib_batch_size=calib_batch_size,
-        dequantize_at_load=dequantize_at_load, target=target, folds=bool(folds)).normalized()
+        dequantize_at_load=dequantize_at_load, target=target, folds=bool(folds),
+        group_tables=bool(group_tables)).normalized()
     opt_config = opts.normalize_opt_config(opt_config)
     model_path, save_path = os.path.abspath(os.fspath(model_path)), os.path.abspath(os.fspath(save_path))
     _check_output(save_path, model_path, overwrite)
@@ -521,6 +533,11 @@ def _plan_conversions(model_path, mg, opt_config, options: opts.OptimizeOptions)
     assigned = _assign(found, opt_config, options.data_type)
     check_checkpoint(variables_prefix(model_path), _target_specs(mg))  # fail fast, before any work
     convs = [_plan_node(c, assigned[c.name], options) for c in found if c.name in assigned]
+    if options.group_tables:
+        from lpo.passes.grouping import plan_groups
+        from lpo.passes.surgery import Surgery
+
+        convs = plan_groups(Surgery(mg), found, convs, fp32=options.data_type == opts.KEEP)
     return found, (_plan_folds(mg) if options.folds else []) + convs
 
 
@@ -603,11 +620,18 @@ def _output_bytes(model_path, sm, targets: list[VarSpec]) -> int:
     return variables + sm.ByteSize() + max(0, others - (os.path.getsize(pb) if os.path.isfile(pb) else 0))
 
 
+def _reports(conv: Conversion) -> list[NodeReport]:
+    """A conversion's report lines: a low-precision group's one per member table, an FP32 group's one."""
+    if conv.kind == "group" and conv.dtype != opts.KEEP:
+        return [NodeReport("embedding", t, conv.dtype, group=conv.node) for t in conv.targets["tables"]]
+    return [NodeReport(conv.kind, conv.node, conv.dtype)]
+
+
 def _optimize_result(model_path, save_path, found, plan: Plan) -> OptimizeResult:
     """Measure the written model and log the seed's report lines."""
-    optimized = [NodeReport(c.kind, c.node, c.dtype) for c in plan.conversions]
+    optimized = [n for c in plan.conversions for n in _reports(c)]
     fused = [NodeReport(name, e["node"], STRUCTURAL) for name, entries in plan.structural.items() for e in entries]
-    done = {c.node for c in plan.conversions}
+    done = {n.node for n in optimized}
     result = OptimizeResult(
         save_path=save_path, data_type=plan.data_type, optimized=optimized,
         variables_bytes_before=dir_bytes(os.path.join(model_path, "variables")),

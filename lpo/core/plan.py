@@ -18,7 +18,9 @@ MANIFEST_NAME = "lpo_manifest.json"
 #: 2 added INT4 tables and float16 row scales (VarConversion ``scale_dtype``, ``offset_key``,
 #: ``base_key``, ``out_shape``, ``out_slice``); format 1 manifests still replay (float32 scales).
 MANIFEST_FORMAT = 2
-READABLE_FORMATS = (1, 2)
+#: 3 adds grouped tables (VarConversion ``group``); a plan without groups is still written as format 2
+GROUPED_FORMAT = 3
+READABLE_FORMATS = (1, 2, 3)
 
 
 @dataclass
@@ -36,6 +38,11 @@ class VarConversion:
     ``key``/``dst_key`` are the EV names before/after (``<name>-values`` is converted,
     ``-keys``, ``-freqs``, ... are copied under the new name) and ``shape`` is
     ``[-1, dim]`` (the row count is the checkpoint's).
+
+    A member of a grouped table (lpo/passes/grouping.py) has ``group = [index, size]``: its
+    table is written as rows ``out_slice`` of the group variable ``dst_key`` (``out_shape`` its
+    rows there), and the side keys name the group's side tensors (per-row ones concatenated,
+    per-table ones stacked ``[size, ...]``, see :mod:`lpo.formats.grouped`).
     """
 
     key: str
@@ -52,6 +59,7 @@ class VarConversion:
     base_key: str | None = None
     out_shape: list[int] | None = None
     out_slice: str | None = None
+    group: list[int] | None = None
 
     @property
     def target_slice(self) -> str:
@@ -118,6 +126,15 @@ class Plan:
         """Map (checkpoint key, slice the optimized graph restores) to its conversion."""
         return {(v.key, v.target_slice): v for c in self.conversions for v in c.variables}
 
+    def groups(self) -> dict[str, list[VarConversion]]:
+        """Map each grouped table's variable key to its members' conversions, in row order."""
+        out: dict[str, list[VarConversion]] = {}
+        for c in self.conversions:
+            for v in c.variables:
+                if v.group is not None:
+                    out.setdefault(v.dst_key, []).append(v)
+        return {k: sorted(vs, key=lambda v: v.group[0]) for k, vs in out.items()}
+
     def side_keys(self) -> set[str]:
         """Checkpoint keys the conversion produces beside the tables and weights (scales, offsets, bases)."""
         return {k for c in self.conversions for v in c.variables for k in v.side_keys()}
@@ -125,7 +142,7 @@ class Plan:
     def to_dict(self) -> dict:
         """Return the manifest as a JSON-able dict."""
         return {
-            "format": MANIFEST_FORMAT,
+            "format": GROUPED_FORMAT if self.groups() else MANIFEST_FORMAT,
             "lpo_version": self.lpo_version,
             "data_type": self.data_type,
             "options": self.options,

@@ -94,8 +94,14 @@ def units(targets: list[VarSpec], plan: Plan, shapes: dict, dtypes: dict) -> lis
     convs = plan.by_target()
     ev_src = _ev_sources(plan)
     side_keys = plan.side_keys()
+    grouped = plan.groups()
     out = []
     for t in sorted((t for t in targets if t.key not in side_keys), key=lambda t: (t.key, t.slice)):
+        if t.key in grouped:  # a grouped table is one unit: its member tables and the group's side tensors
+            members = grouped[t.key]
+            nbytes = sum(int(np.prod(v.shape)) * dtypes[v.key].size for v in members)
+            out.append(Unit(t.key, t.slice, nbytes, [(t.key, t.slice)] + [(k, "") for k in members[0].side_keys()]))
+            continue
         if t.kind == "ev":
             vc = ev_src.get(t.key)
             src = vc.key if vc else t.key
