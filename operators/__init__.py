@@ -1,8 +1,9 @@
 """Apache Airflow operators for lpo (shipped as ``lpo.operators``).
 
 Airflow discovers this provider through the ``apache_airflow_provider`` entry
-point, which calls :func:`get_provider_info`. The operators live in
-:mod:`lpo.operators.operators` (import it only where Airflow is installed)::
+point, which calls :func:`get_provider_info`. The operators live in one module per step
+(``calibrate``, ``optimize``, ``validate``, ``refresh``, ``publish``, ``inputs``, ``shards``) and are
+all re-exported by :mod:`lpo.operators.operators` (import it only where Airflow is installed)::
 
     from lpo.operators.operators import LpoOptimizeOperator
 """
@@ -13,6 +14,10 @@ from lpo import __version__
 OPERATOR_CLASSES = ("LpoCalibrateOperator", "LpoOptimizeOperator", "LpoValidateOperator",
                     "LpoRefreshOperator", "LpoPublishOperator", "LpoFindInputsOperator", "LpoMarkReadyOperator",
                     "LpoConvertShardOperator", "LpoMergeCkptOperator")
+
+
+#: The modules that hold the operators, one per step (re-exported by ``lpo.operators.operators``).
+STEP_MODULES = ("inputs", "calibrate", "optimize", "validate", "refresh", "publish", "shards")
 
 
 def get_provider_info() -> dict:
@@ -27,7 +32,8 @@ def get_provider_info() -> dict:
             "external-doc-url": "https://github.com/lpo-project/lpo",
             "tags": ["software"],
         }],
-        "operators": [{"integration-name": "lpo", "python-modules": ["lpo.operators.operators"]}],
+        "operators": [{"integration-name": "lpo", "python-modules": [
+            f"lpo.operators.{m}" for m in ("operators", *STEP_MODULES)]}],
     }
 
 
