@@ -6,7 +6,8 @@ from typing import Any, Optional, Sequence
 from airflow.sdk import BaseOperator
 
 from lpo.operators.common import fail_fast, make_parent, path_arg, quiet
-from lpo.options import AIRFLOW, AUTO_OPTIONS, OPTIMIZE
+from lpo.options import AUTO_OPTIONS, OPTIMIZE
+from lpo.orchestration.airflow_settings import AIRFLOW
 from lpo.orchestration.steps import is_auto, optimize_step, optional
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 def path_setting(name: str) -> str:
     """Jinja for the DAG path param ``name``: the param if set, else the Variable ``lpo_<name>``,
     else ``<root>/<default>`` where root is the Variable ``lpo_root``, else ``$LPO_AIRFLOW_ROOT``,
-    else ``/data/lpo`` (defaults: :data:`lpo.options.DAG_PATHS`)."""
-    from lpo.options import DAG_PATHS, airflow_root
+    else ``/data/lpo`` (defaults: :data:`lpo.orchestration.airflow_settings.DAG_PATHS`)."""
+    from lpo.orchestration.airflow_settings import DAG_PATHS, airflow_root
 
     return (f"{{{{ params.{name} or var.value.get('lpo_{name}', '') or "
             f"(var.value.get('lpo_root', '') or {airflow_root()!r}) ~ '/{DAG_PATHS[name]}' }}}}")
@@ -16,7 +16,7 @@ def path_param(name: str, what: str):
     """A DAG ``Param`` for the path ``name`` (empty by default: see :func:`path_setting`)."""
     from airflow.sdk import Param
 
-    from lpo.options import DAG_PATHS
+    from lpo.orchestration.airflow_settings import DAG_PATHS
 
     return Param("", type="string", description=f"{what}. Empty: Variable lpo_{name}, else <root>/{DAG_PATHS[name]}")
 
@@ -25,7 +25,8 @@ def gate_and_publish_params() -> dict:
     """The DAG ``Param``s of the validate gate and of publishing, shared by the retrain and refresh DAGs."""
     from airflow.sdk import Param
 
-    from lpo.options import AIRFLOW, PUBLISH_LAYOUTS
+    from lpo.options import PUBLISH_LAYOUTS
+    from lpo.orchestration.airflow_settings import AIRFLOW
 
     return {
         "max_auc_drop": Param(AIRFLOW.max_auc_drop, type="number",

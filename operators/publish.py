@@ -6,7 +6,7 @@ from typing import Any, Sequence
 from airflow.sdk import BaseOperator
 
 from lpo.operators.common import emit_outlet_events, fail_fast, make_parent, path_arg, task_run_key
-from lpo.options import AIRFLOW
+from lpo.orchestration.airflow_settings import AIRFLOW
 from lpo.orchestration.publish import publish_model
 from lpo.orchestration.steps import json_arg
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from lpo.errors import ConfigError, DataError, OutputExistsError
-from lpo.options import AIRFLOW
+from lpo.orchestration.airflow_settings import AIRFLOW
 from lpo.orchestration.discovery import PUBLISH_RECORD, is_saved_model, read_publish_record
 
 log = logging.getLogger(__name__)
