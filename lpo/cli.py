@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional, Sequence  # noqa: E402
 
 from lpo import options as opts  # noqa: E402
 from lpo.errors import LpoError, ValidationFailed, closest  # noqa: E402
+from lpo.orchestration.airflow_settings import AIRFLOW  # noqa: E402
 
 # --------------------------------------------------------------------------- helpers
 
@@ -206,6 +207,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         int8_dense=args.int8_dense, calib_method=args.calib_method, target=args.target, quiet=args.quiet,
         eval_file=args.eval, max_auc_drop=args.max_auc_drop, report_dir=args.report_dir,
         max_output_diff=args.max_output_diff, label_key=args.label_key, margin_sigmas=args.margin_sigmas,
+        harm=getattr(args, "harm", None), unlabeled_file=getattr(args, "unlabeled_file", None),
         tune_fraction=args.tune_fraction, seed=args.seed, max_evals=args.max_evals,
         time_budget_s=args.time_budget, max_builds=args.max_builds, config_out=args.save_config, as_dict=False)
     if getattr(result, "auto", None) and not args.json:
@@ -557,7 +559,7 @@ def _publish_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="SavedModel directory to publish")
     p.add_argument("serving_dir", metavar="SERVING_DIR", help="serving directory")
     p.add_argument("--version", default="", help="version name (default: now, as YYYYMMDDHHMMSS UTC)")
-    _add_choice(p, "--layout", opts.PUBLISH_LAYOUTS, opts.AIRFLOW.layout, "serving layout (default: %(default)s)")
+    _add_choice(p, "--layout", opts.PUBLISH_LAYOUTS, AIRFLOW.layout, "serving layout (default: %(default)s)")
     _add_json(p)
 
 

@@ -574,26 +574,13 @@ def normalize_opt_config(value: Any) -> Optional[dict]:
                       f"got {type(value).__name__}")
 
 
-#: Airflow deployment settings, defined in :mod:`lpo.orchestration.airflow_settings` and read through here.
-_AIRFLOW_SETTINGS = ("AirflowOptions", "AIRFLOW", "DAG_PATHS", "airflow_root", "dag_path_default")
-
-
-def __getattr__(name: str) -> Any:
-    """``lpo.options.AIRFLOW`` etc.: the Airflow settings, loaded on first use (they build on this module)."""
-    if name in _AIRFLOW_SETTINGS:
-        from lpo.orchestration import airflow_settings
-
-        return getattr(airflow_settings, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "DATA_TYPES", "KEEP", "NODE_DTYPES", "EMBEDDING_SCHEMES", "INT4_SCHEME", "FAMILY_DTYPE",
     "dtype_for", "DENSE_MODES", "INT8_DENSE_MODES", "INT8_DENSE_ALIASES", "CALIBRATED_INT8_MODES", "TARGETS",
     "TARGET_NAMES", "INT8_COMPUTE_MIN_WEIGHTS", "BF16_COMPUTE_MIN_WEIGHTS", "normalize_int8_dense",
     "normalize_target", "CALIB_METHODS",
-    "DATA_FORMATS", "PUBLISH_LAYOUTS", "AirflowOptions", "AIRFLOW", "DAG_PATHS", "airflow_root",
-    "dag_path_default", "DEFAULT_TAGS", "DEFAULT_SIGNATURE", "OptimizeOptions", "CalibrateOptions", "Thresholds",
+    "DATA_FORMATS", "PUBLISH_LAYOUTS", "DEFAULT_TAGS", "DEFAULT_SIGNATURE", "OptimizeOptions", "CalibrateOptions",
+    "Thresholds",
     "ValidateOptions", "ProfileOptions", "PROFILE", "OPTIMIZE", "CALIBRATE", "THRESHOLDS", "VALIDATE", "OFF",
     "ORCHESTRATOR_THRESHOLDS", "NUM_SHARDS", "PIPELINE_DATA_TYPE",
     "BATCH_SIZES_TEXT", "choice", "normalize_dtype",

@@ -11,8 +11,7 @@ what an orchestrator needs.
 * :mod:`~lpo.orchestration.publish`: the atomic publish into a serving directory, run keys;
 * :mod:`~lpo.orchestration.artifacts`: KFP artifact layout, flat metrics, AUTO summaries,
   the FP32 reference of a refresh;
-* :mod:`~lpo.orchestration.airflow_settings`: the Airflow DAG params' defaults and default paths
-  (re-exported by :mod:`lpo.options`).
+* :mod:`~lpo.orchestration.airflow_settings`: the Airflow DAG params' defaults and default paths.
 
 Every name is re-exported here: ``from lpo.orchestration import publish_model`` works.
 """

@@ -1,7 +1,7 @@
 """Airflow deployment settings: the DAG params' defaults beyond the library's own, and where paths point.
 
-They build on :mod:`lpo.options` (the pipeline data type, thresholds, batch sizes), which
-re-exports them (``lpo.options.AIRFLOW``), so each default is still read from one place.
+They build on :mod:`lpo.options` (the pipeline data type, thresholds, batch sizes); each is
+defined here once and read from here (``from lpo.orchestration.airflow_settings import AIRFLOW``).
 """
 from __future__ import annotations
 
