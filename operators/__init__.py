@@ -16,10 +16,6 @@ OPERATOR_CLASSES = ("LpoCalibrateOperator", "LpoOptimizeOperator", "LpoValidateO
                     "LpoConvertShardOperator", "LpoMergeCkptOperator")
 
 
-#: The modules that hold the operators, one per step (re-exported by ``lpo.operators.operators``).
-STEP_MODULES = ("inputs", "calibrate", "optimize", "validate", "refresh", "publish", "shards")
-
-
 def get_provider_info() -> dict:
     """Return the provider metadata Airflow reads from the entry point (provider.yaml layout)."""
     return {
@@ -32,8 +28,7 @@ def get_provider_info() -> dict:
             "external-doc-url": "https://github.com/lpo-project/lpo",
             "tags": ["software"],
         }],
-        "operators": [{"integration-name": "lpo", "python-modules": [
-            f"lpo.operators.{m}" for m in ("operators", *STEP_MODULES)]}],
+        "operators": [{"integration-name": "lpo", "python-modules": ["lpo.operators.operators"]}],
     }
 
 
