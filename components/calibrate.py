@@ -37,12 +37,12 @@ def calibrate(
     quiet_tensorflow_process()  # before TF loads: its start-up noise stays out of the step's log
     import os
 
-    import lpo
-    from lpo.orchestration import CALIB_FILE
+    from lpo.orchestration.artifacts import CALIB_FILE
+    from lpo.orchestration.steps import calibrate_step
 
     os.makedirs(calibration.path, exist_ok=True)
-    result = lpo.make_calibration(source, os.path.join(calibration.path, CALIB_FILE), model.path,
-                                  num_rows=num_rows, seed=seed, format=data_format or None)
+    result = calibrate_step(source, os.path.join(calibration.path, CALIB_FILE), model.path,
+                            num_rows=num_rows, seed=seed, data_format=data_format, as_dict=False)
     calibration.metadata.update({"file": CALIB_FILE, "rows": result.rows, "source": source,
                                  "source_rows": result.source_rows, "format": result.format})
 

@@ -35,11 +35,11 @@ def convert_shard(
     import json
     import os
 
-    import lpo
+    from lpo.orchestration.steps import convert_step
 
     base = os.path.join(work_dir, f"shard-{shard:05d}") if work_dir else shard_ckpt.path
-    result = lpo.convert_ckpt(ckpt_prefix, os.path.join(base, "variables"), opt_model_path, shard=shard,
-                              num_shards=num_shards, quiet=True)
+    result = convert_step(ckpt_prefix, os.path.join(base, "variables"), opt_model_path, shard=shard,
+                          num_shards=num_shards, as_dict=False)
     if work_dir:
         with open(shard_ckpt.path, "w", encoding="utf-8") as f:
             json.dump({"prefix": result.save_prefix}, f)

@@ -53,21 +53,15 @@ def optimize(
     from lpo.log import quiet_tensorflow_process
 
     quiet_tensorflow_process()  # before TF loads: its start-up noise stays out of the step's log
-    import lpo
-    from lpo.orchestration import auto_summary, calibration_file
+    from lpo.orchestration.artifacts import calibration_file
+    from lpo.orchestration.steps import optimize_step
 
-    auto = {}
-    if data_type.strip().upper() == "AUTO":
-        auto = {"eval_file": eval_data or None, "max_auc_drop": max_auc_drop,
-                "auto_options": {"max_evals": auto_max_evals, "seed": auto_seed}}
-    result = lpo.optimize(
-        model.path, optimized.path, opt_config=opt_config or None, data_type=data_type,
+    report = optimize_step(
+        model.path, optimized.path, opt_config=opt_config, data_type=data_type,
         calib_file=calibration_file(calibration.path) if calibration is not None else None,
         embedding_scheme=embedding_scheme, dense_mode=dense_mode, int8_dense=int8_dense,
-        calib_method=calib_method, target=target or None, quiet=True, **auto)
-    report = result.to_dict()
-    if report.get("auto"):
-        report["auto"] = auto_summary(report["auto"])
+        calib_method=calib_method, target=target, eval_file=eval_data, max_auc_drop=max_auc_drop,
+        max_evals=auto_max_evals, seed=auto_seed)
     optimized.metadata.update({
         "data_type": str(report.get("data_type", data_type)),
         "target": report.get("target") or {},

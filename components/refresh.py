@@ -30,7 +30,7 @@ def refresh(
 
     quiet_tensorflow_process()  # before TF loads: its start-up noise stays out of the step's log
     import lpo
-    from lpo.orchestration import fp32_model_with_checkpoint
+    from lpo.orchestration.artifacts import fp32_model_with_checkpoint
 
     result = lpo.refresh(opt_model.path, ckpt_prefix, refreshed.path, quiet=True)
     fp32_model_with_checkpoint(fp32_model.path, ckpt_prefix, reference.path)

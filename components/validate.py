@@ -54,16 +54,15 @@ def validate(
     import tempfile
 
     import lpo
-    from lpo.options import optional_threshold as opt
-    from lpo.orchestration import validation_metrics
+    from lpo.orchestration.artifacts import validation_metrics
+    from lpo.orchestration.steps import validate_step
 
     report_dir = tempfile.mkdtemp(prefix="lpo-validate-")
     try:
-        result = lpo.validate(
-            original.path, optimized.path, data, max_auc_drop=opt(max_auc_drop), max_abs_diff=opt(max_abs_diff),
-            max_latency_ratio=opt(max_latency_ratio), min_size_reduction=opt(min_size_reduction),
-            iters=iters, batch_sizes=batch_sizes, max_rows=max_rows or None,
-            report_dir=report_dir, raise_on_fail=False)
+        result = validate_step(
+            original.path, optimized.path, data, max_auc_drop=max_auc_drop, max_abs_diff=max_abs_diff,
+            max_latency_ratio=max_latency_ratio, min_size_reduction=min_size_reduction,
+            iters=iters, batch_sizes=batch_sizes, max_rows=max_rows, report_dir=report_dir, as_dict=False)
         for name, value in validation_metrics(result.to_dict()).items():
             metrics.log_metric(name, value)
         shutil.copyfile(os.path.join(report_dir, "report.html"), report.path)

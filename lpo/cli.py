@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional, Sequence  # noqa: E402
 
 from lpo import options as opts  # noqa: E402
 from lpo.errors import LpoError, ValidationFailed, closest  # noqa: E402
+from lpo.orchestration.airflow_settings import AIRFLOW  # noqa: E402
 
 # --------------------------------------------------------------------------- helpers
 
@@ -194,27 +195,24 @@ def _print_optimized(info: dict) -> None:
 def cmd_optimize(args: argparse.Namespace) -> int:
     """``lpo optimize``: write a low-precision copy of a SavedModel."""
     opt_config = opts.load_opt_config(args.config) if args.config else None
-    lpo = _import_lpo()
-    auto = {}
-    if args.data_type == opts.AUTO:
-        auto = {"eval_file": args.eval, "max_auc_drop": args.max_auc_drop, "report_dir": args.report_dir,
-                "auto_options": {k: v for k, v in (
-                    ("max_output_diff", args.max_output_diff), ("label_key", args.label_key),
-                    ("margin_sigmas", args.margin_sigmas), ("harm", args.harm),
-                    ("unlabeled_file", args.unlabeled_file),
-                    ("tune_fraction", args.tune_fraction), ("seed", args.seed), ("max_evals", args.max_evals),
-                    ("time_budget_s", args.time_budget), ("max_builds", args.max_builds),
-                    ("config_out", args.save_config)) if v is not None}}
-    elif args.eval is not None or args.report_dir is not None or args.save_config is not None:
+    if args.data_type != opts.AUTO and (args.eval is not None or args.report_dir is not None
+                                        or args.save_config is not None):
         from lpo.errors import ConfigError
 
         raise ConfigError("--eval, --report-dir and --save-config are for --data-type auto")
-    result = lpo.optimize(
+    from lpo.orchestration.steps import optimize_step
+
+    result = optimize_step(
         args.model, args.out, opt_config=opt_config, data_type=args.data_type,
         calib_file=args.calib, overwrite=args.overwrite, allow_pickle=args.allow_pickle,
         tags=args.tags, embedding_scheme=args.embedding_scheme, dense_mode=args.dense_mode,
         int8_dense=args.int8_dense, calib_method=args.calib_method, target=args.target, quiet=args.quiet,
-        **({} if auto else {"folds": args.folds}), group_tables=not args.no_group_tables, **auto)
+        eval_file=args.eval, max_auc_drop=args.max_auc_drop, report_dir=args.report_dir,
+        max_output_diff=args.max_output_diff, label_key=args.label_key, margin_sigmas=args.margin_sigmas,
+        harm=getattr(args, "harm", None), unlabeled_file=getattr(args, "unlabeled_file", None),
+        tune_fraction=args.tune_fraction, seed=args.seed, max_evals=args.max_evals,
+        time_budget_s=args.time_budget, max_builds=args.max_builds, config_out=args.save_config,
+        folds=args.folds, group_tables=not args.no_group_tables, as_dict=False)
     if getattr(result, "auto", None) and not args.json:
         a = result.auto
         print(json.dumps(a["chosen"]["config"], indent=1, sort_keys=True))
@@ -235,9 +233,10 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 def cmd_convert_ckpt(args: argparse.Namespace) -> int:
     """``lpo convert-ckpt``: convert an FP32 checkpoint for an optimized model."""
-    lpo = _import_lpo()
-    result = lpo.convert_ckpt(args.ckpt_prefix, args.save_prefix, args.opt_model, shard=args.shard,
-                              num_shards=args.num_shards, overwrite=args.overwrite, quiet=args.quiet)
+    from lpo.orchestration.steps import convert_step
+
+    result = convert_step(args.ckpt_prefix, args.save_prefix, args.opt_model, shard=args.shard,
+                          num_shards=args.num_shards, overwrite=args.overwrite, quiet=args.quiet, as_dict=False)
     _emit(result, args.json)
     return 0
 
@@ -261,35 +260,26 @@ def cmd_refresh(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """``lpo calibrate``: sample calibration rows from a data source."""
-    lpo = _import_lpo()
-    kwargs: dict[str, Any] = {"num_rows": args.rows}
-    if args.seed is not None:
-        kwargs["seed"] = args.seed
-    if args.format is not None:
-        kwargs["format"] = args.format
-    if args.columns is not None:
-        kwargs["columns"] = args.columns
-    if args.map:
-        kwargs["mapping"] = dict(args.map)
-    if args.legacy_npy:
-        kwargs["legacy_npy"] = True
-    if args.overwrite:
-        kwargs["overwrite"] = True
-    result = lpo.make_calibration(args.source, args.out, args.model, **kwargs)
+    from lpo.orchestration.steps import calibrate_step
+
+    result = calibrate_step(args.source, args.out, args.model, num_rows=args.rows, seed=args.seed,
+                            data_format=args.format, columns=args.columns, mapping=args.map,
+                            legacy_npy=args.legacy_npy, overwrite=args.overwrite, as_dict=False)
     _emit(result, args.json)
     return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """``lpo validate``: compare an optimized model with its original."""
-    lpo = _import_lpo()
+    from lpo.orchestration.steps import validate_step
+
     try:
-        report = lpo.validate(
+        report = validate_step(
             args.original, args.optimized, args.data, max_auc_drop=args.max_auc_drop,
             max_abs_diff=args.max_abs_diff, max_latency_ratio=args.max_latency_ratio,
             min_size_reduction=args.min_size_reduction, report_dir=args.report_dir,
             batch_sizes=args.batch_sizes, iters=args.iters,
-            warmup=args.warmup, max_rows=args.max_rows)
+            warmup=args.warmup, max_rows=args.max_rows, raise_on_fail=True, as_dict=False)
     except ValidationFailed as e:
         if e.report is not None:
             _emit(e.report, args.json)
@@ -585,7 +575,7 @@ def _publish_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="SavedModel directory to publish")
     p.add_argument("serving_dir", metavar="SERVING_DIR", help="serving directory")
     p.add_argument("--version", default="", help="version name (default: now, as YYYYMMDDHHMMSS UTC)")
-    _add_choice(p, "--layout", opts.PUBLISH_LAYOUTS, opts.AIRFLOW.layout, "serving layout (default: %(default)s)")
+    _add_choice(p, "--layout", opts.PUBLISH_LAYOUTS, AIRFLOW.layout, "serving layout (default: %(default)s)")
     _add_json(p)
 
 

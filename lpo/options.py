@@ -324,50 +324,6 @@ PIPELINE_DATA_TYPE = "INT8"
 BATCH_SIZES_TEXT = ",".join(str(b) for b in VALIDATE.batch_sizes)
 
 
-@dataclass(frozen=True)
-class AirflowOptions:
-    """Defaults of the Airflow DAG params (pipelines/airflow/*.py) beyond the library's own.
-
-    Path params default to ``""``: the Airflow Variable ``lpo_<param>`` if set, else
-    ``<root>/<DAG_PATHS[param]>``, where ``root`` is ``$LPO_AIRFLOW_ROOT`` (``/data/lpo``).
-    """
-
-    root: str = "/data/lpo"
-    data_type: str = PIPELINE_DATA_TYPE
-    calib_rows: int = CALIBRATE.num_rows
-    max_auc_drop: float = THRESHOLDS.max_auc_drop
-    max_abs_diff: float = ORCHESTRATOR_THRESHOLDS["max_abs_diff"]
-    validate_iters: int = VALIDATE.iters
-    validate_batch_sizes: str = BATCH_SIZES_TEXT
-    layout: str = "current"
-
-    def to_dict(self) -> dict:
-        """Return a JSON-able dict."""
-        return asdict(self)
-
-
-AIRFLOW = AirflowOptions()
-#: Where each DAG path param points when neither the run nor a Variable sets it (relative to the root).
-DAG_PATHS = {
-    "training_root": "training",
-    "checkpoint_root": "checkpoints",
-    "work_root": "work",
-    "serving_dir": "serving/recsys",
-    "calib_source": "data/calibration.csv",
-    "heldout_data": "data/heldout.npz",
-}
-
-
-def airflow_root() -> str:
-    """The root of the DAGs' default paths: ``$LPO_AIRFLOW_ROOT`` or :attr:`AirflowOptions.root`."""
-    return os.environ.get("LPO_AIRFLOW_ROOT") or AIRFLOW.root
-
-
-def dag_path_default(name: str, root: Optional[str] = None) -> str:
-    """The built-in default of the DAG path param ``name`` (see :data:`DAG_PATHS`)."""
-    return os.path.join(root or airflow_root(), DAG_PATHS[name])
-
-
 # --------------------------------------------------------------------------- normalizers
 def choice(value: Any, valid: tuple, what: str, *, upper: bool = False) -> str:
     """Return ``value`` as the member of ``valid`` it names (case-insensitive, ``-`` = ``_``).
@@ -679,8 +635,8 @@ __all__ = [
     "TARGET_NAMES", "INT8_COMPUTE_MIN_WEIGHTS", "BF16_COMPUTE_MIN_WEIGHTS", "ActivationGate", "ACTIVATION_GATE",
     "normalize_int8_dense",
     "normalize_target", "CALIB_METHODS",
-    "DATA_FORMATS", "PUBLISH_LAYOUTS", "AirflowOptions", "AIRFLOW", "DAG_PATHS", "airflow_root",
-    "dag_path_default", "DEFAULT_TAGS", "DEFAULT_SIGNATURE", "OptimizeOptions", "CalibrateOptions", "Thresholds",
+    "DATA_FORMATS", "PUBLISH_LAYOUTS", "DEFAULT_TAGS", "DEFAULT_SIGNATURE", "OptimizeOptions", "CalibrateOptions",
+    "Thresholds",
     "ValidateOptions", "ProfileOptions", "PROFILE", "OPTIMIZE", "CALIBRATE", "THRESHOLDS", "VALIDATE", "OFF",
     "ORCHESTRATOR_THRESHOLDS", "NUM_SHARDS", "PIPELINE_DATA_TYPE",
     "BATCH_SIZES_TEXT", "choice", "normalize_dtype",

@@ -1,8 +1,9 @@
 """Apache Airflow operators for lpo (shipped as ``lpo.operators``).
 
 Airflow discovers this provider through the ``apache_airflow_provider`` entry
-point, which calls :func:`get_provider_info`. The operators live in
-:mod:`lpo.operators.operators` (import it only where Airflow is installed)::
+point, which calls :func:`get_provider_info`. The operators live in one module per step
+(``calibrate``, ``optimize``, ``validate``, ``refresh``, ``publish``, ``inputs``, ``shards``) and are
+all re-exported by :mod:`lpo.operators.operators` (import it only where Airflow is installed)::
 
     from lpo.operators.operators import LpoOptimizeOperator
 """

@@ -179,7 +179,7 @@ def test_dags_start_only_when_triggered_or_asset_updated(described):
 
 @pytest.mark.slow
 def test_dag_defaults_come_from_options(described):
-    from lpo.options import AIRFLOW, DAG_PATHS
+    from lpo.orchestration.airflow_settings import AIRFLOW, DAG_PATHS
 
     for dag_id in ("lpo_retrain", "lpo_refresh"):
         params = described[dag_id]["params"]

@@ -16,7 +16,8 @@ yaml = pytest.importorskip("yaml")
 from kfp import compiler  # noqa: E402
 
 from lpo.components.image import LPO_IMAGE  # noqa: E402
-from lpo.options import AIRFLOW, PIPELINE_DATA_TYPE  # noqa: E402
+from lpo.options import PIPELINE_DATA_TYPE  # noqa: E402
+from lpo.orchestration.airflow_settings import AIRFLOW  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*non-Python base image.*:RuntimeWarning")
 VALIDATE_FAST = {"validate_iters": 2, "validate_batch_sizes": "64", "validate_max_rows": 4000}

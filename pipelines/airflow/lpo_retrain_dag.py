@@ -25,7 +25,8 @@ from lpo.operators.operators import (
     LpoCalibrateOperator, LpoFindInputsOperator, LpoOptimizeOperator, LpoPublishOperator, LpoValidateOperator,
     gate_and_publish_params, path_param, path_setting,
 )
-from lpo.options import AIRFLOW, DATA_TYPES
+from lpo.options import DATA_TYPES
+from lpo.orchestration.airflow_settings import AIRFLOW
 
 
 with DAG(

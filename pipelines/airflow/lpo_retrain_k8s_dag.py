@@ -27,7 +27,8 @@ if KubernetesPodOperator is not None:
     from kubernetes.client import models as k8s
 
     from lpo.components.image import LPO_IMAGE
-    from lpo.options import AIRFLOW, DATA_TYPES, PUBLISH_LAYOUTS
+    from lpo.options import DATA_TYPES, PUBLISH_LAYOUTS
+    from lpo.orchestration.airflow_settings import AIRFLOW
 
     MOUNT = AIRFLOW.root
     KEY = "{{ dag_run.run_after.strftime('%Y%m%d%H%M%S') }}"

@@ -40,9 +40,9 @@ ALLOWED = {"lpo/tune/evaluate.py latency(warmup)"}
 
 
 def test_no_option_default_is_written_outside_options():
-    # samples/ choose their own demo settings; publish_model's layout belongs to the publish work (#13)
+    # samples/ choose their own demo settings
     files = [p for root in ("lpo", "components", "operators", "pipelines") for p in (REPO / root).rglob("*.py")
-             if p.name != "options.py" and "samples" not in p.parts and p.name != "orchestration.py"]
+             if p.name != "options.py" and "samples" not in p.parts]
     found = [hit for p in files for hit in _literal_defaults(p) if hit[0] not in ALLOWED]
     assert found == []
 
@@ -56,8 +56,9 @@ def test_kfp_components_take_their_defaults_from_options():
     pytest.importorskip("kfp")
     from lpo.components import calibrate, optimize, pipelines, validate
 
+    # the orchestrated pipelines' data type is PIPELINE_DATA_TYPE (they calibrate and gate), the rest the library's
     want_opt = {k: getattr(opts.OPTIMIZE, k) for k in ("embedding_scheme", "dense_mode", "int8_dense", "calib_method")}
-    want_opt["data_type"] = opts.PIPELINE_DATA_TYPE  # pipelines and DAGs share one default, not the library's
+    want_opt["data_type"] = opts.PIPELINE_DATA_TYPE
     for comp in (optimize.optimize, optimize.optimize_cli):
         assert {k: v for k, v in _kfp_defaults(comp).items() if k in want_opt} == want_opt, comp.name
     want_val = {**opts.ORCHESTRATOR_THRESHOLDS, "iters": opts.VALIDATE.iters, "batch_sizes": opts.BATCH_SIZES_TEXT}
@@ -102,6 +103,8 @@ def test_cli_library_and_operators_agree():
     op = inspect.signature(LpoOptimizeOperator.__init__).parameters
     assert {k: op[k].default for k in ("data_type", "embedding_scheme")} == {
         "data_type": opts.PIPELINE_DATA_TYPE, "embedding_scheme": opts.OPTIMIZE.embedding_scheme}
-    assert opts.AIRFLOW.data_type == opts.PIPELINE_DATA_TYPE
+    from lpo.orchestration.airflow_settings import AIRFLOW
+
+    assert AIRFLOW.data_type == opts.PIPELINE_DATA_TYPE
     val = inspect.signature(LpoValidateOperator.__init__).parameters
     assert {k: val[k].default for k in opts.Thresholds.names()} == opts.ORCHESTRATOR_THRESHOLDS
