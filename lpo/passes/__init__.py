@@ -1,5 +1,5 @@
 """Graph passes, one module per op family, registered by name."""
-from lpo.passes import dense, embedding, ev, interaction, single_value  # noqa: F401  (registers families, structural passes)
+from lpo.passes import dense, embedding, ev, interaction, single_value  # noqa: F401  (registers the passes)
 from lpo.passes.registry import get, names, structural
 
 __all__ = ["get", "names", "structural"]

@@ -1,4 +1,4 @@
-"""The interaction-mask structural pass on hand-built GraphDefs: match, the rewrite node by node, the rewritten graph run."""
+"""The interaction-mask structural pass on hand-built GraphDefs: match, rewrite node by node, run the result."""
 import numpy as np
 import pytest
 from tensorflow.core.framework import types_pb2
