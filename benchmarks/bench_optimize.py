@@ -16,7 +16,7 @@ DCN), ``deepfm`` (DeepCTR DeepFM, tf.tensordot DNN 256-128; needs deepctr), ``ml
 DLRM's MLP widths: bottom 13-512-256-128, top 1024-1024-512-256-1), ``dot`` (TF1, DeepRec modelzoo's DLRM
 with the dot interaction: 26 hashed string columns, dim 16, bottom 512-256-64-16 with batch norm, top
 512-256-1). ``FP32 folds`` is ``data_type='FP32'``: every table and layer float32, only the exact
-structural folds (the interaction mask). ``--trace``: instead of rows, a
+structural passes (the interaction mask folded, single-value lookups fused). ``--trace``: instead of rows, a
 per-op FULL_TRACE of the INT8 (auto) model against FP32 at batch 512: each dense layer's op time
 (its QuantizeV2, int8 MatMul, scale Mul and Relu against the fused float32 MatMul+BiasAdd+Relu).
 Latency numbers taken on a loaded machine are noisy: compare ratios, rerun.

@@ -386,8 +386,8 @@ def _optimize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", metavar="OUT", help="output SavedModel directory")
     _add_choice(p, "--data-type", opts.DATA_TYPES + (opts.AUTO,), opts.OPTIMIZE.data_type,
                 "target precision, case-insensitive; INT4: INT4 embedding tables with INT8 dense layers; FP32: "
-                "every table and layer kept float32, only the exact structural folds (e.g. a constant interaction "
-                "mask); AUTO "
+                "every table and layer kept float32, only the exact structural passes (e.g. a constant interaction "
+                "mask folded); AUTO "
                 "searches per-node forms for the smallest model within --max-auc-drop on --eval rows "
                 "(default: %(default)s)", upper=True)
     p.add_argument("--config", metavar="OPT_JSON",
@@ -424,8 +424,8 @@ def _optimize_args(p: argparse.ArgumentParser) -> None:
                 "activation range method for calibrated INT8 (default: %(default)s)")
     p.add_argument("--no-folds", dest="folds", action="store_false", default=opts.OPTIMIZE.folds,
                    help="keep the graph's structure: skip the exact rewrites run before the precision passes "
-                        "(a feature column fed one value per row looks its row up without the SparseTensor "
-                        "plumbing)")
+                        "(a constant interaction mask folded into static gather indices; a feature column fed one "
+                        "value per row looks its row up without the SparseTensor plumbing)")
     p.add_argument("--no-group-tables", action="store_true", default=not opts.OPTIMIZE.group_tables,
                    help="keep each table its own variable (default: tables of one dim and form read by "
                         "single-value lookups are concatenated into one, read by one gather)")

@@ -20,7 +20,7 @@ from lpo.errors import ConfigError, closest
 KEEP = "FP32"
 #: Data types a whole model can be optimized to (``data_type``). ``INT4`` means INT4
 #: embedding tables with INT8 dense layers (each pass family declares its ``fallbacks``). ``FP32`` keeps every
-#: table and layer float32 and applies only the exact structural folds (lpo.passes.registry).
+#: table and layer float32 and applies only the exact structural passes (lpo.passes.registry).
 DATA_TYPES = ("BF16", "FP16", "INT8", "INT4", KEEP)
 #: Data types valid as ``opt_config`` values (per node).
 NODE_DTYPES = DATA_TYPES
@@ -143,8 +143,8 @@ class OptimizeOptions:
     #: INT4 tables: a scheme one node named in opt_config (``"INT4:per_dim"``); None: :data:`INT4_SCHEME`
     #: where the size rule allows (no error), else the smaller layout
     int4_scheme: Optional[str] = None
-    #: apply the exact structural rewrites (``lpo.passes.registry.structural``: single-value lookups, ...)
-    #: before the precision passes, at every data type; False keeps the graph's structure
+    #: apply the exact structural passes (``lpo.passes.registry.structural``: interaction masks, single-value
+    #: lookups) before the precision passes, at every data type; False keeps the graph's structure
     folds: bool = True
     #: concatenate single-value-lookup tables of one dim and storage form into one variable: one gather
     #: and one dequantization per group (lpo.passes.grouping)

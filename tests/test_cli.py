@@ -251,7 +251,7 @@ def test_convert_refresh_calibrate_validate_wiring(fake_api, capsys):
     assert got["refresh"] == (("opt", "ck", "out"), {"overwrite": True, "quiet": False})
     assert got["make_calibration"] == (("data.csv", "c.npz", "m"), dict(
         num_rows=64, seed=3, format="csv", columns=["a", "b"], mapping={"a": "C1", "b": "C2"},
-        legacy_npy=True))
+        legacy_npy=True, overwrite=False))
     assert got["validate"] == (("orig", "opt", "held.npz"), dict(
         max_auc_drop=0.001, max_abs_diff=0.05, max_latency_ratio=None,
         min_size_reduction=None, report_dir="rep", batch_sizes=(1, 64, 512), iters=50, warmup=5,

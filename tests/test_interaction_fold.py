@@ -1,7 +1,7 @@
-"""The interaction-mask fold end to end on the DeepRec-shaped DLRM sample (``arch='dot'``).
+"""The interaction-mask structural pass end to end on the DeepRec-shaped DLRM sample (``arch='dot'``).
 
-The folded model's outputs equal the original's bit for bit at FP32; the manifest and the
-result list the fold; refresh/convert_ckpt of a folded model equal a re-optimization.
+The folded model's outputs equal the original's bit for bit at FP32; the manifest's ``structural``
+and the result list the folded site; refresh/convert_ckpt of a folded model equal a re-optimization.
 """
 import os
 from collections import Counter
@@ -38,13 +38,22 @@ def data(dot_sample):
 @pytest.fixture(scope="module")
 def folded(dot_sample, tmp_path_factory):
     out = tmp_path_factory.mktemp("fold") / "fp32"
-    return lpo.optimize(dot_sample.model_path, str(out), data_type="FP32", quiet=True)
+    # the structural passes alone: grouping the fused tables is tests/test_grouping.py's subject
+    return lpo.optimize(dot_sample.model_path, str(out), data_type="FP32", group_tables=False, quiet=True)
 
 
-def _op_counts(model_path) -> Counter:
+def _op_counts(model_path, *, single_value=False) -> Counter:
+    """Op counts of the model's graph (``single_value``: after the single-value pass alone, as ``optimize`` runs it)."""
     from lpo.core.savedmodel import read_saved_model, select_meta_graph
+    from lpo.passes.single_value import fuse_single_value_lookups
+    from lpo.passes.surgery import Surgery
 
-    return Counter(n.op for n in select_meta_graph(read_saved_model(model_path)).graph_def.node)
+    mg = select_meta_graph(read_saved_model(model_path))
+    if single_value:
+        surgery = Surgery(mg)
+        assert fuse_single_value_lookups(surgery)
+        mg = surgery.finish()
+    return Counter(n.op for n in mg.graph_def.node)
 
 
 def test_sample_has_deeprecs_dot_interaction(dot_sample):
@@ -55,15 +64,14 @@ def test_sample_has_deeprecs_dot_interaction(dot_sample):
 
 
 def test_fp32_fold_is_bit_equal_and_recorded(dot_sample, folded, data):
-    assert [n.line() for n in folded.optimized] == [f"Fold interaction: {GATHER}"]
-    assert folded.kept_fp32 and folded.size_ratio == pytest.approx(1.0, abs=1e-3)
+    assert [n.line() for n in folded.fused if n.kind == "interaction"] == [f"Fold interaction mask (exact): {GATHER}"]
+    assert folded.optimized == [] and folded.kept_fp32 and folded.size_ratio == pytest.approx(1.0, abs=1e-3)
     plan = read_manifest(folded.save_path)
-    (conv,) = plan.conversions
-    assert (plan.data_type, conv.kind, conv.node, conv.scheme, conv.variables) == ("FP32", "interaction", GATHER,
-                                                                                   "fold", [])
-    assert conv.targets["shape"] == [27, 27] and conv.targets["kept"] == 351
+    (entry,) = plan.structural["interaction"]
+    assert (plan.data_type, plan.conversions, entry["node"]) == ("FP32", [], GATHER)
+    assert entry["shape"] == [27, 27] and entry["kept"] == 351 and entry["complement"] is True
     assert not {"OnesLike", "MatrixBandPart"} & graph_op_types(folded.save_path)
-    before, after = _op_counts(dot_sample.model_path), _op_counts(folded.save_path)
+    before, after = _op_counts(dot_sample.model_path, single_value=True), _op_counts(folded.save_path)
     assert after["Where"] == before["Where"] - 1 and after["GatherV2"] == before["GatherV2"]  # the mask's Where went
     a, b = predict(dot_sample.model_path, data), predict(folded.save_path, data)
     assert np.array_equal(a, b)
@@ -72,23 +80,23 @@ def test_fp32_fold_is_bit_equal_and_recorded(dot_sample, folded, data):
         assert np.array_equal(predict(dot_sample.model_path, small), predict(folded.save_path, small))
 
 
-def test_low_precision_plans_fold_first_and_equals_unfolded(dot_sample, data, tmp_path):
-    kw = {"data_type": "INT8", "int8_dense": "weight_only", "quiet": True}
+def test_low_precision_folds_before_find_and_equals_unfolded(dot_sample, data, tmp_path):
+    kw = {"data_type": "INT8", "int8_dense": "weight_only", "group_tables": False, "quiet": True}
     res = lpo.optimize(dot_sample.model_path, str(tmp_path / "int8"), **kw)
     plan = read_manifest(res.save_path)
-    assert plan.conversions[0].kind == "interaction" and plan.options["folds"] is True
-    assert {c.kind for c in plan.conversions[1:]} == {"embedding", "dense"}
+    assert [e["node"] for e in plan.structural["interaction"]] == [GATHER] and plan.options["folds"] is True
+    assert {c.kind for c in plan.conversions} == {"embedding", "dense"}
     assert "MatrixBandPart" not in graph_op_types(res.save_path)
     unfolded = lpo.optimize(dot_sample.model_path, str(tmp_path / "int8-unfolded"), folds=False, **kw)
     plan = read_manifest(unfolded.save_path)
-    assert "interaction" not in {c.kind for c in plan.conversions} and plan.options["folds"] is False
+    assert plan.structural == {} and plan.options["folds"] is False
     assert "MatrixBandPart" in graph_op_types(unfolded.save_path)
     assert np.array_equal(predict(res.save_path, data), predict(unfolded.save_path, data))
 
 
 def test_refresh_and_convert_ckpt_of_a_folded_model_equal_a_reoptimization(dot_sample, folded, data, tmp_path):
     prefix, fp32 = retrained_model(dot_sample.model_path, str(tmp_path / "retrained"))
-    again = lpo.optimize(fp32, str(tmp_path / "again"), data_type="FP32", quiet=True)
+    again = lpo.optimize(fp32, str(tmp_path / "again"), data_type="FP32", group_tables=False, quiet=True)
     refreshed = lpo.refresh(folded.save_path, prefix, str(tmp_path / "refreshed"), quiet=True)
     want = predict(again.save_path, data)
     assert np.array_equal(predict(refreshed.save_path, data), want)

@@ -74,7 +74,9 @@ def test_partitioned_tables_are_left_alone(sample_partitioned, optimized_sample)
                                 {"data_type": "INT4", "int8_dense": "weight_only"},
                                 {"data_type": "BF16"}], ids=["int8", "int8-calibrated", "int4", "bf16"])
 def test_low_precision_fused_equals_unfused(sample_resource, optimized_sample, kw):
-    fused, unfused = optimized_sample(sample_resource, **kw), optimized_sample(sample_resource, folds=False, **kw)
+    # the single-value pass alone (grouping the fused tables is the next test's subject)
+    fused = optimized_sample(sample_resource, group_tables=False, **kw)
+    unfused = optimized_sample(sample_resource, folds=False, group_tables=False, **kw)
     assert len(read_manifest(fused).structural["single_value"]) == NUM_COLUMNS
     assert read_manifest(unfused).structural == {}
     a, b = read_manifest(fused), read_manifest(unfused)
@@ -89,6 +91,19 @@ def test_low_precision_fused_equals_unfused(sample_resource, optimized_sample, k
     _same, diff, errors = filecmp.cmpfiles(os.path.join(fused, "variables"), os.path.join(unfused, "variables"), names,
                                            shallow=False)
     assert not diff and not errors
+
+
+@pytest.mark.parametrize("kw", [{"data_type": "INT8", "int8_dense": "weight_only"}, {"data_type": "FP32"}],
+                         ids=["int8", "fp32"])
+def test_fused_lookups_group_and_equal_the_unfused_model(sample_resource, optimized_sample, kw):
+    """Fused lookups are single-value, so their tables group (one gather): outputs stay within 1e-6."""
+    fused = optimized_sample(sample_resource, **kw)
+    unfused = optimized_sample(sample_resource, folds=False, group_tables=False, **kw)
+    groups = [c for c in read_manifest(fused).conversions if c.kind == "group"]
+    assert len(groups) == 1 and len(groups[0].targets["tables"]) == NUM_COLUMNS
+    for rows in (1, 512):
+        data = _oov(fuzzed(sample_resource, rows, seed=rows + 7))
+        np.testing.assert_allclose(predict(fused, data), predict(unfused, data), rtol=0, atol=1e-6)
 
 
 def nodes_per_run(model_path, data) -> int:

@@ -75,15 +75,12 @@ class NodeReport:
     group: str = ""
 
     def line(self) -> str:
-        """The seed's report line, e.g. ``Optimize embedding to INT8: emb`` (a fold: ``Fold interaction: node``)."""
+        """The seed's report line, e.g. ``Optimize embedding to INT8: emb`` (a structural pass's own line,
+        e.g. ``Fold interaction mask (exact): node``)."""
         from lpo import passes
 
         if self.dtype == STRUCTURAL:
-            return f"Fuse {self.kind.replace('_', '-')} lookup (exact): {self.node}"
-        if passes.is_fold(self.kind):
-            return f"Fold {self.kind}: {self.node}"
-        if self.kind == "group":
-            return f"Group embeddings as {self.dtype}: {self.node}"
+            return passes.structural()[self.kind].line(self.node)
         return f"Optimize {passes.get(self.kind).label} to {self.dtype}: {self.node}" + (
             f" (in {self.group})" if self.group else "")
 
@@ -213,8 +210,8 @@ def _restructure(sm, enabled: bool) -> dict[str, list]:
         return {}
     for mg in sm.meta_graphs:
         surgery = Surgery(mg)
-        for name, fn in registry.structural().items():
-            for entry in fn(surgery):
+        for name, structural_pass in registry.structural().items():
+            for entry in structural_pass.rewrite(surgery):
                 done.setdefault(name, {}).setdefault(entry["node"], entry)
         mg.CopyFrom(surgery.finish())
     for name, entries in done.items():
@@ -257,7 +254,7 @@ def _optimized_info(model_path) -> dict:
 def _assign(found, opt_config, data_type) -> dict[str, opts.NodeChoice]:
     """Return each node to optimize with its dtype (and scheme, from ``opt_config``)."""
     if opt_config is None:
-        if data_type == opts.KEEP:  # FP32: every node kept, only the exact folds apply
+        if data_type == opts.KEEP:  # FP32: every node kept, only the exact structural passes apply
             return {}
         from lpo import passes
 
@@ -471,11 +468,11 @@ def optimize(model_path, save_path, opt_config=None, data_type=opts.OPTIMIZE.dat
             budget, default 1e-4; not the validation gate). ``opt_config`` then pins nodes.
             ``auto_options``: :class:`lpo.options.AutoOptions` fields (seed, max_evals, ...);
             ``report_dir``: the frontier report (HTML/Markdown/JSON). See :mod:`lpo.tune`.
-        folds: apply the exact structural rewrites at every data type (``data_type='FP32'`` applies
-            only them): first the graph-wide ones (:mod:`lpo.passes.single_value`: a feature column fed
-            one value per row looks its row up without the SparseTensor plumbing; the manifest's
-            ``structural`` lists them), then the planned folds (a constant interaction mask into static
-            gather indices, :mod:`lpo.passes.interaction`). False keeps the graph's structure.
+        folds: apply the exact structural passes at every data type (``data_type='FP32'`` applies
+            only them), before finding the optimizable nodes: a constant interaction mask folded into
+            static gather indices (:mod:`lpo.passes.interaction`), a feature column fed one value per
+            row looked up without the SparseTensor plumbing (:mod:`lpo.passes.single_value`). The
+            manifest's ``structural`` lists the rewritten sites. False keeps the graph's structure.
         group_tables: concatenate the tables of one dim and storage form whose every lookup is a
             single-value lookup into one variable, read by one gather and one dequantization
             (lpo/passes/grouping.py; FP32 tables too, exactly). The manifest maps each table to its group.
@@ -538,16 +535,7 @@ def _plan_conversions(model_path, mg, opt_config, options: opts.OptimizeOptions)
         from lpo.passes.surgery import Surgery
 
         convs = plan_groups(Surgery(mg), found, convs, fp32=options.data_type == opts.KEEP)
-    return found, (_plan_folds(mg) if options.folds else []) + convs
-
-
-def _plan_folds(mg) -> list[Conversion]:
-    """The exact structural folds of ``mg`` (every data type, FP32 included; no variables), rewritten first."""
-    from lpo import passes
-    from lpo.passes.surgery import Surgery
-
-    surgery = Surgery(mg)
-    return [conv for name in passes.fold_names() for conv in passes.get(name).find(surgery)]
+    return found, convs
 
 
 def _calibrate_static(model_path, sm, tags, convs: list[Conversion], calib_file, options: opts.OptimizeOptions, *,

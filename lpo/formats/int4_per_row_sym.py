@@ -15,6 +15,8 @@ from lpo.numerics import quant
 
 NAME = "INT4:per_row_sym"
 SCHEME = "per_row_sym"
+#: no grouped layout yet (lpo/formats/grouped.py covers the offset/scale forms): tables stay ungrouped
+GROUPABLE = False
 
 
 def matches(vc) -> bool:

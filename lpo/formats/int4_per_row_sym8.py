@@ -19,6 +19,8 @@ from lpo.numerics import quant
 
 NAME = "INT4:per_row_sym8"
 SCHEME = "per_row_sym8"
+#: no grouped layout yet (lpo/formats/grouped.py covers the offset/scale forms): tables stay ungrouped
+GROUPABLE = False
 
 
 def matches(vc) -> bool:

@@ -142,6 +142,9 @@ def plan_groups(s: Surgery, found: list, convs: list[Conversion], *, fp32: bool 
             continue
         own = conv.variables[0] if conv is not None else VarConversion(
             key=part.key, slice="", shape=list(part.shape), role="table", dtype=layout.FP32)
+        if conv is not None and not getattr(formats.for_var(own), "GROUPABLE", True):
+            log.debug("table %s: its form %s:%s has no grouped layout; not grouped", cand.name, own.dtype, conv.scheme)
+            continue
         form = (own.dtype, conv.scheme if conv else "", own.scale_dtype, own.axis)
         key = form + (int(cand.shape[1]), part.resource, slots[0]["ids_t"], slots[0]["rank"],
                       s.index.node(part.node).device, slots[0]["batch"])
@@ -347,4 +350,4 @@ def _variable_name(raw: bytes) -> str | None:
         return None
 
 
-register(KIND, find=_no_candidates, describe=describe, plan=_plan, rewrite=rewrite)
+register(KIND, find=_no_candidates, describe=describe, plan=_plan, rewrite=rewrite, label="embedding group")

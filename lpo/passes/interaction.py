@@ -1,4 +1,4 @@
-"""Fold a constant interaction mask into static gather indices (a structural fold: no variables, exact).
+"""Fold a constant interaction mask into static gather indices (a structural pass: no variables, exact).
 
 DeepRec modelzoo's DLRM (``interaction_op='dot'``) and many TF1 recommenders keep the strictly
 lower triangle of the pairwise dot products ``x x^T`` [B, N, N] with a mask rebuilt on every run::
@@ -21,6 +21,9 @@ element for element (a gather copies values: bit-equal at every data type). The 
 keeps its name, so its consumers are untouched; the mask nodes left without consumers are
 removed. Pattern: :data:`PATTERNS`; the static shape comes from ``_output_shapes`` or, when the
 graph has none, from TensorFlow's shape inference over the tensor's producers.
+
+:func:`fold_interaction_masks` is registered as the structural pass ``interaction``: ``optimize()``
+runs it before ``find`` and records its entries in the manifest's ``structural``.
 """
 from __future__ import annotations
 
@@ -32,13 +35,12 @@ from tensorflow.core.framework import types_pb2
 from lpo.core.graph import (
     ANY, GraphMatcher, OpTypePattern, const_value, dtype_attr, make_const, make_node, parse_input, tensor_ref,
 )
-from lpo.core.plan import Conversion
-from lpo.passes.registry import register_fold
+from lpo.passes.registry import register_structural
 from lpo.passes.surgery import Surgery
 
 log = logging.getLogger(__name__)
 
-KIND = "interaction"
+NAME = "interaction"
 #: ops that only compute the mask or the flat view: removed once nothing reads them
 MASK_OPS = ("Const", "Shape", "StridedSlice", "Prod", "Pack", "ConcatV2", "Reshape", "Where", "Squeeze", "Cast",
             "Sub", "MatrixBandPart", "OnesLike", "Fill", "Identity")
@@ -148,42 +150,43 @@ def _fold_of(s: Surgery, m) -> dict | None:
             "kept": int(kept.size)}
 
 
-def _matches(s: Surgery) -> list[tuple[dict, dict]]:
+def find(s: Surgery) -> list[dict]:
+    """Return one entry per constant-mask ``boolean_mask`` of the graph (nothing rewritten).
+
+    An entry: the ``GatherV2`` ``node`` and its ``tensor``, ``shape`` ([N, M]), the band's ``lower``,
+    ``upper`` and ``complement``, and the number of ``kept`` positions.
+    """
     out = []
     for m in GraphMatcher(s.index, *PATTERNS).match_all("gather", lambda m: not s.is_saver_node(m["gather"].name)):
         fold = _fold_of(s, m)
         if fold is not None:
-            out.append((m, fold))
+            out.append({"node": m["gather"].name, **fold})
     return out
 
 
-def find(s: Surgery) -> list[Conversion]:
-    """Return one planned fold per constant-mask ``boolean_mask`` of the graph."""
-    return [Conversion(kind=KIND, node=m["gather"].name, dtype="FP32", scheme="fold", targets=fold)
-            for m, fold in _matches(s)]
+def describe(entry: dict) -> str:
+    """One line: what the fold of ``entry`` replaced."""
+    what = "ones - band_part(ones" if entry["complement"] else "band_part(ones"
+    return (f"boolean_mask by {what}, {entry['lower']}, {entry['upper']}) of [{entry['shape'][0]}, "
+            f"{entry['shape'][1]}] -> GatherV2(axis=1) of {entry['kept']} static indices")
 
 
-def describe(conv: Conversion) -> str:
-    """One line: what the fold replaced."""
-    t = conv.targets
-    what = "ones - band_part(ones" if t["complement"] else "band_part(ones"
-    return (f"boolean_mask by {what}, {t['lower']}, {t['upper']}) of [{t['shape'][0]}, {t['shape'][1]}] -> "
-            f"GatherV2(axis=1) of {t['kept']} static indices")
+def fold_interaction_masks(s: Surgery) -> list[dict]:
+    """Fold every constant interaction mask of ``s`` (in place); return their :func:`find` entries."""
+    out = []
+    for entry in find(s):
+        for m, fold in _matches_at(s, entry["node"]):  # matched again: an earlier fold may have pruned nodes
+            _rewrite(s, m, fold)
+            out.append({"node": entry["node"], **fold})
+            log.debug("interaction: %s: %s", entry["node"], describe(out[-1]))
+    return out
 
 
-def rewrite(s: Surgery, conv: Conversion) -> None:
-    """Replace the planned ``boolean_mask`` by ``Reshape -> GatherV2(axis=1, Const) -> Reshape`` (same name)."""
+def _rewrite(s: Surgery, m: dict, fold: dict) -> None:
+    """Replace the matched ``boolean_mask`` by ``Reshape -> GatherV2(axis=1, Const) -> Reshape`` (same name)."""
     idx = s.index
-    if conv.node not in idx:
-        return
-    t = conv.targets
-    found = [(m, f) for m, f in _matches_at(s, conv.node) if all(f[k] == t[k] for k in f)]
-    if not found:
-        log.warning("interaction fold: %s does not match its planned fold here; left as it is", conv.node)
-        return
-    m, fold = found[0]
-    n, cols = t["shape"]
-    kept = kept_positions(n, cols, t["lower"], t["upper"], t["complement"])
+    n, cols = fold["shape"]
+    kept = kept_positions(n, cols, fold["lower"], fold["upper"], fold["complement"])
     old = m["gather"]
     dev, dt = old.device, old.attr["Tparams"].type
     i32 = dtype_attr(types_pb2.DT_INT32)
@@ -237,4 +240,4 @@ def _prune(s: Surgery, names: list[str]) -> None:
         todo.extend(parse_input(i)[0] for i in node.input)
 
 
-register_fold(KIND, find=find, describe=describe, rewrite=rewrite)
+register_structural(NAME, fold_interaction_masks, title="Fold interaction mask")

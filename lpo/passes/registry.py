@@ -22,18 +22,16 @@ which one they hold:
 * ``calibrates(conversion) -> bool``: whether the conversion needs calibration data;
 * ``requirement(conversion) -> (dtype, mode) | None``: what it adds to the manifest's ``requires``.
 
-A *fold* is an exact structural rewrite with no variables (e.g. a constant interaction mask
-folded into static gather indices, lpo/passes/interaction.py). It applies at every data type,
-FP32 included, and is not an opt_config node: ``find(surgery) -> list[Conversion]`` returns its
-planned conversions (no checkpoint tensors, so convert_ckpt/refresh have nothing to replay for
-it), ``describe(conversion)`` a line for reports, ``rewrite`` as above. The optimizer plans the
-folds first and rewrites them before the families' conversions.
-
-A *structural* pass (:func:`register_structural`) is exact: it changes how the float32
-graph computes, never what (e.g. a single-value lookup without the SparseTensor
-plumbing). ``optimize()`` runs each, in registration order, on every MetaGraph before
-``find``: ``fn(surgery) -> list[dict]`` edits the graph and returns one JSON-able entry
-per rewritten site (recorded in the manifest and reported as optimized nodes, by ``node``).
+A *structural* pass (:func:`register_structural`) is an exact rewrite without variables: it
+changes how the float32 graph computes, never what (a single-value lookup without the
+SparseTensor plumbing, lpo/passes/single_value.py; a constant interaction mask folded into
+static gather indices, lpo/passes/interaction.py). It is not an opt_config node and applies
+at every data type, FP32 included (``OptimizeOptions.folds`` switches them all). ``optimize()``
+runs each, in registration order, on every MetaGraph before ``find``, so the families see and
+convert the rewritten graph: ``fn(surgery) -> list[dict]`` edits the graph and returns one
+JSON-able entry per rewritten site, keyed by ``node`` (the manifest's ``structural`` lists
+them by pass; reports show ``"{title} (exact): {node}"``). With no checkpoint tensors, they
+leave convert_ckpt/refresh nothing to replay: the optimized graph already holds them.
 """
 from __future__ import annotations
 
@@ -66,7 +64,6 @@ class PassFamily:
 
 
 _PASSES: dict[str, PassFamily] = {}
-_FOLDS: dict[str, PassFamily] = {}
 
 
 def register(name: str, *, find: Callable, describe: Callable, plan: Callable, rewrite: Callable, label: str = "",
@@ -77,39 +74,40 @@ def register(name: str, *, find: Callable, describe: Callable, plan: Callable, r
                                tuple(auto_ladder), calibrates, requirement)
 
 
-def register_fold(name: str, *, find: Callable, describe: Callable, rewrite: Callable) -> None:
-    """Register the fold ``name`` (an exact structural rewrite without variables)."""
-    _FOLDS[name] = PassFamily(name, find, describe, None, rewrite)
-
-
 def get(name: str) -> PassFamily:
-    """Return the registered pass family or fold ``name``."""
-    return _PASSES[name] if name in _PASSES else _FOLDS[name]
+    """Return the registered pass family ``name``."""
+    return _PASSES[name]
 
 
 def names() -> list[str]:
-    """Return the registered family names in registration order (folds are not families)."""
+    """Return the registered family names in registration order."""
     return list(_PASSES)
 
 
-def fold_names() -> list[str]:
-    """Return the registered fold names in registration order."""
-    return list(_FOLDS)
+@dataclass(frozen=True)
+class StructuralPass:
+    """One exact rewrite run before ``find``, and the head of its report lines."""
+
+    name: str
+    rewrite: Callable
+    title: str
+
+    def line(self, node: str) -> str:
+        """The report line of one rewritten site, e.g. ``Fold interaction mask (exact): node``."""
+        return f"{self.title} (exact): {node}"
 
 
-def is_fold(name: str) -> bool:
-    """True for a registered fold."""
-    return name in _FOLDS
+_STRUCTURAL: dict[str, StructuralPass] = {}
 
 
-_STRUCTURAL: dict[str, Callable] = {}
+def register_structural(name: str, fn: Callable, *, title: str) -> None:
+    """Register the exact float32 rewrite ``fn(surgery) -> [entry]`` that runs before ``find``.
+
+    ``title`` heads its report lines, e.g. ``Fuse single-value lookup``.
+    """
+    _STRUCTURAL[name] = StructuralPass(name, fn, title)
 
 
-def register_structural(name: str, fn: Callable) -> None:
-    """Register the exact float32 rewrite ``fn(surgery) -> [entry]`` that runs before ``find``."""
-    _STRUCTURAL[name] = fn
-
-
-def structural() -> dict[str, Callable]:
+def structural() -> dict[str, StructuralPass]:
     """Return the structural passes by name, in registration order."""
     return dict(_STRUCTURAL)

@@ -316,13 +316,13 @@ def fuse_single_value_lookups(s: Surgery, signature_inputs: set[str] | None = No
     return [_rewrite(s, m, keep) for m in matches]
 
 
-register_structural(NAME, fuse_single_value_lookups)
+register_structural(NAME, fuse_single_value_lookups, title="Fuse single-value lookup")
 
 
 # --- fused hashing across columns -------------------------------------------------------------
 #: Not registered: exact, but measured slower than a hash per column (batch 512, 26 columns, AMD Zen 3,
 #: one thread: 0.83x of FP32 against 0.74x): stacking the strings costs more (Pack, Reshape, Unpack)
-#: than the 25 ops it saves. Register it (``register_structural(HASH_NAME, fuse_hashing)``) to use it.
+#: than the 25 ops it saves. Register it (``register_structural(HASH_NAME, fuse_hashing, title=...)``) to use it.
 HASH_NAME = "fused_hash"
 _SV_HASH = OpTypePattern("StringToHashBucketFast", "hash", inputs=(
     OpTypePattern("Squeeze", "squeeze", optional=True, inputs=(OpTypePattern("Placeholder", "input"),),

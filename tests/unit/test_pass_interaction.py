@@ -1,10 +1,10 @@
-"""The interaction-mask fold on hand-built GraphDefs: match, the rewrite node by node, and the rewritten graph run."""
+"""The interaction-mask structural pass on hand-built GraphDefs: match, rewrite node by node, run the result."""
 import numpy as np
 import pytest
 from tensorflow.core.framework import types_pb2
 
 from lpo.core.graph import dtype_attr
-from lpo.passes import interaction
+from lpo.passes import interaction, registry
 from lpo.passes.surgery import Surgery
 
 from handmade import HandGraph, run
@@ -73,10 +73,8 @@ def _reference(x, lower=0, upper=-1, complement=True):
 
 def _fold(g):
     s = Surgery(g.mg)
-    convs = interaction.find(s)
-    for c in convs:
-        interaction.rewrite(s, c)
-    return convs, s.finish()
+    entries = interaction.fold_interaction_masks(s)
+    return entries, s.finish()
 
 
 def test_kept_positions_are_the_strict_lower_triangle_row_major():
@@ -85,17 +83,22 @@ def test_kept_positions_are_the_strict_lower_triangle_row_major():
     assert interaction.kept_positions(2, 3, 0, 0, False).tolist() == [0, 4]  # diagonal of a 2x3
 
 
-def test_find_plans_one_fold_with_its_shape_and_no_variables():
-    (conv,) = interaction.find(Surgery(_dot_mask_graph().mg))
-    assert (conv.kind, conv.node, conv.dtype, conv.scheme, conv.variables) == ("interaction", "bm/gather", "FP32",
-                                                                               "fold", [])
-    assert conv.targets == {"tensor": "dot", "shape": [N, N], "lower": 0, "upper": -1, "complement": True,
-                            "kept": N * (N - 1) // 2}
-    assert "GatherV2(axis=1) of 10 static indices" in interaction.describe(conv)
+def test_find_lists_one_site_with_its_shape_and_the_pass_is_registered():
+    s = Surgery(_dot_mask_graph().mg)
+    want = {"node": "bm/gather", "tensor": "dot", "shape": [N, N], "lower": 0, "upper": -1, "complement": True,
+            "kept": N * (N - 1) // 2}
+    assert interaction.find(s) == [want]
+    assert s.index.node("bm/gather").op == "GatherV2"  # find rewrites nothing
+    assert "GatherV2(axis=1) of 10 static indices" in interaction.describe(want)
+    entries, _mg = _fold(_dot_mask_graph())
+    assert entries == [want]
+    structural_pass = registry.structural()["interaction"]
+    assert structural_pass.rewrite is interaction.fold_interaction_masks
+    assert structural_pass.line("bm/gather") == "Fold interaction mask (exact): bm/gather"
 
 
 def test_rewrite_node_by_node():
-    _convs, mg = _fold(_dot_mask_graph())
+    _entries, mg = _fold(_dot_mask_graph())
     nodes = {n.name: n for n in mg.graph_def.node}
     out = nodes["bm/gather"]
     assert (out.op, list(out.input)) == ("Reshape", ["bm/gather/lpo_fold/gather", "bm/gather/lpo_fold/flat_shape"])
@@ -126,8 +129,8 @@ def test_rewrite_node_by_node():
 ])
 def test_rewritten_graph_equals_numpy_and_the_original_bit_for_bit(kw):
     g = _dot_mask_graph(**kw)
-    convs, mg = _fold(g)
-    assert len(convs) == 1
+    entries, mg = _fold(g)
+    assert len(entries) == 1
     band = {k: kw[k] for k in ("lower", "upper", "complement") if k in kw}
     for batch in (X, X[:1], np.zeros((0, N, D), np.float32)):
         want = _reference(batch, **band).reshape(-1)
@@ -146,7 +149,10 @@ def test_rewritten_graph_equals_numpy_and_the_original_bit_for_bit(kw):
     {"mask_shape": (-1, 1)},
 ])
 def test_other_graphs_are_left_alone(kw):
-    assert interaction.find(Surgery(_dot_mask_graph(**kw).mg)) == []
+    g = _dot_mask_graph(**kw)
+    entries, mg = _fold(g)
+    assert entries == [] and interaction.find(Surgery(g.mg)) == []
+    assert {n.name: n.op for n in mg.graph_def.node} == {n.name: n.op for n in g.mg.graph_def.node}
 
 
 def test_unknown_feature_count_is_left_alone():
@@ -159,14 +165,7 @@ def test_unknown_feature_count_is_left_alone():
 def test_mask_read_elsewhere_is_kept():
     g = _dot_mask_graph()
     g.op("Identity", "spy", ["cast"], T=BOOL)
-    _convs, mg = _fold(g)
+    _entries, mg = _fold(g)
     names = {n.name for n in mg.graph_def.node}
     assert {"cast", "sub", "band", "ones", "spy"} <= names and "bm/where" not in names
     np.testing.assert_array_equal(run(mg, "bm/gather", {"x": X}, {}), run(g.mg, "bm/gather", {"x": X}, {}))
-
-
-def test_rewrite_leaves_a_graph_that_differs_from_the_plan():
-    (conv,) = interaction.find(Surgery(_dot_mask_graph().mg))
-    other = Surgery(_dot_mask_graph(lower=1).mg)  # another MetaGraph: same node name, another band
-    interaction.rewrite(other, conv)
-    assert other.index.node("bm/gather").op == "GatherV2" and "ones" in other.index

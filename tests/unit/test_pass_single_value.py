@@ -374,5 +374,7 @@ def test_structural_passes_are_registered_and_reported():
     from lpo.core.optimizer import STRUCTURAL, NodeReport
     from lpo.passes import registry
 
-    assert list(registry.structural()) == ["single_value"]  # fuse_hashing is opt-in (measured slower)
+    # in registration order; fuse_hashing is opt-in (measured slower)
+    assert list(registry.structural()) == ["interaction", "single_value"]
     assert NodeReport("single_value", "C1/Reshape", STRUCTURAL).line() == "Fuse single-value lookup (exact): C1/Reshape"
+    assert NodeReport("interaction", "bm/gather", STRUCTURAL).line() == "Fold interaction mask (exact): bm/gather"
