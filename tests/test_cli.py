@@ -255,7 +255,7 @@ def test_convert_refresh_calibrate_validate_wiring(fake_api, capsys):
     assert got["validate"] == (("orig", "opt", "held.npz"), dict(
         max_auc_drop=0.001, max_abs_diff=0.05, max_latency_ratio=None,
         min_size_reduction=None, report_dir="rep", batch_sizes=(1, 64, 512), iters=50, warmup=5,
-        max_rows=None))
+        max_rows=None, raise_on_fail=True))
 
 
 def test_validation_failed_exit_3_prints_report(fake_api, capsys):

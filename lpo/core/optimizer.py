@@ -244,11 +244,11 @@ def _optimized_info(model_path) -> dict:
         return {}
     from lpo.target import runtime_report
 
-    from lpo.passes.grouping import describe as describe_group
+    from lpo import passes
 
     return {"data_type": plan.data_type, "target": plan.target, "requires": plan.requires,
             "forms": _forms(plan.conversions), "here": runtime_report(plan.requires),
-            "groups": {c.node: describe_group(c) for c in plan.conversions if c.kind == "group"}}
+            "groups": {c.node: passes.get(c.kind).describe(c) for c in plan.conversions if _members(c)}}
 
 
 def _assign(found, opt_config, data_type) -> dict[str, opts.NodeChoice]:
@@ -608,10 +608,15 @@ def _output_bytes(model_path, sm, targets: list[VarSpec]) -> int:
     return variables + sm.ByteSize() + max(0, others - (os.path.getsize(pb) if os.path.isfile(pb) else 0))
 
 
+def _members(conv: Conversion) -> list[str]:
+    """The tables a conversion stands for when it holds several (a group of tables); else []."""
+    return list((conv.targets or {}).get("tables", ()))
+
+
 def _reports(conv: Conversion) -> list[NodeReport]:
     """A conversion's report lines: a low-precision group's one per member table, an FP32 group's one."""
-    if conv.kind == "group" and conv.dtype != opts.KEEP:
-        return [NodeReport("embedding", t, conv.dtype, group=conv.node) for t in conv.targets["tables"]]
+    if _members(conv) and conv.dtype != opts.KEEP:
+        return [NodeReport("embedding", t, conv.dtype, group=conv.node) for t in _members(conv)]
     return [NodeReport(conv.kind, conv.node, conv.dtype)]
 
 
