@@ -189,7 +189,7 @@ def test_quant_module_does_not_import_tensorflow():
     code = ("import sys; import lpo.numerics.quant as q; import numpy as np; "
             "q.quantize_int8(np.ones((2, 2), np.float32), 1); "
             "assert 'tensorflow' not in sys.modules")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root,
                    env={**os.environ, "PYTHONPATH": root})
 
