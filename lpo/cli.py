@@ -212,7 +212,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         harm=getattr(args, "harm", None), unlabeled_file=getattr(args, "unlabeled_file", None),
         tune_fraction=args.tune_fraction, seed=args.seed, max_evals=args.max_evals,
         time_budget_s=args.time_budget, max_builds=args.max_builds, config_out=args.save_config,
-        folds=args.folds, group_tables=not args.no_group_tables, as_dict=False)
+        folds=args.folds, group_tables=args.group_tables, as_dict=False)
     if getattr(result, "auto", None) and not args.json:
         a = result.auto
         print(json.dumps(a["chosen"]["config"], indent=1, sort_keys=True))
@@ -426,9 +426,10 @@ def _optimize_args(p: argparse.ArgumentParser) -> None:
                    help="keep the graph's structure: skip the exact rewrites run before the precision passes "
                         "(a constant interaction mask folded into static gather indices; a feature column fed one "
                         "value per row looks its row up without the SparseTensor plumbing)")
-    p.add_argument("--no-group-tables", action="store_true", default=not opts.OPTIMIZE.group_tables,
-                   help="keep each table its own variable (default: tables of one dim and form read by "
-                        "single-value lookups are concatenated into one, read by one gather)")
+    p.add_argument("--group-tables", action=argparse.BooleanOptionalAction, default=opts.OPTIMIZE.group_tables,
+                   help="concatenate the tables of one dim and form read by single-value lookups into one "
+                        "variable, read by one gather (off by default: it does not compose with INT4 offsets and "
+                        "AUTO yet)")
     a = p.add_argument_group("AUTO (--data-type auto)",
                              "Search each node's form (INT4/INT8/16-bit/FP32) for the smallest, then fastest, "
                              "model whose |dAUC| vs FP32 on --eval rows stays within --max-auc-drop. --config pins "

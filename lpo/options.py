@@ -147,8 +147,9 @@ class OptimizeOptions:
     #: lookups) before the precision passes, at every data type; False keeps the graph's structure
     folds: bool = True
     #: concatenate single-value-lookup tables of one dim and storage form into one variable: one gather
-    #: and one dequantization per group (lpo.passes.grouping)
-    group_tables: bool = True
+    #: and one dequantization per group (lpo.passes.grouping). Off by default until it composes with
+    #: every form and AUTO (INT4 offsets in a group fail the checkpoint check); ``--group-tables`` turns it on
+    group_tables: bool = False
 
     def to_dict(self) -> dict:
         """Return a JSON-able dict."""

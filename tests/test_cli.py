@@ -191,11 +191,13 @@ def test_optimize_wiring(fake_api, tmp_path, capsys):
                           overwrite=True, allow_pickle=True, tags=["serve", "gpu"],
                           embedding_scheme="per_row", dense_mode="weight_only",
                           int8_dense="weight_only", calib_method="minmax", target="avx2", quiet=True, folds=False,
-                          group_tables=True)
+                          group_tables=False)
     out = capsys.readouterr().out
     assert "output: out" in out and "saved_bytes: 10" in out
     assert cli.main(["optimize", "m", "o", "--int8-dense", "static"]) == 0  # the old name of simulate
     assert fake_api[-1][2]["int8_dense"] == "simulate"
+    assert cli.main(["optimize", "m", "o", "--group-tables"]) == 0
+    assert fake_api[-1][2]["group_tables"] is True
     assert cli.main(["optimize", "m", "o", "--no-group-tables"]) == 0
     assert fake_api[-1][2]["group_tables"] is False
 

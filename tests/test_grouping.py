@@ -44,7 +44,7 @@ KERAS_FORMS = [{"data_type": "INT8", "int8_dense": "weight_only"},
 @pytest.mark.parametrize("fixture", ["sample_keras", "sample_dcn"])
 def test_grouped_equals_ungrouped_on_fuzzed_ids(request, optimized, fixture, opts):
     sample = request.getfixturevalue(fixture)
-    grouped = optimized(sample, **opts)
+    grouped = optimized(sample, group_tables=True, **opts)
     plain = optimized(sample, group_tables=False, **opts)
     (group,) = [c for c in read_manifest(grouped).conversions if c.kind == "group"]
     assert sorted(group.targets["tables"]) == sorted(sample.embedding_variables)
@@ -55,7 +55,7 @@ def test_grouped_equals_ungrouped_on_fuzzed_ids(request, optimized, fixture, opt
 
 
 def test_fp32_grouped_equals_the_original(sample_keras, optimized):
-    fused = optimized(sample_keras, data_type="FP32")
+    fused = optimized(sample_keras, data_type="FP32", group_tables=True)
     plan = read_manifest(fused)
     (group,) = [c for c in plan.conversions if c.kind == "group"]
     assert group.dtype == "FP32" and [m["offset"] for m in group.targets["members"]] == [1000 * i for i in range(8)]
@@ -64,7 +64,7 @@ def test_fp32_grouped_equals_the_original(sample_keras, optimized):
 
 
 def test_manifest_and_inspect_show_the_groups(sample_keras, optimized):
-    opt = optimized(sample_keras, data_type="INT8", int8_dense="weight_only")
+    opt = optimized(sample_keras, data_type="INT8", int8_dense="weight_only", group_tables=True)
     (group,) = [c for c in read_manifest(opt).conversions if c.kind == "group"]
     members = {m["table"]: m["offset"] for m in group.targets["members"]}
     assert sorted(members) == sorted(sample_keras.embedding_variables)
@@ -75,18 +75,20 @@ def test_manifest_and_inspect_show_the_groups(sample_keras, optimized):
     assert r.returncode == 0 and f"group {group.node}: 8 tables" in r.stdout
 
 
-def test_cli_no_group_tables(sample_keras, tmp_path):
-    out = tmp_path / "m"
-    r = subprocess.run([sys.executable, "-m", "lpo", "-q", "optimize", sample_keras.model_path, str(out),
-                        "--data-type", "BF16", "--no-group-tables", "--json"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert not [c for c in read_manifest(str(out)).conversions if c.kind == "group"]
-    assert read_manifest(str(out)).options["group_tables"] is False
+def test_cli_group_tables_switch(sample_keras, tmp_path):
+    for flag, want in (("--group-tables", True), ("--no-group-tables", False)):
+        out = tmp_path / flag
+        r = subprocess.run([sys.executable, "-m", "lpo", "-q", "optimize", sample_keras.model_path, str(out),
+                            "--data-type", "BF16", flag, "--json"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert bool([c for c in read_manifest(str(out)).conversions if c.kind == "group"]) is want
+        assert read_manifest(str(out)).options["group_tables"] is want
 
 
 @pytest.mark.parametrize("opts", [{"data_type": "INT8", "int8_dense": "weight_only", "embedding_scheme": "per_row"},
                                   {"data_type": "FP16"}], ids=["int8-per_row", "fp16"])
 def test_refresh_and_sharded_conversion_replay_the_group_bit_for_bit(sample_keras, optimized, work, opts):
+    opts = {**opts, "group_tables": True}
     opt = optimized(sample_keras, **opts)
     d = work / f"refresh-{opts['data_type']}"
     src, new_model = retrained_model(sample_keras.model_path, str(d))

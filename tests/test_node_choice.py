@@ -69,10 +69,10 @@ def test_per_node_variants_reach_the_manifest_and_checkpoint(sample_keras, tmp_p
     shapes = tf.train.load_checkpoint(os.path.join(out, "variables", "variables")).get_variable_to_shape_map()
     scales = {k: v for k, v in shapes.items() if k.endswith("/lpo_scale")}
     assert sorted(v for k, v in scales.items() if any(k.startswith(e) for e in embs)) == [[16], [1000, 1], [1000, 1]]
-    # grouped (the default): the two per_row tables form one group, the per_dim one stays alone
+    # grouped: the two per_row tables form one group, the per_dim one stays alone
     grouped = tmp_path / "g"
     lpo.optimize(sample_keras.model_path, str(grouped), opt_config=cfg, calib_file=sample_keras.calib_path,
-                 embedding_scheme="per_dim", int8_dense="static", quiet=True)
+                 embedding_scheme="per_dim", int8_dense="static", group_tables=True, quiet=True)
     convs = json.load(open(grouped / "assets.extra" / "lpo_manifest.json"))["conversions"]
     assert [(c["dtype"], c["scheme"], sorted(c["targets"]["tables"])) for c in convs if c["kind"] == "group"] == [
         ("INT8", "per_row", sorted([embs[0], embs[2]]))]

@@ -4,6 +4,7 @@ Also: every failed/missing/foreign shard makes the merge fail clearly, a shard r
 idempotent, refresh takes a merged checkpoint, and the CLI's --shard/--num-shards and
 merge-ckpt.
 """
+import json
 import os
 import random
 import shutil

@@ -97,7 +97,7 @@ def test_low_precision_fused_equals_unfused(sample_resource, optimized_sample, k
                          ids=["int8", "fp32"])
 def test_fused_lookups_group_and_equal_the_unfused_model(sample_resource, optimized_sample, kw):
     """Fused lookups are single-value, so their tables group (one gather): outputs stay within 1e-6."""
-    fused = optimized_sample(sample_resource, **kw)
+    fused = optimized_sample(sample_resource, group_tables=True, **kw)
     unfused = optimized_sample(sample_resource, folds=False, group_tables=False, **kw)
     groups = [c for c in read_manifest(fused).conversions if c.kind == "group"]
     assert len(groups) == 1 and len(groups[0].targets["tables"]) == NUM_COLUMNS

@@ -65,9 +65,13 @@ def test_lowering_keeps_outputs_and_restores_object_keys(sample_keras, tmp_path,
                                    + [k.replace("kernel", "bias") for k in sample_keras.dense_kernels])
     assert all(s.key.endswith("/.ATTRIBUTES/VARIABLE_VALUE") and s.resource for s in specs.values())
     data, _ = heldout(sample_keras)
+    rows = {k: v[:2000] for k, v in data.items()}
     with lowered_model_dir(sample_keras.model_path, sm) as d:
-        p = serve(d, {k: v[:2000] for k, v in data.items()})
-    np.testing.assert_array_equal(p, keras_base[0][:2000])
+        p = serve(d, rows)
+    # the same batch through the original: exact (a larger batch may round the last rows differently
+    # on some CPUs: 1 ulp at rows 1998-1999 on an AMD Zen 3 against the 20,000-row baseline)
+    np.testing.assert_array_equal(p, serve(sample_keras.model_path, rows))
+    np.testing.assert_allclose(p, keras_base[0][:2000], rtol=0, atol=1e-6)
 
 
 def test_inspect_lists_keras_layers_by_readable_name(sample_keras):
@@ -96,7 +100,7 @@ def test_keras_16bit(sample_keras, keras_opt, keras_base, dtype):
     reader = tf.train.load_checkpoint(os.path.join(out, "variables", "variables"))
     dtypes = {k: v.name for k, v in reader.get_variable_to_dtype_map().items()}
     want = "float16" if dtype == "FP16" else "bfloat16"
-    assert sum(v == want for v in dtypes.values()) == 5  # 4 kernels + the group of the 8 tables, never frozen
+    assert sum(v == want for v in dtypes.values()) == 12  # 8 tables + 4 kernels, never frozen
 
 
 @pytest.mark.parametrize("dtype", ["FP16", "BF16"])
@@ -109,7 +113,7 @@ def test_keras_16bit_compute_mode(sample_keras, keras_opt, keras_base, dtype):
     assert np.abs(serve(out, data) - keras_base[0]).max() <= BOUNDS[dtype]
     reader = tf.train.load_checkpoint(os.path.join(out, "variables", "variables"))
     want = "float16" if dtype == "FP16" else "bfloat16"
-    assert sum(v.name == want for v in reader.get_variable_to_dtype_map().values()) == 9  # + 4 biases
+    assert sum(v.name == want for v in reader.get_variable_to_dtype_map().values()) == 16  # + 4 biases
 
 
 def test_keras_int8(sample_keras, keras_opt, keras_base):
@@ -126,7 +130,7 @@ def test_keras_int8(sample_keras, keras_opt, keras_base):
     assert result.size_ratio <= 0.30
     reader = tf.train.load_checkpoint(os.path.join(out, "variables", "variables"))
     dtypes = {k: v.name for k, v in reader.get_variable_to_dtype_map().items()}
-    assert sum(v == "int8" for v in dtypes.values()) == 5  # 4 kernels + the group of the 8 tables
+    assert sum(v == "int8" for v in dtypes.values()) == 12
     # every signature keeps its input/output keys
     fns = tf.saved_model.load(out).signatures
     assert set(fns) >= {"serving_default", "serve"}
@@ -336,7 +340,7 @@ def test_dcn_optimize_and_serve(sample_dcn, dcn_base, tmp_path, dtype):
         assert np.abs(p - dcn_base[0]).max() <= BOUNDS[dtype]
     reader = tf.train.load_checkpoint(os.path.join(out, "variables", "variables"))
     want = {"FP16": "float16", "BF16": "bfloat16", "INT8": "int8"}[dtype]
-    assert sum(v.name == want for v in reader.get_variable_to_dtype_map().values()) == 8  # 7 kernels + 1 group
+    assert sum(v.name == want for v in reader.get_variable_to_dtype_map().values()) == 15  # 8 tables + 7 kernels
 
 
 def test_tensordot_dense_layers(sample_keras, keras_base, tmp_path):
@@ -368,7 +372,7 @@ def test_tensordot_dense_layers(sample_keras, keras_base, tmp_path):
             assert np.abs(p - base).max() <= BOUNDS[dtype]
             reader = tf.train.load_checkpoint(os.path.join(out, "variables", "variables"))
             want = "float16" if dtype == "FP16" else "bfloat16"
-            assert sum(v.name == want for v in reader.get_variable_to_dtype_map().values()) == 9  # 1 group
+            assert sum(v.name == want for v in reader.get_variable_to_dtype_map().values()) == 16
 
 
 @pytest.mark.slow

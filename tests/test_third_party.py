@@ -37,7 +37,7 @@ def _check_optimized(model_path, calib_path, held, label, tmp_path, dtypes, n_op
     fn0 = tf.saved_model.load(model_path).signatures["serving_default"]
     for dtype in dtypes:
         out = str(tmp_path / f"opt_{dtype}")
-        r = lpo.optimize(model_path, out, data_type=dtype, calib_file=calib_path, quiet=True)
+        r = lpo.optimize(model_path, out, data_type=dtype, calib_file=calib_path, group_tables=True, quiet=True)
         assert len(r.optimized) == n_optimized
         fn = tf.saved_model.load(out).signatures["serving_default"]
         assert sorted(fn.structured_input_signature[1]) == sorted(fn0.structured_input_signature[1])

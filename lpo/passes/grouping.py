@@ -101,6 +101,8 @@ def _one_per_row(shape) -> bool:
 def single_value(s: Surgery, lookup: str, inputs: dict) -> dict | None:
     """``{"ids", "ids_t", "rank", "batch"}`` when ``lookup`` gathers one row per batch row, else None
     (``batch``: the static batch dim of the signature input, -1 when unknown)."""
+    if lookup not in s.index:  # a dangling reference (a corrupt graph): not provably single-value
+        return None
     node = s.index.node(lookup)
     if node.op == "ResourceGather":
         if node.attr["batch_dims"].i:

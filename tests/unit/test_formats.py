@@ -126,7 +126,7 @@ def test_each_plan_entry_finds_its_form(form, vc):
 
 def test_simulation_is_what_each_form_stores_dequantized(monkeypatch):
     """Each form's float32 view is its own numpy dequantization, within its error bound of the input
-    (INT4 with min/max ranges: its range search clips, see tests/test_quant_int4.py)."""
+    (INT4 with min/max ranges: its range search clips, see tests/unit/test_quant_int4.py)."""
     _no_range_search(monkeypatch)
     x = _inputs()["300x16"]
     for form, vc in _cases(*x.shape):
