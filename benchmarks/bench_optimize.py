@@ -38,6 +38,8 @@ CONFIGS = [
     ("FP32 folds", {"data_type": "FP32"}, False),
     ("INT8 auto", {"data_type": "INT8"}, False),
     ("INT8 auto ungrouped", {"data_type": "INT8", "group_tables": False}, False),  # each table its own gather
+    # the graph as it was: no structural pass, no grouping (what lpo did before issue 19)
+    ("INT8 auto unfused", {"data_type": "INT8", "folds": False, "group_tables": False}, False),
     ("INT8 compute", {"data_type": "INT8", "int8_dense": "compute"}, True),
     ("INT8 simulate", {"data_type": "INT8", "int8_dense": "simulate"}, False),
     ("INT8 weight-only", {"data_type": "INT8", "int8_dense": "weight_only"}, False),
