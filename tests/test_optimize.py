@@ -132,7 +132,8 @@ def test_int8_accuracy_and_size(sample_resource, optimized, baseline):
         assert top["calib_error"]["gate"] == "fallback" and top["calib_error"]["fallback_from"] == "compute"
         assert top["calib_error"]["output_rel_rmse"] > opts.ACTIVATION_GATE.max_output_rel_rmse
     assert manifest["target"]["name"] == "host" and manifest["target"]["onednn"] == host().onednn
-    assert bool(manifest["requires"].get("onednn")) == host().onednn
+    # oneDNN is required only by int8 kernels, and the gate left none here
+    assert bool(manifest["requires"].get("onednn")) == any(c["mode"] == "compute" for c in dense)
 
 
 def test_report_lines_are_logged(sample_resource, tmp_path, caplog):
